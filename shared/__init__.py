@@ -1,0 +1,1 @@
+"""Code every pktscope service imports: frame formats, records, config, Redis keys, sockets."""

@@ -1,0 +1,146 @@
+"""Pipeline configuration: one JSON file in the run directory that every service reads.
+
+``pktscope run`` writes ``<run_dir>/pipeline.json``; each service is started as
+``python -m services.<name> --config <run_dir>/pipeline.json [--index I]``, which is also how
+systemd units and docker compose run them. Defaults here are the product defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.localnet import DEFAULT_LOCAL_NETS
+
+DAY = 86400.0
+
+
+def default_run_dir() -> Path:
+    """Where a pipeline keeps its sockets, config and private Redis unless told otherwise."""
+    env = os.environ.get("PKTSCOPE_RUN_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/pktscope")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "pktscope"
+    return Path(f"/tmp/pktscope-{os.geteuid()}")
+
+
+def default_decoders() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass
+class FlowSettings:
+    """Flow-tracker timers (packet time, seconds) and bounds."""
+
+    tcp_idle: float = 300.0  # established TCP with no packets
+    tcp_handshake_idle: float = 30.0  # SYN seen, never established
+    tcp_closed_linger: float = 5.0  # after FIN both ways or RST: keep briefly for stragglers
+    udp_idle: float = 60.0
+    icmp_idle: float = 30.0
+    other_idle: float = 60.0
+    update_interval: float = 60.0  # emit an "update" event for a live flow this often
+    sweep_interval: float = 1.0  # how often (packet time) idle flows are looked for
+    max_flows: int = 500_000  # hard cap; the least recently seen flow is evicted (and counted)
+    flow_log: str = ""  # optional path: one JSON line per ended flow
+
+
+@dataclass
+class DetectorSettings:
+    """Signal settings; see docs/architecture.md for their meaning."""
+
+    learning: float = 7 * DAY  # seconds of packet time that only fill the baseline
+    cooldown: float = 3600.0  # seconds between two alerts with the same de-duplication key
+    volume_interval: float = 60.0
+    ewma_alpha: float = 0.3
+    z_threshold: float = 4.0
+    volume_floor: int = 5 * 1024 * 1024
+    min_intervals: int = 8
+    geoip_country_db: str = ""
+    geoip_asn_db: str = ""
+    attribute_processes: bool = True  # psutil attribution of local sockets (live mode on this host)
+    alert_stream_max: int = 100_000  # approximate cap of the Redis alert stream
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = ""
+    # source: exactly one of read_path / interface
+    read_path: str = ""
+    interface: str = ""
+    bpf: str = ""
+    snaplen: int = 65535
+    promisc: bool = True
+    decoders: int = field(default_factory=default_decoders)
+    batch_size: int = 256  # packets per frame
+    batch_timeout: float = 0.05  # live: flush a partial batch after this many seconds
+    hwm: int = 200  # frames queued per socket before the sender blocks (offline) or drops (live)
+    redis_url: str = ""  # empty: the private redis-server in the run directory
+    redis_prefix: str = "pktscope"
+    alerts_endpoint: str = ""  # empty: ipc://<run_dir>/alerts.ipc
+    local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+
+    # --- derived endpoints ---------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        return bool(self.interface)
+
+    def _ipc(self, name: str) -> str:
+        return f"ipc://{Path(self.run_dir) / name}"
+
+    def decoder_endpoint(self, index: int) -> str:
+        return self._ipc(f"decoder-{index}.ipc")
+
+    @property
+    def tracker_endpoint(self) -> str:
+        return self._ipc("flowtracker.ipc")
+
+    @property
+    def detector_endpoint(self) -> str:
+        return self._ipc("detector.ipc")
+
+    @property
+    def alerts_pub_endpoint(self) -> str:
+        return self.alerts_endpoint or self._ipc("alerts.ipc")
+
+    @property
+    def private_redis_socket(self) -> Path:
+        return Path(self.run_dir) / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"unix://{self.private_redis_socket}"
+
+    # --- persistence ---------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def save(self, path: Path | None = None) -> Path:
+        path = path or Path(self.run_dir) / "pipeline.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PipelineConfig:
+        data = dict(data)
+        flow = FlowSettings(**data.pop("flow", {}))
+        det = DetectorSettings(**data.pop("detector", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(flow=flow, detector=det, **data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PipelineConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

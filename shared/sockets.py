@@ -1,0 +1,60 @@
+"""ZeroMQ socket setup shared by the services.
+
+Every socket gets a high-water mark (``hwm`` frames). What happens when it is reached:
+a PUSH socket blocks the sender (offline replay: backpressure, nothing is lost) or, when
+sent with NOBLOCK (live capture), raises ``zmq.Again`` and the caller drops and counts the
+frame. PUB drops silently for a slow subscriber (that is ZeroMQ's PUB contract); the Redis
+alert stream is the durable copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import zmq
+
+
+def _prepare_ipc(endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://") :])
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def bind_pull(ctx: zmq.Context, endpoint: str, hwm: int) -> zmq.Socket:
+    _prepare_ipc(endpoint)
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    _restrict(endpoint)
+    return sock
+
+
+def connect_push(ctx: zmq.Context, endpoint: str, hwm: int, immediate: bool = False) -> zmq.Socket:
+    """PUSH to a bound PULL. ``immediate`` queues nothing while the peer is absent (live capture)."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 2000)
+    if immediate:
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(endpoint)
+    return sock
+
+
+def bind_pub(ctx: zmq.Context, endpoint: str, hwm: int) -> zmq.Socket:
+    _prepare_ipc(endpoint)
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    _restrict(endpoint)
+    return sock
+
+
+def _restrict(endpoint: str) -> None:
+    """ipc sockets are files: only the owner may connect (the run dir is 0700 too)."""
+    if endpoint.startswith("ipc://"):
+        with contextlib.suppress(OSError):
+            os.chmod(endpoint[len("ipc://") :], 0o600)

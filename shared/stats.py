@@ -1,0 +1,52 @@
+"""Per-service counters, published to Redis about once a second for ``pktscope status``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import redis
+
+from shared.redis_keys import Keys
+
+
+class ServiceStats:
+    """A Counter plus a heartbeat writer.
+
+    Hot loops add to ``self.c`` (a plain Counter: cheap) and call ``maybe_flush()`` once per
+    batch; the Redis write happens at most every ``interval`` seconds. A Redis outage is
+    counted, never fatal: monitoring must not stop the pipeline.
+    """
+
+    def __init__(self, service: str, r: redis.Redis | None, keys: Keys, interval: float = 1.0) -> None:
+        self.service = service
+        self.r = r
+        self.keys = keys
+        self.interval = interval
+        self.c: Counter[str] = Counter()
+        self.info: dict[str, str | int | float] = {"pid": os.getpid(), "started": time.time()}
+        self._next = 0.0
+        self.redis_errors = 0
+
+    def maybe_flush(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now >= self._next:
+            self._next = now + self.interval
+            self.flush()
+
+    def flush(self, **extra: str | int | float) -> None:
+        if self.r is None:
+            return
+        mapping: dict[str, str | int | float] = dict(self.c)
+        mapping.update(self.info)
+        mapping.update(extra)
+        mapping["heartbeat"] = time.time()
+        mapping["redis_errors"] = self.redis_errors
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hset(self.keys.stats(self.service), mapping=mapping)
+            pipe.sadd(self.keys.services(), self.service)
+            pipe.execute()
+        except redis.RedisError:
+            self.redis_errors += 1
