@@ -71,6 +71,8 @@ class DetectorSettings:
 @dataclass
 class PipelineConfig:
     run_dir: str = ""
+    run_id: str = ""  # set by `pktscope run`; services stamp it on their stats so old runs are told apart
+    state_dir: str = ""  # where the private redis-server keeps the baseline between runs
     # source: exactly one of read_path / interface
     read_path: str = ""
     interface: str = ""

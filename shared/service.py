@@ -43,4 +43,7 @@ def service_args(name: str, with_index: bool = False, argv: list[str] | None = N
         args.cfg = PipelineConfig.load(args.config)
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read config {args.config}: {exc}")
+    from shared import stats
+
+    stats.RUN_ID = args.cfg.run_id
     return args

@@ -10,6 +10,8 @@ import redis
 
 from shared.redis_keys import Keys
 
+RUN_ID = ""  # set once per process by shared.service.service_args from the pipeline config
+
 
 class ServiceStats:
     """A Counter plus a heartbeat writer.
@@ -42,6 +44,7 @@ class ServiceStats:
         mapping.update(self.info)
         mapping.update(extra)
         mapping["heartbeat"] = time.time()
+        mapping["run_id"] = RUN_ID
         mapping["redis_errors"] = self.redis_errors
         try:
             pipe = self.r.pipeline(transaction=False)

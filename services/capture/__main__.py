@@ -1,0 +1,17 @@
+"""``python -m services.capture --config PIPELINE.json``: the capture process."""
+
+from __future__ import annotations
+
+import sys
+
+from services.capture.service import run
+from shared.service import service_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = service_args("capture", argv=argv)
+    return run(args.cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Capture loop: read packets, shard them by flow, send batches to the decoders.
+
+Offline (a file) the sends block when a decoder's queue is full: a replay loses nothing.
+Live the sends never block: a batch for a full (or absent) decoder is dropped and counted
+per decoder, and libpcap's own drop counters are reported beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from services.capture.sharding import make_sharder
+from services.capture.sources import CaptureError, LiveSource, OfflineSource
+from shared.config import PipelineConfig
+from shared.frames import FrameType, encode
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
+from shared.service import StopFlag
+from shared.sockets import connect_push
+from shared.stats import ServiceStats
+
+log = logging.getLogger("capture")
+
+SENDER = "capture"
+TICK_EVERY_PACKETS = 4096  # offline: a packet-time watermark goes to every decoder this often
+LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
+EOS_SEND_TIMEOUT_MS = 10_000
+
+
+class Capture:
+    def __init__(self, cfg: PipelineConfig, stop: StopFlag | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop if stop is not None else StopFlag()
+        self.n = max(1, cfg.decoders)
+        self.ctx = zmq.Context.instance()
+        self.socks = [
+            connect_push(self.ctx, cfg.decoder_endpoint(i), cfg.hwm, immediate=cfg.live)
+            for i in range(self.n)
+        ]
+        self.seq = [0] * self.n
+        self.batches: list[list[tuple]] = [[] for _ in range(self.n)]
+        self.drops = [0] * self.n
+        try:
+            r = connect(cfg.effective_redis_url)
+        except Exception:  # stats are best effort; redis-py raises several types here
+            r = None
+        self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
+        self.count = 0
+        self.last_ts = 0.0
+
+    # --- sending --------------------------------------------------------------------------
+    def _send(self, i: int, ftype: str, body, block: bool) -> bool:
+        frame = encode(ftype, SENDER, self.seq[i], body)
+        self.seq[i] += 1
+        try:
+            self.socks[i].send(frame, 0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.stats.c["frames_out"] += 1
+        return True
+
+    def _flush(self, i: int) -> None:
+        batch = self.batches[i]
+        if not batch:
+            return
+        self.batches[i] = []
+        if not self._send(i, FrameType.PACKETS, batch, block=not self.cfg.live):
+            self.drops[i] += len(batch)
+            self.stats.c[f"dropped_decoder_{i}"] += len(batch)
+            self.stats.c["dropped"] += len(batch)
+
+    def _flush_all(self) -> None:
+        for i in range(self.n):
+            self._flush(i)
+
+    def _tick(self) -> None:
+        """Flush every partial batch, then tell every decoder how far packet time has got.
+
+        Flushing first keeps the watermark behind every packet already handed out, which is
+        what lets the flow-tracker expire flows deterministically with any number of decoders.
+        """
+        self._flush_all()
+        for i in range(self.n):
+            self._send(i, FrameType.TICK, {"ts": self.last_ts}, block=not self.cfg.live)
+
+    def _eos(self, error: str | None, source_stats: tuple[int, int, int]) -> None:
+        self._flush_all()
+        body = {
+            "origin": SENDER,
+            "packets": self.count,
+            "error": error,
+            "dropped": sum(self.drops),
+            "pcap_recv": source_stats[0],
+            "pcap_drop": source_stats[1],
+            "pcap_ifdrop": source_stats[2],
+        }
+        for i, sock in enumerate(self.socks):
+            sock.setsockopt(zmq.SNDTIMEO, EOS_SEND_TIMEOUT_MS)
+            try:
+                sock.send(encode(FrameType.EOS, SENDER, self.seq[i], body))
+                self.seq[i] += 1
+            except zmq.Again:
+                log.warning("decoder-%d did not take the end-of-stream marker", i)
+
+    # --- the two modes ----------------------------------------------------------------------
+    def run_offline(self, source: OfflineSource) -> None:
+        shard = make_sharder(source.linktype, self.n)
+        lt = source.linktype
+        batches = self.batches
+        bsize = self.cfg.batch_size
+        flush = self._flush
+        num = 0
+        next_tick = TICK_EVERY_PACKETS
+        self.stats.info["started_packets"] = time.time()
+        for ts, data in source:
+            num += 1
+            i = shard(data)
+            b = batches[i]
+            b.append((num, ts, lt, len(data), data))
+            if len(b) >= bsize:
+                flush(i)
+            if num >= next_tick:
+                next_tick = num + TICK_EVERY_PACKETS
+                self.count = num
+                self.last_ts = ts
+                self._tick()
+                self.stats.c["packets"] = num
+                self.stats.maybe_flush()
+                if self.stop:
+                    break
+        self.count = num
+        if num:
+            self.last_ts = ts
+        self.stats.c["packets"] = num
+        if source.error:
+            log.error("capture file ended early after %d packets: %s", num, source.error)
+        self._eos(source.error, source.stats())
+        self.stats.flush(eos=1, error=source.error or "", finished=time.time())
+
+    def run_live(self, source: LiveSource) -> None:
+        shard = make_sharder(source.linktype, self.n)
+        lt = source.linktype
+        batches = self.batches
+        bsize = self.cfg.batch_size
+        timeout = self.cfg.batch_timeout
+        state = {"num": 0}
+
+        def on_packet(ts: float, data) -> None:
+            state["num"] += 1
+            data = bytes(data)
+            i = shard(data)
+            b = batches[i]
+            b.append((state["num"], ts, lt, len(data), data))
+            self.last_ts = ts
+            if len(b) >= bsize:
+                self._flush(i)
+
+        next_flush = time.monotonic() + timeout
+        next_tick = time.monotonic() + LIVE_TICK_SECONDS
+        while not self.stop:
+            source.poll(timeout, on_packet)
+            now = time.monotonic()
+            if now >= next_flush:
+                next_flush = now + timeout
+                self._flush_all()
+            if now >= next_tick:
+                next_tick = now + LIVE_TICK_SECONDS
+                # live packet time follows the wall clock between packets
+                self.last_ts = max(self.last_ts, time.time())
+                self._tick()
+                self._publish_live_stats(source, state["num"])
+        self.count = state["num"]
+        self._eos(None, source.stats())
+        self._publish_live_stats(source, self.count)
+        self.stats.flush(eos=1, finished=time.time())
+
+    def _publish_live_stats(self, source: LiveSource, num: int) -> None:
+        recv, drop, ifdrop = source.stats()
+        self.stats.c["packets"] = num
+        self.stats.c["pcap_recv"] = recv
+        self.stats.c["pcap_drop"] = drop
+        self.stats.c["pcap_ifdrop"] = ifdrop
+        self.stats.maybe_flush()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=EOS_SEND_TIMEOUT_MS)
+
+
+def run(cfg: PipelineConfig) -> int:
+    """Run the capture until the file ends or a stop signal; return the exit code."""
+    stop = StopFlag()
+    try:
+        source = (
+            LiveSource(cfg.interface, cfg.bpf, cfg.snaplen, cfg.promisc)
+            if cfg.live
+            else OfflineSource(cfg.read_path)
+        )
+    except CaptureError as exc:
+        log.error("%s", exc)
+        return 2
+    cap = Capture(cfg, stop)
+    cap.stats.info["linktype"] = source.linktype
+    cap.stats.info["mode"] = "live" if cfg.live else "offline"
+    try:
+        if isinstance(source, LiveSource):
+            cap.run_live(source)
+        else:
+            cap.run_offline(source)
+    finally:
+        cap.close()
+    log.info("capture done: %d packets, %d dropped", cap.count, sum(cap.drops))
+    return 0

@@ -1,0 +1,89 @@
+"""Packet sources: a capture file or a live interface, both through pypcap (libpcap).
+
+libpcap reads pcap and pcapng alike. pypcap hands out (timestamp, bytes) only, not the
+original wire length, so packets carry ``wirelen = len(data)`` and the decoder raises it from
+the IP total length when a snaplen cut the packet short.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable, Iterator
+
+import pcap
+
+
+class CaptureError(Exception):
+    """A source that cannot be opened or read; the message says what to do about it."""
+
+
+class OfflineSource:
+    """A pcap/pcapng file, read start to end. ``error`` is set when the file ended early."""
+
+    live = False
+
+    def __init__(self, path: str) -> None:
+        if not os.path.exists(path):
+            raise CaptureError(f"capture file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise CaptureError(f"capture file not readable: {path} (check its permissions)")
+        try:
+            self._pc = pcap.pcap(path, timestamp_in_ns=False)
+        except OSError as exc:
+            raise CaptureError(f"cannot read {path} as pcap or pcapng: {exc}") from None
+        self.linktype: int = self._pc.datalink()
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        yield from self._pc
+        # pypcap ends the iteration quietly on a truncated file; libpcap kept the reason.
+        err = self._pc.geterr()
+        if err:
+            self.error = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
+
+    def stats(self) -> tuple[int, int, int]:
+        return (0, 0, 0)
+
+
+class LiveSource:
+    """A live interface in non-blocking mode, polled so that the caller can flush on a timer."""
+
+    live = True
+
+    def __init__(self, interface: str, bpf: str = "", snaplen: int = 65535, promisc: bool = True) -> None:
+        try:
+            self._pc = pcap.pcap(
+                interface,
+                snaplen=snaplen,
+                promisc=promisc,
+                timeout_ms=50,
+                immediate=True,
+                timestamp_in_ns=False,
+            )
+        except OSError as exc:
+            raise CaptureError(
+                f"cannot capture on interface {interface!r}: {exc} "
+                "(is the name right? see `ip link`; live capture needs root or CAP_NET_RAW)"
+            ) from None
+        if bpf:
+            try:
+                self._pc.setfilter(bpf)
+            except OSError as exc:
+                raise CaptureError(f"bad BPF filter {bpf!r}: {exc} (see `man pcap-filter`)") from None
+        self._pc.setnonblock(True)
+        self.linktype: int = self._pc.datalink()
+        self.error: str | None = None
+        self._fd = self._pc.fileno()
+
+    def poll(self, timeout: float, on_packet: Callable[[float, bytes], None]) -> int:
+        """Wait up to ``timeout`` seconds for packets and hand each to ``on_packet``."""
+        select.select([self._fd], [], [], timeout)
+        return self._pc.dispatch(-1, on_packet)
+
+    def stats(self) -> tuple[int, int, int]:
+        """libpcap's (received, dropped by the kernel buffer, dropped by the interface)."""
+        try:
+            return tuple(self._pc.stats())  # type: ignore[return-value]
+        except OSError:
+            return (0, 0, 0)

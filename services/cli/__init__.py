@@ -1,0 +1,1 @@
+"""pktscope command-line tools: the `pktscope` entry point and its subcommands."""

@@ -1,0 +1,174 @@
+"""Link layers: find where the network layer starts and which protocol it is.
+
+One walker serves both callers: the fast path calls ``locate(linktype, data)`` for anything
+that is not plain untagged Ethernet (it inlines that case), and the dissector passes ``out``
+and ``protos`` to also collect display-filter fields. Returned ethertypes are normalised, so
+raw IP, BSD null/loop and Cisco HDLC all report ``ETH_IP4``/``ETH_IP6`` like Ethernet does;
+``NON_IP`` means a frame that decoded fine but carries no IP.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from services.decoder.common import Malformed, mac_text
+
+# libpcap LINKTYPE_* values handled here
+DLT_NULL = 0
+DLT_EN10MB = 1
+DLT_RAW_BSD = 12
+DLT_RAW_OPENBSD = 14
+DLT_RAW = 101
+DLT_C_HDLC = 104
+DLT_LOOP = 108
+DLT_LINUX_SLL = 113
+DLT_IPV4 = 228
+DLT_IPV6 = 229
+DLT_LINUX_SLL2 = 276
+RAW_LINKTYPES = frozenset((DLT_RAW, DLT_RAW_BSD, DLT_RAW_OPENBSD))
+
+NON_IP = 0
+ETH_IP4 = 0x0800
+ETH_ARP = 0x0806
+ETH_IP6 = 0x86DD
+ETH_VLAN = 0x8100
+ETH_QINQ = 0x88A8
+ETH_QINQ_OLD = 0x9100
+ETH_PPPOE_SESSION = 0x8864
+ETH_MPLS = 0x8847
+ETH_MPLS_MCAST = 0x8848
+VLAN_TYPES = frozenset((ETH_VLAN, ETH_QINQ, ETH_QINQ_OLD))
+MAX_TAGS = 8  # bound the tag walk: a frame of nothing but VLAN tags must not loop for long
+
+# BSD address families seen in DLT_NULL / DLT_LOOP headers (IPv6 differs between BSDs)
+AF_TO_ETHERTYPE = {2: ETH_IP4, 10: ETH_IP6, 24: ETH_IP6, 28: ETH_IP6, 30: ETH_IP6}
+PPP_TO_ETHERTYPE = {0x0021: ETH_IP4, 0x0057: ETH_IP6}
+
+ETH = struct.Struct("!6s6sH")
+VLAN = struct.Struct("!HH")  # TCI, next ethertype
+PPPOE = struct.Struct("!BBHHH")  # ver/type, code, session, length, PPP protocol
+MPLS = struct.Struct("!I")
+SLL = struct.Struct("!HHH8sH")  # pkttype, hatype, halen, address, protocol
+SLL2 = struct.Struct("!HHIHBB8s")  # protocol, reserved, ifindex, hatype, pkttype, halen, address
+NULL_LE = struct.Struct("<I")
+NULL_BE = struct.Struct(">I")
+CHDLC = struct.Struct("!BBH")  # address, control, protocol
+
+Fields = dict[str, Any]
+
+
+def locate(
+    linktype: int, data: bytes, out: Fields | None = None, protos: list[str] | None = None
+) -> tuple[int, int]:
+    """Return (ethertype, offset of the network header); raise a decode error if malformed."""
+    if linktype == DLT_EN10MB:
+        dst, src, etype = ETH.unpack_from(data, 0)
+        if out is not None:
+            out["eth"] = {"dst": mac_text(dst), "src": mac_text(src), "type": etype}
+            protos.append("eth")
+        return _ethertype(data, 14, etype, out, protos)
+    if linktype in RAW_LINKTYPES or linktype == DLT_IPV4 or linktype == DLT_IPV6:
+        if not data:
+            raise Malformed("empty raw IP packet")
+        version = data[0] >> 4
+        if out is not None:
+            protos.append("raw")
+        if version == 4 and linktype != DLT_IPV6:
+            return ETH_IP4, 0
+        if version == 6 and linktype != DLT_IPV4:
+            return ETH_IP6, 0
+        raise Malformed(f"raw IP packet with IP version {version}")
+    if linktype == DLT_LINUX_SLL:
+        pkttype, hatype, halen, addr, proto = SLL.unpack_from(data, 0)
+        if out is not None:
+            out["sll"] = _sll_fields(pkttype, hatype, halen, addr, proto)
+            protos.append("sll")
+        return _ethertype(data, 16, proto, out, protos)
+    if linktype == DLT_LINUX_SLL2:
+        proto, _res, ifindex, hatype, pkttype, halen, addr = SLL2.unpack_from(data, 0)
+        if out is not None:
+            fields = _sll_fields(pkttype, hatype, halen, addr, proto)
+            fields["ifindex"] = ifindex
+            out["sll"] = fields
+            protos.append("sll")
+        return _ethertype(data, 20, proto, out, protos)
+    if linktype == DLT_NULL or linktype == DLT_LOOP:
+        if linktype == DLT_NULL:
+            family = NULL_LE.unpack_from(data, 0)[0]
+            if family > 0xFFFF:  # written by a big-endian host
+                family = NULL_BE.unpack_from(data, 0)[0]
+        else:
+            family = NULL_BE.unpack_from(data, 0)[0]
+        if out is not None:
+            out["null"] = {"family": family}
+            protos.append("null")
+        return AF_TO_ETHERTYPE.get(family, NON_IP), 4
+    if linktype == DLT_C_HDLC:
+        address, control, proto = CHDLC.unpack_from(data, 0)
+        if out is not None:
+            out["chdlc"] = {"address": address, "control": control, "protocol": proto}
+            protos.append("chdlc")
+        return _ethertype(data, 4, proto, out, protos)
+    raise Malformed(f"unsupported link type {linktype}")
+
+
+def _sll_fields(pkttype: int, hatype: int, halen: int, addr: bytes, proto: int) -> Fields:
+    fields: Fields = {"pkttype": pkttype, "hatype": hatype, "halen": halen, "etype": proto}
+    if halen == 6:
+        fields["src"] = {"eth": mac_text(addr[:6])}
+    return fields
+
+
+def _ethertype(
+    data: bytes, off: int, etype: int, out: Fields | None, protos: list[str] | None
+) -> tuple[int, int]:
+    """Follow VLAN tags, PPPoE sessions and MPLS labels to the protocol they carry."""
+    holder = out
+    for _ in range(MAX_TAGS):
+        if etype in VLAN_TYPES:
+            tci, etype = VLAN.unpack_from(data, off)
+            off += 4
+            if holder is not None:
+                tag = {"id": tci & 0x0FFF, "priority": tci >> 13, "dei": (tci >> 12) & 1, "etype": etype}
+                holder["vlan" if holder is out else "inner"] = tag
+                holder = tag
+                protos.append("ethertype")
+                protos.append("vlan")
+            continue
+        if etype == ETH_PPPOE_SESSION:
+            ver_type, code, session, length, ppp = PPPOE.unpack_from(data, off)
+            off += 8
+            if out is not None:
+                out["pppoes"] = {"version": ver_type >> 4, "type": ver_type & 15, "code": code,
+                                 "session_id": session, "payload_length": length}
+                out["ppp"] = {"protocol": ppp}
+                protos += ("ethertype", "pppoes", "ppp")
+            return PPP_TO_ETHERTYPE.get(ppp, NON_IP), off
+        if etype == ETH_MPLS or etype == ETH_MPLS_MCAST:
+            return _mpls(data, off, out, protos)
+        break
+    else:
+        raise Malformed("too many VLAN tags")
+    if out is not None:
+        protos.append("ethertype" if etype >= 0x0600 else "llc")
+    if etype < 0x0600:  # an 802.3 length field: LLC/SNAP frames (STP, CDP, ...) carry no IP here
+        return NON_IP, off
+    return etype, off
+
+
+def _mpls(data: bytes, off: int, out: Fields | None, protos: list[str] | None) -> tuple[int, int]:
+    labels = []
+    for _ in range(MAX_TAGS):
+        entry = MPLS.unpack_from(data, off)[0]
+        off += 4
+        labels.append(entry >> 12)
+        if entry & 0x100:  # bottom of stack
+            break
+    else:
+        raise Malformed("too many MPLS labels")
+    if out is not None:
+        out["mpls"] = {"label": labels[0], "labels": labels}
+        protos += ("ethertype", "mpls")
+    version = data[off] >> 4 if off < len(data) else 0
+    return {4: ETH_IP4, 6: ETH_IP6}.get(version, NON_IP), off
