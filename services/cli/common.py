@@ -1,0 +1,56 @@
+"""What the commands share: finding the running pipeline and its Redis."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared.config import PipelineConfig, default_run_dir
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``pktscope: <message>``, exit code 2."""
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """--run-dir, --redis-url and --redis-prefix, taken by every command that reads Redis."""
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help=f"the pipeline's run directory (default: $PKTSCOPE_RUN_DIR or {default_run_dir()})",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis to use, e.g. redis://127.0.0.1:6379/0 or unix:///path/redis.sock "
+        "(default: the private redis-server of the pipeline in --run-dir)",
+    )
+    parser.add_argument("--redis-prefix", default=None, help="key prefix (default: pktscope)")
+
+
+def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
+    """The configuration of the pipeline in ``run_dir``, or None if none was ever run there."""
+    path = (run_dir or default_run_dir()) / "pipeline.json"
+    if not path.exists():
+        return None
+    try:
+        return PipelineConfig.load(path)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+
+
+def resolve_redis(args: argparse.Namespace) -> None:
+    """Fill args.redis_url / args.redis_prefix from the running pipeline when not given."""
+    cfg = load_pipeline(getattr(args, "run_dir", None))
+    if getattr(args, "redis_url", None) is None:
+        if cfg is None:
+            where = getattr(args, "run_dir", None) or default_run_dir()
+            raise CliError(
+                f"no pipeline found in {where} and no --redis-url given: "
+                "start one with `pktscope run`, or pass --run-dir / --redis-url"
+            )
+        args.redis_url = cfg.effective_redis_url
+    if getattr(args, "redis_prefix", None) is None:
+        args.redis_prefix = cfg.redis_prefix if cfg else "pktscope"
+    args.pipeline = cfg

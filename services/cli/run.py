@@ -1,0 +1,330 @@
+"""`pktscope run`: configure and supervise the whole pipeline, on a file or a live interface."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from services.capture.sources import CaptureError, OfflineSource
+from services.cli import pipeline_stats
+from services.cli.common import CliError
+from services.cli.supervisor import Supervisor, render_config, running_pid
+from shared.config import PipelineConfig, default_decoders, default_run_dir
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
+
+PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
+MAX_RESTARTS = 5  # a service restarted more often than this in one run is crash-looping
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("PKTSCOPE_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/pktscope")
+    return Path.home() / ".local" / "state" / "pktscope"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline on a capture file or a live interface",
+        description="Run capture -> decoders -> flow-tracker -> detector under supervisord. "
+        "With --read the replay stops by itself and prints a summary; with --interface it runs until Ctrl-C.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--read", "-r", metavar="CAPTURE", help="pcap or pcapng file to replay")
+    src.add_argument("--interface", "-i", metavar="IFACE", help="live interface to capture on (needs root)")
+    p.add_argument("--bpf", default="", help="BPF capture filter for live capture, e.g. 'tcp or udp'")
+    p.add_argument("--snaplen", type=int, default=65535, help="bytes kept per live packet (default 65535)")
+    p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
+    p.add_argument(
+        "--decoders",
+        type=int,
+        default=None,
+        help=f"decoder processes (default: cores - 1 = {default_decoders()})",
+    )
+    p.add_argument(
+        "--run-dir", type=Path, default=None, help=f"sockets, config and logs (default {default_run_dir()})"
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=None, help=f"private Redis data (default {default_state_dir()})"
+    )
+    p.add_argument(
+        "--redis-url", default="", help="use this Redis instead of starting a private redis-server"
+    )
+    p.add_argument("--redis-prefix", default="pktscope", help="prefix of every Redis key (default pktscope)")
+    p.add_argument("--config", type=Path, default=None, help="JSON file of pipeline settings (see docs)")
+    p.add_argument("--learning", type=float, default=None, help="learning window in seconds (default 7 days)")
+    p.add_argument("--demo", action="store_true", help="a 5-second learning window, for trying it out")
+    p.add_argument(
+        "--cooldown", type=float, default=None, help="seconds between repeats of one alert (default 3600)"
+    )
+    p.add_argument(
+        "--local-net",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="a local network (repeatable; default RFC 1918, ULA, loopback, link-local)",
+    )
+    p.add_argument("--geoip-country-db", default=None, help="GeoLite2/GeoIP2 Country or City .mmdb file")
+    p.add_argument("--geoip-asn-db", default=None, help="GeoLite2 ASN .mmdb file")
+    p.add_argument(
+        "--volume-interval", type=float, default=None, help="seconds per volume interval (default 60)"
+    )
+    p.add_argument("--ewma-alpha", type=float, default=None, help="EWMA smoothing factor (default 0.3)")
+    p.add_argument(
+        "--z-threshold", type=float, default=None, help="volume spike threshold in std devs (default 4)"
+    )
+    p.add_argument("--volume-floor", type=int, default=None, help="smallest spike in bytes (default 5 MiB)")
+    p.add_argument(
+        "--min-intervals", type=int, default=None, help="intervals before spikes count (default 8)"
+    )
+    p.add_argument("--flow-log", default=None, help="append one JSON line per ended flow to this file")
+    p.add_argument("--max-flows", type=int, default=None, help="flow table cap (default 500000)")
+    p.add_argument(
+        "--alerts-endpoint",
+        default=None,
+        help="ZeroMQ endpoint of the alert PUB socket "
+        "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 256)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument(
+        "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
+    )
+    p.set_defaults(func=run)
+
+
+def _positive(name: str, value: float | int | None, minimum: float = 0) -> None:
+    if value is not None and value < minimum:
+        raise CliError(f"{name} must be >= {minimum}, got {value}")
+
+
+def build_config(args: argparse.Namespace) -> PipelineConfig:
+    """Flags over the --config file over the defaults; every problem is a CliError that says how to fix it."""
+    base: dict = {}
+    if args.config is not None:
+        try:
+            base = json.loads(args.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read --config {args.config}: {exc}") from None
+    try:
+        cfg = PipelineConfig.from_dict(base)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"--config {args.config}: {exc}") from None
+    run_dir = args.run_dir or default_run_dir()
+    cfg.run_dir = str(run_dir.resolve())
+    cfg.state_dir = str((args.state_dir or default_state_dir()).resolve())
+    cfg.run_id = uuid.uuid4().hex[:12]
+    if args.read:
+        cfg.read_path, cfg.interface = str(Path(args.read).resolve()), ""
+    else:
+        cfg.interface, cfg.read_path = args.interface, ""
+    cfg.bpf = args.bpf or cfg.bpf
+    cfg.snaplen = args.snaplen
+    cfg.promisc = not args.no_promisc
+    if args.decoders is not None:
+        cfg.decoders = args.decoders
+    _positive("--decoders", cfg.decoders, 1)
+    if cfg.decoders > 64:
+        raise CliError(f"--decoders {cfg.decoders} is more than 64; use at most one per core")
+    cfg.redis_url = args.redis_url or cfg.redis_url
+    cfg.redis_prefix = args.redis_prefix
+    if args.alerts_endpoint:
+        cfg.alerts_endpoint = args.alerts_endpoint
+    if args.batch_size is not None:
+        _positive("--batch-size", args.batch_size, 1)
+        cfg.batch_size = args.batch_size
+    if args.local_net:
+        import ipaddress
+
+        for cidr in args.local_net:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise CliError(f"--local-net {cidr!r} is not a network; write it like 10.1.0.0/16") from None
+        cfg.local_nets = list(args.local_net)
+    if args.flow_log is not None:
+        cfg.flow.flow_log = str(Path(args.flow_log).resolve())
+    if args.max_flows is not None:
+        _positive("--max-flows", args.max_flows, 1)
+        cfg.flow.max_flows = args.max_flows
+    det = cfg.detector
+    if args.demo:
+        det.learning = 5.0
+    if args.learning is not None:
+        _positive("--learning", args.learning)
+        det.learning = args.learning
+    for flag, attr, minimum in (
+        ("cooldown", "cooldown", 0),
+        ("volume_interval", "volume_interval", 1),
+        ("ewma_alpha", "ewma_alpha", 0.0),
+        ("z_threshold", "z_threshold", 0),
+        ("volume_floor", "volume_floor", 0),
+        ("min_intervals", "min_intervals", 1),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            _positive("--" + flag.replace("_", "-"), value, minimum)
+            setattr(det, attr, value)
+    if not 0 < det.ewma_alpha <= 1:
+        raise CliError(f"--ewma-alpha must be in (0, 1], got {det.ewma_alpha}")
+    for flag in ("geoip_country_db", "geoip_asn_db"):
+        value = getattr(args, flag)
+        if value:
+            if not Path(value).is_file():
+                raise CliError(
+                    f"--{flag.replace('_', '-')} {value}: no such file (download GeoLite2 .mmdb files)"
+                )
+            setattr(det, flag, str(Path(value).resolve()))
+    det.attribute_processes = cfg.live
+    return cfg
+
+
+def _check_source(cfg: PipelineConfig) -> None:
+    if cfg.read_path:
+        try:
+            OfflineSource(cfg.read_path)
+        except CaptureError as exc:
+            raise CliError(str(exc)) from None
+    elif os.geteuid() != 0:
+        print("pktscope: warning: live capture usually needs root or CAP_NET_RAW", file=sys.stderr)
+
+
+def _prepare_dirs(cfg: PipelineConfig) -> Path:
+    run_dir = Path(cfg.run_dir)
+    pid = running_pid(run_dir)
+    if pid is not None:
+        raise CliError(
+            f"a pipeline is already running in {run_dir} (supervisord pid {pid}); "
+            "stop it first or pass another --run-dir"
+        )
+    if len(str(run_dir)) > 80:
+        raise CliError(
+            f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
+        )
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    for stale in run_dir.glob("*.ipc"):
+        stale.unlink(missing_ok=True)
+    (run_dir / "redis.sock").unlink(missing_ok=True)
+    if not cfg.redis_url:
+        Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return run_dir
+
+
+def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
+    r = connect(cfg.effective_redis_url)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            r.ping()
+            return r
+        except redis.RedisError as exc:
+            if time.time() > deadline:
+                raise CliError(f"Redis at {cfg.effective_redis_url} did not answer: {exc}") from None
+            time.sleep(0.05)
+
+
+class _Interrupt:
+    def __init__(self) -> None:
+        self.hit = False
+        signal.signal(signal.SIGINT, self._set)
+        signal.signal(signal.SIGTERM, self._set)
+
+    def _set(self, *_a) -> None:
+        self.hit = True
+
+
+def _crash_looping(sup: Supervisor, restarts: dict[str, set[int]]) -> str | None:
+    for info in sup.processes():
+        if info["group"] == "redis":
+            continue
+        pids = restarts.setdefault(info["name"], set())
+        if info["pid"]:
+            pids.add(info["pid"])
+        if len(pids) > MAX_RESTARTS or info["statename"] == "FATAL":
+            return info["name"]
+    return None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    _check_source(cfg)
+    run_dir = _prepare_dirs(cfg)
+    cfg.save()
+    sup = Supervisor(run_dir)
+    interrupt = _Interrupt()
+    try:
+        sup.start(render_config(cfg))
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    keys = Keys(cfg.redis_prefix)
+    exit_code = 0
+    try:
+        r = _wait_redis(cfg)
+        source = cfg.read_path or f"live on {cfg.interface}"
+        if cfg.live:
+            print(
+                f"pktscope: capturing on {cfg.interface} with {cfg.decoders} decoder(s); "
+                f"alerts on {cfg.alerts_pub_endpoint}; Ctrl-C stops",
+                file=sys.stderr,
+            )
+        restarts: dict[str, set[int]] = {}
+        started = time.time()
+        while not interrupt.hit:
+            if not cfg.live:
+                det = r.hgetall(keys.stats("detector"))
+                if det.get("run_id") == cfg.run_id and det.get("eos") == "1":
+                    break
+            crashed = _crash_looping(sup, restarts)
+            if crashed:
+                log = run_dir / "logs" / f"{crashed}.log"
+                print(
+                    f"pktscope: service {crashed} keeps crashing; last lines of {log}:\n{_tail(log)}",
+                    file=sys.stderr,
+                )
+                exit_code = 1
+                break
+            if sup.proc is not None and sup.proc.poll() is not None:
+                print(
+                    f"pktscope: supervisord exited unexpectedly; see {run_dir / 'supervisord.log'}",
+                    file=sys.stderr,
+                )
+                return 1
+            if args.timeout and time.time() - started > args.timeout:
+                print(f"pktscope: gave up after {args.timeout} s", file=sys.stderr)
+                exit_code = 1
+                break
+            time.sleep(0.1)
+        if cfg.live or exit_code:
+            for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
+                sup.stop_group(group)
+        stats = pipeline_stats.read_all(r, keys, cfg.run_id)
+        summary = pipeline_stats.summarize(stats)
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(pipeline_stats.format_summary(summary, source))
+        if summary["capture_error"]:
+            exit_code = exit_code or 1
+    finally:
+        sup.shutdown()
+    return exit_code

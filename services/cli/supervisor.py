@@ -1,0 +1,110 @@
+"""Running the pipeline under supervisord: write its config, start it, talk to it over XML-RPC."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from string import Template
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from shared.config import PipelineConfig
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+# Installed without the source tree (a wheel), the templates ship beside this module.
+if not (COMPOSE / "supervisord.conf.tmpl").exists():
+    COMPOSE = Path(__file__).resolve().parent
+
+
+def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
+    """supervisord.conf for this pipeline, from compose/supervisord.conf.tmpl."""
+    redis_program = ""
+    if not cfg.redis_url:
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise FileNotFoundError(
+                "redis-server is not installed: run scripts/setup (installs it), or pass --redis-url"
+            )
+        redis_program = Template((COMPOSE / "redis-program.conf.tmpl").read_text()).substitute(
+            redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir
+        )
+    return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
+        run_dir=cfg.run_dir, python=python, decoders=cfg.decoders, redis_program=redis_program
+    )
+
+
+def running_pid(run_dir: Path) -> int | None:
+    """The pid of a supervisord still running for this run directory, if any."""
+    try:
+        pid = int((run_dir / "supervisord.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+class Supervisor:
+    """A supervisord child process and an XML-RPC proxy to it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.conf = run_dir / "supervisord.conf"
+        self.proc: subprocess.Popen | None = None
+        self.rpc = xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", SupervisorTransport(None, None, serverurl=f"unix://{run_dir}/supervisor.sock")
+        ).supervisor
+
+    def start(self, config_text: str) -> None:
+        (self.run_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        self.conf.write_text(config_text)
+        # Its own session: a Ctrl-C in the terminal reaches us, and we stop the pipeline in order.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.run_dir / "supervisord.stderr", "wb"),  # noqa: SIM115 - child owns it
+        )
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"supervisord exited at start; see {self.run_dir / 'supervisord.stderr'} "
+                    f"and {self.run_dir / 'supervisord.log'}"
+                )
+            try:
+                if self.rpc.getState()["statename"] == "RUNNING":
+                    return
+            except (OSError, xmlrpc.client.Fault):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("supervisord did not come up within 15 s")
+
+    def processes(self) -> list[dict]:
+        try:
+            return self.rpc.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Fault):
+            return []
+
+    def stop_group(self, name: str) -> None:
+        with contextlib.suppress(OSError, xmlrpc.client.Fault):
+            self.rpc.stopProcessGroup(name, True)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.rpc.shutdown()
+        except (OSError, xmlrpc.client.Fault):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
