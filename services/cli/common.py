@@ -51,6 +51,83 @@ def resolve_redis(args: argparse.Namespace) -> None:
                 "start one with `pktscope run`, or pass --run-dir / --redis-url"
             )
         args.redis_url = cfg.effective_redis_url
+        if not cfg.redis_url and cfg.state_dir and not _answers(args.redis_url):
+            args.redis_url = _start_offline_redis(cfg)
     if getattr(args, "redis_prefix", None) is None:
         args.redis_prefix = cfg.redis_prefix if cfg else "pktscope"
     args.pipeline = cfg
+
+
+def _answers(url: str) -> bool:
+    import redis
+
+    from shared.redis_conn import connect
+
+    try:
+        return bool(connect(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _start_offline_redis(cfg: PipelineConfig) -> str:
+    """The pipeline is stopped but its private Redis data is on disk: serve it for this command.
+
+    The temporary redis-server saves on exit, so `baseline allow` and friends persist too.
+    """
+    import atexit
+    import contextlib
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise CliError("redis-server is not installed (run scripts/setup) and the pipeline is not running")
+    tmp = Path(tempfile.mkdtemp(prefix="pktscope-redis-"))
+    sock = tmp / "redis.sock"
+    Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            cfg.state_dir,
+            "--dbfilename",
+            "pktscope.rdb",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+
+    def stop() -> None:
+        import redis
+
+        from shared.redis_conn import connect
+
+        # shutdown closes the connection under us: an error here is success
+        with contextlib.suppress(redis.RedisError):
+            connect(url).shutdown(save=True)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    atexit.register(stop)
+    deadline = time.time() + 10
+    while not _answers(url):
+        if time.time() > deadline or proc.poll() is not None:
+            raise CliError(f"could not start redis-server on the saved data in {cfg.state_dir}")
+        time.sleep(0.02)
+    return url

@@ -197,8 +197,13 @@ def _check_source(cfg: PipelineConfig) -> None:
             OfflineSource(cfg.read_path)
         except CaptureError as exc:
             raise CliError(str(exc)) from None
-    elif os.geteuid() != 0:
-        print("pktscope: warning: live capture usually needs root or CAP_NET_RAW", file=sys.stderr)
+    else:
+        if not Path("/sys/class/net", cfg.interface).exists():
+            raise CliError(
+                f"cannot capture on interface {cfg.interface!r}: no such interface (see `ip link`)"
+            )
+        if os.geteuid() != 0:
+            print("pktscope: warning: live capture usually needs root or CAP_NET_RAW", file=sys.stderr)
 
 
 def _prepare_dirs(cfg: PipelineConfig) -> Path:

@@ -1,0 +1,80 @@
+"""`pktscope status`: every service of the pipeline, up or down, with its counters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import redis
+
+from services.cli import pipeline_stats
+from services.cli.common import CliError, add_common, resolve_redis
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
+
+STALE_AFTER = 5.0  # seconds without a heartbeat before a service counts as down
+
+# Columns: (heading, counter names summed into it)
+COLUMNS = (
+    ("frames in", ("frames_in",)),
+    ("frames out", ("frames_out",)),
+    ("packets in", ("packets_in", "records_in", "events_in")),
+    ("packets out", ("packets", "records_out", "events_out")),
+    ("errors", ("malformed", "bad_frames", "app_errors", "redis_errors")),
+    ("drops", ("dropped", "pcap_drop", "pcap_ifdrop", "frames_lost", "evicted")),
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show each service: up or down, counters, heartbeat, learning")
+    add_common(p)
+    p.add_argument("--json", action="store_true", help="print the raw stats as JSON")
+    p.add_argument("--all-runs", action="store_true", help="also show services of earlier runs")
+    p.set_defaults(func=run)
+
+
+def service_state(stats: dict, now: float) -> str:
+    if stats.get("eos"):
+        return "finished"
+    age = now - float(stats.get("heartbeat", 0) or 0)
+    return "up" if age <= STALE_AFTER else "down"
+
+
+def run(args: argparse.Namespace) -> int:
+    resolve_redis(args)
+    r = connect(args.redis_url)
+    keys = Keys(args.redis_prefix)
+    run_id = None if args.all_runs or args.pipeline is None else args.pipeline.run_id
+    try:
+        stats = pipeline_stats.read_all(r, keys, run_id)
+        learning = r.hgetall(keys.learning())
+    except redis.RedisError as exc:
+        raise CliError(f"cannot reach Redis at {args.redis_url}: {exc} (is the pipeline running?)") from None
+    now = time.time()
+    if args.json:
+        print(json.dumps({"services": stats, "learning": learning}, sort_keys=True, default=str))
+        return 0
+    if not stats:
+        print("no services have reported yet")
+        return 1
+    head = f"{'service':14} {'state':9} " + " ".join(f"{h:>12}" for h, _ in COLUMNS) + "  heartbeat"
+    print(head)
+    for name, s in sorted(stats.items(), key=lambda kv: _order(kv[0])):
+        cells = " ".join(f"{sum(int(s.get(c, 0) or 0) for c in cols):>12,}" for _, cols in COLUMNS)
+        age = now - float(s.get("heartbeat", 0) or 0)
+        print(f"{name:14} {service_state(s, now):9} {cells}  {age:6.1f} s ago")
+    det = stats.get("detector", {})
+    if learning or "learning" in det:
+        end = learning.get("end")
+        state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
+        extra = f" (window ends at packet time {float(end):.0f})" if end else ""
+        print(f"baseline: {state}{extra}")
+    return 0
+
+
+def _order(name: str) -> tuple[int, str]:
+    for i, prefix in enumerate(("capture", "decoder", "flowtracker", "detector")):
+        if name.startswith(prefix):
+            return i, name
+    return 9, name

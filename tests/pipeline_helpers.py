@@ -1,0 +1,125 @@
+"""Helpers for tests that run the whole pipeline under supervisord."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dpkt
+
+ROOT = Path(__file__).resolve().parent.parent
+PKTSCOPE = [sys.executable, "-m", "services.cli.main"]
+
+
+def pktscope(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the `pktscope` CLI to completion and return the finished process."""
+    proc = subprocess.run([*PKTSCOPE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"pktscope {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def start_pktscope(*args: str, log: Path) -> subprocess.Popen:
+    """Start a long-running `pktscope` command (live run) with its output in ``log``."""
+    return subprocess.Popen(
+        [*PKTSCOPE, *args],
+        cwd=ROOT,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+
+
+def stop_pktscope(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """Ctrl-C a running `pktscope run` and wait for it to stop every process."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def read_summary(proc: subprocess.CompletedProcess) -> dict:
+    """The JSON summary line `pktscope run --json` prints last."""
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _eth_ip_tcp(
+    src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes = b""
+):
+    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=65535, data=payload)
+    ip = dpkt.ip.IP(
+        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_TCP, ttl=64, data=tcp
+    )
+    ip.len = len(ip)
+    eth = dpkt.ethernet.Ethernet(
+        src=b"\x02\x00\x00\x00\x00\x01",
+        dst=b"\x02\x00\x00\x00\x00\x02",
+        type=dpkt.ethernet.ETH_TYPE_IP,
+        data=ip,
+    )
+    return bytes(eth)
+
+
+def tcp_session(src: str, dst: str, sport: int, dport: int, t0: float, payload: bytes = b"hello") -> list:
+    """A complete TCP session (handshake, one data segment each way, FIN) as (ts, bytes) tuples."""
+    S, A, F, P = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH
+    c, s = 1000, 5000
+    return [
+        (t0, _eth_ip_tcp(src, dst, sport, dport, S, c, 0)),
+        (t0 + 0.01, _eth_ip_tcp(dst, src, dport, sport, S | A, s, c + 1)),
+        (t0 + 0.02, _eth_ip_tcp(src, dst, sport, dport, A, c + 1, s + 1)),
+        (t0 + 0.03, _eth_ip_tcp(src, dst, sport, dport, A | P, c + 1, s + 1, payload)),
+        (t0 + 0.04, _eth_ip_tcp(dst, src, dport, sport, A | P, s + 1, c + 1 + len(payload), b"ok")),
+        (t0 + 0.05, _eth_ip_tcp(src, dst, sport, dport, F | A, c + 1 + len(payload), s + 3)),
+        (t0 + 0.06, _eth_ip_tcp(dst, src, dport, sport, F | A, s + 3, c + 2 + len(payload))),
+    ]
+
+
+def write_pcap(path: Path, packets: list) -> Path:
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB)
+        for ts, data in packets:
+            w.writepkt(data, ts=ts)
+    return path
+
+
+def kill_service(run_dir: Path, name: str) -> int:
+    """kill -9 one supervised service; returns the pid that was killed."""
+    from services.cli.supervisor import Supervisor
+
+    info = Supervisor(run_dir).rpc.getProcessInfo(name)
+    os.kill(info["pid"], signal.SIGKILL)
+    return info["pid"]
+
+
+def service_pid(run_dir: Path, name: str) -> int:
+    from services.cli.supervisor import Supervisor
+
+    return Supervisor(run_dir).rpc.getProcessInfo(name)["pid"]
