@@ -11,7 +11,7 @@ import redis
 import zmq
 
 from services.cli.common import CliError, add_common, resolve_redis
-from services.cli.text import escape  # shared with `pktscope read`
+from services.cli.text import safe as escape  # the same escaping as `pktscope read`
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 
