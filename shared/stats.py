@@ -45,6 +45,7 @@ class ServiceStats:
         mapping.update(extra)
         mapping["heartbeat"] = time.time()
         mapping["run_id"] = RUN_ID
+        mapping["cpu_seconds"] = round(time.process_time(), 4)  # per-stage cost in scripts/bench
         mapping["redis_errors"] = self.redis_errors
         try:
             pipe = self.r.pipeline(transaction=False)
