@@ -43,11 +43,12 @@ MAX_TAGS = 8  # bound the tag walk: a frame of nothing but VLAN tags must not lo
 
 # BSD address families seen in DLT_NULL / DLT_LOOP headers (IPv6 differs between BSDs)
 AF_TO_ETHERTYPE = {2: ETH_IP4, 10: ETH_IP6, 24: ETH_IP6, 28: ETH_IP6, 30: ETH_IP6}
-PPP_TO_ETHERTYPE = {0x0021: ETH_IP4, 0x0057: ETH_IP6}
+PPP_TO_ETHERTYPE = {0x0021: ETH_IP4, 0x0057: ETH_IP6}  # also the compressed 0x21 / 0x57
 
 ETH = struct.Struct("!6s6sH")
 VLAN = struct.Struct("!HH")  # TCI, next ethertype
-PPPOE = struct.Struct("!BBHHH")  # ver/type, code, session, length, PPP protocol
+PPPOE = struct.Struct("!BBHH")  # ver/type, code, session, length
+PPP_PROTO = struct.Struct("!H")
 MPLS = struct.Struct("!I")
 SLL = struct.Struct("!HHH8sH")  # pkttype, hatype, halen, address, protocol
 SLL2 = struct.Struct("!HHIHBB8s")  # protocol, reserved, ifindex, hatype, pkttype, halen, address
@@ -137,11 +138,22 @@ def _ethertype(
                 protos.append("vlan")
             continue
         if etype == ETH_PPPOE_SESSION:
-            ver_type, code, session, length, ppp = PPPOE.unpack_from(data, off)
-            off += 8
+            ver_type, code, session, length = PPPOE.unpack_from(data, off)
+            off += 6
+            ppp = data[off]
+            if ppp & 1:  # protocol field compression: a one-byte protocol (0x21 is IPv4)
+                off += 1
+            else:
+                ppp = PPP_PROTO.unpack_from(data, off)[0]
+                off += 2
             if out is not None:
-                out["pppoes"] = {"version": ver_type >> 4, "type": ver_type & 15, "code": code,
-                                 "session_id": session, "payload_length": length}
+                out["pppoes"] = {
+                    "version": ver_type >> 4,
+                    "type": ver_type & 15,
+                    "code": code,
+                    "session_id": session,
+                    "payload_length": length,
+                }
                 out["ppp"] = {"protocol": ppp}
                 protos += ("ethertype", "pppoes", "ppp")
             return PPP_TO_ETHERTYPE.get(ppp, NON_IP), off

@@ -99,8 +99,7 @@ def tokenize(text: str) -> list[Token]:
                 j += 1
             op = text[i:j]
             if op not in OPERATORS:
-                # "!!x" or "!=!" style runs: accept a leading "!" as negation when the rest is valid.
-                if op[0] == "!" and (op[1:] in OPERATORS or set(op) == {"!"}):
+                if set(op) == {"!"}:  # "!!tcp": repeated negation
                     tokens.append(Token(OP, "!", i + 1))
                     i += 1
                     continue

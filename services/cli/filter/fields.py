@@ -1,0 +1,154 @@
+"""Field names: Wireshark aliases, either-direction fields, and walking a packet's nested dict.
+
+A packet is a nested dict ({"ip": {"src": ...}, "tcp": {"flags": {"value": 18, ...}}, "dns":
+{"queries": [{"name": ..., "type": ...}]}}). A field path is its keys joined by dots; where a
+path meets a list, every element is walked, so one field may yield several values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# Wireshark names -> the names pktscope's decoders emit (each may expand to several paths).
+ALIASES: dict[str, tuple[str, ...]] = {
+    # either-direction fields: true when either end matches
+    "ip.addr": ("ip.src", "ip.dst"),
+    "ipv6.addr": ("ipv6.src", "ipv6.dst"),
+    "tcp.port": ("tcp.srcport", "tcp.dstport"),
+    "udp.port": ("udp.srcport", "udp.dstport"),
+    "eth.addr": ("eth.src", "eth.dst"),
+    "arp.addr": ("arp.src.proto_ipv4", "arp.dst.proto_ipv4"),
+    # DNS: queries and answers are lists of {"name", "type", ...}
+    "dns.qry.name": ("dns.queries.name",),
+    "dns.qry.type": ("dns.queries.type",),
+    "dns.resp.name": ("dns.answers.name",),
+    "dns.resp.type": ("dns.answers.type",),
+    "dns.resp.ttl": ("dns.answers.ttl",),
+    "dns.a": ("dns.answers.data",),
+    "dns.aaaa": ("dns.answers.data",),
+    "dns.name": ("dns.queries.name", "dns.answers.name"),
+    "dns.type": ("dns.queries.type", "dns.answers.type"),
+    # HTTP
+    "http.request.method": ("http.method",),
+    "http.request.uri": ("http.uri",),
+    "http.response.code": ("http.status",),
+    "http.user-agent": ("http.user_agent",),
+    # TLS / QUIC
+    "tls.handshake.extensions_server_name": ("tls.sni",),
+    "tls.handshake.ja3": ("tls.ja3",),
+    "tls.handshake.ja3_full": ("tls.ja3",),
+    "tls.handshake.ja4": ("tls.ja4",),
+    "ssl.handshake.extensions_server_name": ("tls.sni",),
+}
+
+MISSING = object()
+
+
+def split_path(name: str) -> tuple[str, ...]:
+    """``dns.queries[].name`` -> ("dns", "queries", "name"); the [] is only a reminder of the list."""
+    return tuple(name.replace("[]", "").split("."))
+
+
+def expand(name: str) -> tuple[tuple[str, ...], ...]:
+    """All key paths a field name stands for (aliases expanded)."""
+    bare = name.replace("[]", "")
+    return tuple(split_path(p) for p in ALIASES.get(bare, (bare,)))
+
+
+def _walk(node: object, keys: tuple[str, ...], out: list) -> None:
+    """Append every value found at ``keys`` below ``node`` to ``out``, walking lists."""
+    for i, key in enumerate(keys):
+        if type(node) is dict:
+            node = node.get(key, MISSING)
+            if node is MISSING:
+                return
+        elif type(node) is list or type(node) is tuple:
+            for item in node:
+                _walk(item, keys[i:], out)
+            return
+        else:
+            return
+    _leaves(node, out)
+
+
+def _leaves(node: object, out: list) -> None:
+    """Append ``node``, or every element of it (recursively) when it is a list."""
+    if type(node) is list or type(node) is tuple:
+        for item in node:
+            _leaves(item, out)
+    else:
+        out.append(node)
+
+
+def _path_getter(keys: tuple[str, ...]) -> Callable[[dict, list], None]:
+    """An appender of the values at ``keys``, specialised for the common one- and two-key paths."""
+    if len(keys) == 1:
+        (k1,) = keys
+
+        def get1(pkt: dict, out: list) -> None:
+            v = pkt.get(k1, MISSING)
+            if v is MISSING:
+                return
+            if type(v) is list or type(v) is tuple:
+                _leaves(v, out)
+            else:
+                out.append(v)
+
+        return get1
+
+    if len(keys) == 2:
+        k1, k2 = keys
+        rest = (k2,)
+
+        def get2(pkt: dict, out: list) -> None:
+            v = pkt.get(k1)
+            if type(v) is dict:
+                v = v.get(k2, MISSING)
+                if v is MISSING:
+                    return
+                if type(v) is list or type(v) is tuple:
+                    _leaves(v, out)
+                else:
+                    out.append(v)
+            elif v is not None:
+                _walk(v, rest, out)
+
+        return get2
+
+    def get_n(pkt: dict, out: list) -> None:
+        _walk(pkt, keys, out)
+
+    return get_n
+
+
+def getter(name: str) -> Callable[[dict], list]:
+    """A function giving the values of field ``name`` in a packet (empty list when absent)."""
+    parts = tuple(_path_getter(keys) for keys in expand(name))
+    if len(parts) == 1:
+        (one,) = parts
+
+        def get_one(pkt: dict) -> list:
+            out: list = []
+            one(pkt, out)
+            return out
+
+        return get_one
+
+    if len(parts) == 2:
+        first, second = parts
+
+        def get_pair(pkt: dict) -> list:
+            out: list = []
+            first(pkt, out)
+            second(pkt, out)
+            return out
+
+        return get_pair
+
+    def get_all(pkt: dict) -> list:
+        out: list = []
+        for part in parts:
+            part(pkt, out)
+        return out
+
+    return get_all

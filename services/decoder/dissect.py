@@ -1,0 +1,103 @@
+"""Full display-filter fields of one packet, for ``pktscope read``.
+
+Uses the same layouts and walkers as the fast path (link.locate, ipv4/ipv6.parse, tcp/udp/icmp
+.parse), so both decode a packet the same way; this side also builds the nested field dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.decoder import arp, icmp, ipv4, ipv6, link, tcp, udp
+from services.decoder.common import DECODE_ERRORS
+from services.decoder.tcp import TH_SYN_FIN_RST
+from shared.records import FRAG_LATER, FRAG_NONE
+
+# (proto, src bytes, dst bytes, sport, dport, tcp_flags, tcp_seq, payload): the arguments after
+# ``ts`` of AppInspector.inspect, present exactly when the fast path would call it
+L4Tuple = tuple[int, bytes, bytes, int, int, int, int, bytes]
+
+PROTO_NAMES = {
+    1: "icmp",
+    2: "igmp",
+    4: "ip",
+    6: "tcp",
+    17: "udp",
+    41: "ipv6",
+    47: "gre",
+    50: "esp",
+    58: "icmpv6",
+    59: "ipv6.nonxt",
+    132: "sctp",
+}
+
+
+def dissect(
+    num: int, ts: float, linktype: int, wirelen: int, data: bytes
+) -> tuple[dict[str, Any], L4Tuple | None]:
+    """Return (fields, l4); never raises. A malformed packet has ``fields["_malformed"]``."""
+    frame: dict[str, Any] = {
+        "number": num,
+        "time_epoch": ts,
+        "len": wirelen,
+        "cap_len": len(data),
+        "linktype": linktype,
+    }
+    fields: dict[str, Any] = {"frame": frame}
+    protos: list[str] = []
+    l4tuple = None
+    try:
+        l4tuple = _layers(data, linktype, fields, protos)
+    except DECODE_ERRORS as exc:
+        fields["_malformed"] = _reason(exc)
+        l4tuple = None
+    except Exception as exc:  # a decoder bug must not stop `pktscope read` either
+        fields["_malformed"] = f"decoder error: {type(exc).__name__}: {exc}"
+        l4tuple = None
+    frame["protocols"] = ":".join(protos)
+    return fields, l4tuple
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if text.startswith("unpack_from requires a buffer") or isinstance(exc, IndexError):
+        return "truncated header"
+    return text or type(exc).__name__
+
+
+def _layers(data: bytes, linktype: int, out: dict[str, Any], protos: list[str]) -> L4Tuple | None:
+    etype, off = link.locate(linktype, data, out, protos)
+    if etype == link.ETH_IP4:
+        protos.append("ip")
+        hdr = ipv4.parse(data, off, out)
+    elif etype == link.ETH_IP6:
+        protos.append("ipv6")
+        hdr = ipv6.parse(data, off, out, protos)
+    else:
+        if etype == link.ETH_ARP:
+            protos.append("arp")
+            out["arp"] = arp.fields(arp.parse(data, off))
+        return None
+    frame = out["frame"]
+    if off + hdr.total > frame["len"]:
+        frame["len"] = off + hdr.total
+    proto, l4, l4len, frag = hdr.proto, hdr.l4, hdr.l4len, hdr.frag
+    if frag != FRAG_NONE:
+        out["ip" if etype == link.ETH_IP4 else "ipv6"]["fragment"] = (
+            "later" if frag == FRAG_LATER else "first"
+        )
+    if frag == FRAG_LATER:
+        protos.append("data")
+        return None
+    protos.append(PROTO_NAMES.get(proto, str(proto)))
+    if proto == 6:
+        sport, dport, flags, seq, hlen = tcp.parse(data, l4, l4len, frag, out)
+        if hlen and frag == FRAG_NONE and (l4len > hlen or flags & TH_SYN_FIN_RST):
+            return 6, hdr.src, hdr.dst, sport, dport, flags, seq, data[l4 + hlen : l4 + l4len]
+    elif proto == 17:
+        sport, dport, hlen = udp.parse(data, l4, l4len, frag, out)
+        if hlen and frag == FRAG_NONE and l4len > hlen:
+            return 17, hdr.src, hdr.dst, sport, dport, 0, 0, data[l4 + hlen : l4 + l4len]
+    elif proto == 1 or proto == 58:
+        icmp.parse(data, l4, l4len, proto, out)
+    return None

@@ -1,0 +1,172 @@
+"""The decoder's hot loop: packet tuples in, record tuples out (shared/records.py).
+
+Everything per packet is a local name, a precompiled ``struct`` layout read in place with
+``unpack_from`` and one tuple out. Untagged Ethernet + IPv4/IPv6 + TCP/UDP is inlined; other
+link layers, IPv6 extension headers, ARP and ICMP go through the per-protocol modules, which
+the dissector uses too. The length and fragment rules are those documented in ipv4.py,
+tcp.py and udp.py; tests/test_decoder_corpus.py checks that both paths agree on every packet.
+
+A packet that cannot be decoded raises one of ``DECODE_ERRORS`` inside the loop (``unpack_from``
+past the captured bytes raises ``struct.error``, which is free to guard against in CPython 3.11:
+``try`` costs nothing until something is raised) and is counted as malformed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Protocol
+
+from services.decoder import arp, icmp, ipv6, link
+from services.decoder.common import DECODE_ERRORS, Malformed
+from services.decoder.ipv4 import IP4_FAST
+from services.decoder.ipv6 import EXTENSION_HEADERS, IP6_FAST
+from services.decoder.tcp import TCP_FAST
+from services.decoder.udp import PORTS
+from shared.records import FRAG_FIRST, FRAG_LATER, FRAG_NONE
+
+
+class AppInspectorLike(Protocol):
+    """What the fast path needs from services.decoder.app.inspector.AppInspector."""
+
+    def inspect(
+        self,
+        ts: float,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        tcp_flags: int,
+        tcp_seq: int,
+        payload: bytes,
+    ) -> dict[str, Any] | None: ...
+
+    def expire(self, ts: float) -> Any: ...
+
+
+class BatchResult(NamedTuple):
+    """Records of one batch and its counters; decoded + malformed == packets given."""
+
+    records: list[tuple]
+    decoded: int
+    malformed: int
+    non_ip: int
+    app_errors: int
+
+
+def decode_batch(packets: Iterable[tuple], app: AppInspectorLike | None = None) -> BatchResult:
+    """Decode packet tuples (num, ts, linktype, wirelen, data) into record tuples."""
+    records: list[tuple] = []
+    append = records.append
+    ip4_unpack = IP4_FAST.unpack_from
+    ip6_unpack = IP6_FAST.unpack_from
+    tcp_unpack = TCP_FAST.unpack_from
+    ports_unpack = PORTS.unpack_from
+    locate = link.locate
+    walk_ext = ipv6.walk_ext
+    ext_headers = EXTENSION_HEADERS
+    errors = DECODE_ERRORS
+    inspect = app.inspect if app is not None else None
+    count = malformed = non_ip = app_errors = 0
+    ts = None
+
+    for num, ts, linktype, wirelen, data in packets:
+        count += 1
+        try:
+            # ---- link layer -----------------------------------------------------------
+            if linktype == 1:
+                etype = data[12] << 8 | data[13]
+                off = 14
+                if etype != 0x0800 and etype != 0x86DD:
+                    etype, off = locate(1, data)
+            else:
+                etype, off = locate(linktype, data)
+
+            # ---- network layer: proto, addresses, upper header offset l4 and length l4len --
+            n = len(data)
+            if etype == 0x0800:
+                vhl, total, fragw, proto, src, dst = ip4_unpack(data, off)
+                ihl = (vhl & 15) << 2
+                if vhl >> 4 != 4 or ihl < 20:
+                    raise Malformed
+                if total == 0:  # segmentation offload
+                    total = n - off
+                if total < ihl or off + ihl > n:
+                    raise Malformed
+                l4 = off + ihl
+                l4len = total - ihl
+                frag = FRAG_NONE
+                if fragw & 0x3FFF:
+                    frag = FRAG_LATER if fragw & 0x1FFF else FRAG_FIRST
+            elif etype == 0x86DD:
+                ver, plen, proto, src, dst = ip6_unpack(data, off)
+                if ver >> 4 != 6:
+                    raise Malformed
+                if plen == 0:  # jumbogram or segmentation offload
+                    plen = n - off - 40
+                total = plen + 40
+                l4 = off + 40
+                frag = FRAG_NONE
+                if proto in ext_headers:
+                    proto, l4, frag = walk_ext(data, l4, proto, off + total)
+                l4len = off + total - l4
+            else:
+                if etype == 0x0806:
+                    arp.parse(data, off)
+                non_ip += 1
+                continue
+            if off + total > wirelen:  # cut by the snaplen: the IP length says how long it was
+                wirelen = off + total
+
+            # ---- transport layer ----------------------------------------------------------
+            if frag == FRAG_LATER:
+                append((num, ts, wirelen, proto, src, dst, 0, 0, 0, l4len, FRAG_LATER, 0, None))
+            elif proto == 6:
+                if frag and (l4len < 20 or l4 + 20 > n):
+                    append((num, ts, wirelen, 6, src, dst, 0, 0, 0, l4len, frag, 0, None))
+                    continue
+                sport, dport, seq, offx2, flags = tcp_unpack(data, l4)
+                hlen = (offx2 >> 4) << 2
+                if hlen < 20 or hlen > l4len:
+                    if hlen >= 20 and frag:
+                        append((num, ts, wirelen, 6, src, dst, 0, 0, 0, l4len, frag, 0, None))
+                        continue
+                    raise Malformed
+                paylen = l4len - hlen
+                found = None
+                if inspect is not None and frag == FRAG_NONE and (paylen or flags & 0x07):
+                    try:
+                        found = inspect(
+                            ts, 6, src, dst, sport, dport, flags, seq, data[l4 + hlen : l4 + l4len]
+                        )
+                    except Exception:  # the application layer must never stop the decoder
+                        app_errors += 1
+                append((num, ts, wirelen, 6, src, dst, sport, dport, flags, paylen, frag, seq, found))
+            elif proto == 17:
+                if frag and (l4len < 8 or l4 + 8 > n):
+                    append((num, ts, wirelen, 17, src, dst, 0, 0, 0, l4len, frag, 0, None))
+                    continue
+                sport, dport = ports_unpack(data, l4)
+                if l4len < 8:
+                    raise Malformed
+                paylen = l4len - 8
+                found = None
+                if inspect is not None and frag == FRAG_NONE and paylen:
+                    try:
+                        found = inspect(ts, 17, src, dst, sport, dport, 0, 0, data[l4 + 8 : l4 + l4len])
+                    except Exception:  # the application layer must never stop the decoder
+                        app_errors += 1
+                append((num, ts, wirelen, 17, src, dst, sport, dport, 0, paylen, frag, 0, found))
+            else:
+                if proto == 1 or proto == 58:
+                    icmp.parse(data, l4, l4len, proto)
+                append((num, ts, wirelen, proto, src, dst, 0, 0, 0, l4len, frag, 0, None))
+        except errors:
+            malformed += 1
+
+    if app is not None and ts is not None:
+        try:
+            app.expire(ts)
+        except Exception:  # the application layer must never stop the decoder
+            app_errors += 1
+    return BatchResult(records, count - malformed, malformed, non_ip, app_errors)

@@ -1,0 +1,198 @@
+"""The decoder service: PACKETS frames from capture in, RECORDS frames to the flow tracker out.
+
+One process per decoder index. Capture shards packets by flow hash, so every packet of a flow
+reaches the same decoder and the application layers (AppInspector) see whole conversations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+import zmq
+
+from services.decoder.fastpath import decode_batch
+from shared import frames
+from shared.config import PipelineConfig
+from shared.frames import FrameError, FrameType, SequenceGaps
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
+from shared.sockets import bind_pull, connect_push
+from shared.stats import ServiceStats
+
+log = logging.getLogger("pktscope.decoder")
+
+POLL_MS = 100  # how often an idle or blocked decoder looks at the stop flag and heartbeat
+COUNTERS = (
+    "frames_in",
+    "frames_out",
+    "packets_in",
+    "records_out",
+    "decoded",
+    "malformed",
+    "non_ip",
+    "bad_frames",
+    "frames_lost",
+    "app_errors",
+)
+
+
+def load_app_inspector() -> Any | None:
+    """The application-layer inspector if services.decoder.app provides one, else None."""
+    try:
+        from services.decoder.app.inspector import AppInspector  # type: ignore[import-not-found]
+    except ImportError as exc:
+        log.info("no application-layer inspector (%s): records carry no app fields", exc)
+        return None
+    except Exception:  # a broken optional layer must not keep L2-L4 decoding from running
+        log.exception("services.decoder.app.inspector failed to import; decoding without it")
+        return None
+    try:
+        return AppInspector()
+    except Exception:  # a broken optional layer must not keep L2-L4 decoding from running
+        log.exception("AppInspector() failed; decoding without application layers")
+        return None
+
+
+def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
+    """Redis for stats, or None when it is unreachable: monitoring must not stop decoding."""
+    client = connect(url, socket_connect_timeout=1, socket_timeout=2)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.RedisError as exc:
+            if time.monotonic() >= deadline:
+                log.warning("redis %s unreachable (%s): stats will not be published", url, exc)
+                return None
+            time.sleep(0.1)
+
+
+class DecoderService:
+    def __init__(self, cfg: PipelineConfig, index: int, app: Any | None, r: redis.Redis | None) -> None:
+        self.cfg = cfg
+        self.name = f"decoder-{index}"
+        self.app = app
+        self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
+        self.stats.info["index"] = index
+        self.stats.info["app"] = int(app is not None)
+        c = self.stats.c
+        for key in COUNTERS:
+            c[key] = 0
+        self.gaps = SequenceGaps()
+        self.seq = 0
+        self.ctx = zmq.Context.instance()
+        self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
+        self.push = connect_push(self.ctx, cfg.tracker_endpoint, cfg.hwm)
+        self.poller = zmq.Poller()
+        self.poller.register(self.pull, zmq.POLLIN)
+
+    # --- main loop -----------------------------------------------------------------------------
+    def run(self, stop: Any) -> int:
+        """Serve until EOS or the stop flag; return the exit status (0 both ways)."""
+        log.info(
+            "%s: %s -> %s",
+            self.name,
+            self.cfg.decoder_endpoint(int(self.stats.info["index"])),
+            self.cfg.tracker_endpoint,
+        )
+        pull = self.pull
+        try:
+            while not stop:
+                try:
+                    buf = pull.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    self.stats.maybe_flush()
+                    self.poller.poll(POLL_MS)
+                    continue
+                if self.handle(buf, stop):
+                    log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
+                    return 0
+                self.stats.maybe_flush()
+            log.info("%s: stopping on signal", self.name)
+            self.stats.flush()
+            return 0
+        finally:
+            self.close()
+
+    def handle(self, buf: bytes, stop: Any = False) -> bool:
+        """Process one received frame; return True at end of stream."""
+        c = self.stats.c
+        try:
+            frame = frames.decode(buf)
+        except FrameError as exc:
+            c["bad_frames"] += 1
+            log.debug("dropped a bad frame: %s", exc)
+            return False
+        c["frames_in"] += 1
+        c["frames_lost"] += self.gaps.see(frame.sender, frame.seq)
+        ftype = frame.type
+        if ftype == FrameType.PACKETS:
+            self._packets(frame.body, stop)
+        elif ftype == FrameType.TICK:
+            self._send(FrameType.TICK, frame.body, stop)
+        elif ftype == FrameType.EOS:
+            self._eos(frame.body, stop)
+            return True
+        else:
+            c["bad_frames"] += 1
+        return False
+
+    def _packets(self, body: Any, stop: Any) -> None:
+        c = self.stats.c
+        if not isinstance(body, tuple | list):
+            c["bad_frames"] += 1
+            return
+        try:
+            result = decode_batch(body, self.app)
+        except (TypeError, ValueError):  # packet tuples of the wrong shape: the frame is bad
+            c["bad_frames"] += 1
+            return
+        c["packets_in"] += len(body)
+        c["decoded"] += result.decoded
+        c["malformed"] += result.malformed
+        c["non_ip"] += result.non_ip
+        c["app_errors"] += result.app_errors
+        if self._send(FrameType.RECORDS, result.records, stop):
+            c["records_out"] += len(result.records)
+
+    def _eos(self, upstream: Any, stop: Any) -> None:
+        c = self.stats.c
+        body = {
+            "origin": self.name,
+            "packets": c["packets_in"],
+            "decoded": c["decoded"],
+            "malformed": c["malformed"],
+            "non_ip": c["non_ip"],
+            "records": c["records_out"],
+            "bad_frames": c["bad_frames"],
+            "frames_lost": c["frames_lost"],
+            "app_errors": c["app_errors"],
+            "upstream": upstream,
+        }
+        self._send(FrameType.EOS, body, stop)
+        self.stats.flush(eos=1)
+
+    def _send(self, ftype: str, body: Any, stop: Any) -> bool:
+        """Send with backpressure (block while the tracker is behind) but keep noticing SIGTERM."""
+        buf = frames.encode(ftype, self.name, self.seq, body)
+        push = self.push
+        while True:
+            try:
+                push.send(buf, zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                if stop:
+                    log.warning("%s: stopping with a frame the tracker never took", self.name)
+                    return False
+                push.poll(POLL_MS, zmq.POLLOUT)
+        self.seq += 1
+        self.stats.c["frames_out"] += 1
+        return True
+
+    def close(self) -> None:
+        self.pull.close(linger=0)
+        self.push.close()  # keeps its LINGER so the last frames (EOS) still leave

@@ -1,0 +1,56 @@
+"""TCP header layout and display fields.
+
+Rules shared with the fast path (which inlines them): a data offset below 20 bytes or beyond
+the IP payload is malformed, except in a first fragment, which may legitimately be too short to
+hold the whole header (ports are then unknown: 0).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from services.decoder.common import Malformed
+from shared.records import FRAG_FIRST
+
+# sport, dport, seq, ack, data offset/reserved, flags, window, checksum, urgent pointer
+TCP = struct.Struct("!HHIIBBHHH")
+# the fast path's selection: sport, dport, seq, data offset, flags
+TCP_FAST = struct.Struct("!HHI4xBB6x")  # padded to 20 bytes: a cut header is malformed
+
+FLAG_NAMES = ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr")
+TH_SYN_FIN_RST = 0x07
+
+
+def parse(
+    data: bytes, off: int, l4len: int, frag: int, out: dict[str, Any] | None = None
+) -> tuple[int, int, int, int, int]:
+    """Return (sport, dport, flags, seq, header length); header length 0 if a first fragment is too short."""
+    if frag == FRAG_FIRST and (l4len < 20 or off + 20 > len(data)):
+        return 0, 0, 0, 0, 0
+    sport, dport, seq, ack, offx2, flags, win, csum, urg = TCP.unpack_from(data, off)
+    hlen = (offx2 >> 4) << 2
+    if out is not None:
+        flag_fields: dict[str, int] = {"value": ((offx2 & 0x0F) << 8) | flags}
+        for bit, name in enumerate(FLAG_NAMES):
+            flag_fields[name] = (flags >> bit) & 1
+        flag_fields["ae"] = offx2 & 1
+        out["tcp"] = {
+            "srcport": sport,
+            "dstport": dport,
+            "seq": seq,
+            "ack": ack,
+            "hdr_len": hlen,
+            "len": max(0, l4len - hlen),
+            "flags": flag_fields,
+            "window_size": win,
+            "checksum": csum,
+            "urgent_pointer": urg,
+        }
+    if hlen < 20:
+        raise Malformed(f"TCP header length {hlen} < 20")
+    if hlen > l4len:
+        if frag == FRAG_FIRST:
+            return 0, 0, 0, 0, 0
+        raise Malformed(f"TCP header length {hlen} > IP payload {l4len}")
+    return sport, dport, flags, seq, hlen

@@ -1,0 +1,18 @@
+"""``python -m services.detector --config PATH``: see services/detector/service.py."""
+
+from __future__ import annotations
+
+import sys
+
+from services.detector.service import DetectorService
+from shared.service import StopFlag, service_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = service_args("detector", argv=argv)
+    stop = StopFlag()
+    return DetectorService(args.cfg, stop).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""The detection engine: flow events in, alerts out, baseline in Redis.
+
+One ``process(events)`` call handles one FLOWS frame with one Redis round trip: every check is
+queued on a pipeline as a Lua script call (see lua.py), the pipeline runs once, and the scripts'
+answers say which alerts were raised (already appended to the alert stream by the script).
+
+Which event triggers what (outbound flows only; inbound flows are ignored):
+
+* first event of a flow (normally "start"; any event of a flow this process has not seen,
+  e.g. after a restart): the entity's first-ever egress, its binary identity, and the country
+  and AS of the destination are checked;
+* the destination label (AS organisation, else registrable domain, else IP) is checked as soon
+  as it is final: at once when the AS organisation is known or the event already carries a name
+  (DNS name, SNI on a start); otherwise the flow waits up to ``name_wait`` seconds of packet time
+  for an event with a name (a TLS SNI usually arrives with the first update), or its end, and
+  is then labelled by whatever is known;
+* every event's ``d_bytes_out`` is added to the entity's volume interval.
+
+Packet time (event ts, and TICK watermarks) drives the learning window, cooldowns, name waits
+and volume intervals, so replaying a capture gives the same alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from services.detector import alerts, lua
+from services.detector.enrichment import Enrichers
+from services.detector.events import FlowEvent, parse
+from services.detector.keys import SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
+from shared.config import PipelineConfig
+from shared.flowevents import EV_END
+
+log = logging.getLogger(__name__)
+
+NAME_WAIT = 5.0  # packet-time seconds an unnamed flow waits for its SNI/Host before IP labelling
+MAX_FLOWS = 200_000  # flows remembered (LRU); a forgotten flow is treated as new when seen again
+MAX_OPEN_INTERVALS = 100_000  # entities whose open volume interval this process will close by time
+SET_CAP = 10_000  # members per entity set (labels, countries, ASes) and cooldown entries
+MAX_ENTITIES = 100_000  # entities kept in Redis; the least recently seen are forgotten beyond it
+TOUCH_EVERY = 5.0  # packet seconds between two last_seen writes for one entity
+KNOWN_CAP = 200_000  # facts this process knows are in the baseline (skips their Redis check)
+IDENTITY_PLACEHOLDER_OLD, IDENTITY_PLACEHOLDER_TITLE = "\u0001", "\u0002"
+# ProcessInfo attribute -> alert detail field ("name" is taken by the destination's name)
+_PROC_FACTS = (
+    ("pid", "pid"),
+    ("exe", "exe"),
+    ("name", "process"),
+    ("cmdline", "cmdline"),
+    ("username", "username"),
+    ("parent_exe", "parent_exe"),
+    ("exe_deleted", "exe_deleted"),
+)
+VOL_FACTS, VOL_TITLE, VOL_SEVERITY, VOL_TS = "\u0001", "\u0002", "\u0003", "\u0004"
+
+
+class FlowState:
+    """What the engine remembers about one flow between its events."""
+
+    __slots__ = ("entity", "who", "started", "labelled", "proc", "cc", "asn", "org")
+
+    def __init__(self, entity: str, started: float, proc: Any | None) -> None:
+        self.entity = entity
+        self.who = alerts.display_name(entity)
+        self.started = started
+        self.labelled = False
+        self.proc = proc
+        self.cc, self.asn, self.org = "", 0, ""
+
+
+class _Batch:
+    """Commands queued for one round trip: checks (scripts answering {status, id, alert}) first,
+    then plain commands (bookkeeping whose answers are only checked for errors)."""
+
+    __slots__ = ("checks", "plain", "remember")
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[str, tuple, dict]] = []
+        self.plain: list[tuple[str, tuple, dict]] = []
+        self.remember: list[tuple | None] = []  # per check: a fact to cache when found known
+
+    def script(self, name: str, keys: list[str], args: list[Any], remember: tuple | None = None) -> None:
+        self.checks.append((name, (keys, args), {}))
+        self.remember.append(remember)
+
+    def command(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Queue any redis-py pipeline method call, e.g. ``command("hset", key, field, value)``."""
+        self.plain.append((name, args, kwargs))
+
+
+class DetectorEngine:
+    """Flow events -> alerts. Not thread-safe; one per process (several may share a Redis)."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        cfg: PipelineConfig,
+        keys: DetectorKeys | None = None,
+        enrichers: Enrichers | None = None,
+        counters: Counter[str] | None = None,
+        append_in_script: bool = True,
+        name_wait: float = NAME_WAIT,
+        max_flows: int = MAX_FLOWS,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.r = r
+        self.det = cfg.detector
+        self.keys = keys or DetectorKeys(cfg.redis_prefix)
+        self.enr = enrichers or Enrichers()
+        self.c: Counter[str] = counters if counters is not None else Counter()
+        self.append_in_script = append_in_script
+        self.name_wait = name_wait
+        self.max_flows = max_flows
+        self.stop = stop
+        self.redis_errors = 0
+        self.flows: OrderedDict[tuple, FlowState] = OrderedDict()
+        # Facts already in the baseline, so most flows need no Redis check at all. Cleared by
+        # maintenance() every few seconds so that a `baseline reset` is noticed.
+        self.known: set[tuple] = set()
+        self._last_touch: dict[str, float] = {}  # entity -> ts of its last last_seen write
+        self._volume_args: dict[str, tuple[list[str], str, str]] = {}  # entity -> keys, template, title
+        self.pending: deque[tuple[float, tuple]] = deque()
+        self.open_intervals: dict[str, float] = {}
+        self.watermark = 0.0
+        self.learning_start: float | None = None
+        self.learning_end: float | None = None
+        self._sha: dict[str, str] = {}
+        self._scripts = {
+            "novel": lua.CHECK_NOVEL,
+            "identity": lua.CHECK_IDENTITY,
+            "volume": lua.VOLUME,
+            "touch": lua.TOUCH,
+        }
+        self._run_with_retry(self._load_state)
+
+    # --- public ------------------------------------------------------------------------------
+    def process(self, raw_events: Iterable[Any], extra: Callable[[_Batch], None] | None = None) -> list[dict]:
+        """Handle one frame's events; return the alerts raised (with ids), in order."""
+        batch = _Batch()
+        volume: dict[tuple[str, float], int] = {}
+        touched: dict[str, float] = {}
+        interval = self.det.volume_interval
+        for raw in raw_events:
+            ev = parse(raw)
+            if ev is None:
+                self.c["bad_events"] += 1
+                continue
+            self.c["events_in"] += 1
+            if not ev.outbound:
+                continue
+            if self.learning_end is None:
+                self._start_learning(ev.ts)
+            if ev.ts > self.watermark:
+                self.watermark = ev.ts
+            key = (ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
+            flow = self.flows.get(key)
+            first = flow is None
+            if flow is None:
+                flow = self._first_event(batch, key, ev)
+            else:
+                self.flows.move_to_end(key)
+            if not flow.labelled:
+                if flow.org or ev.name or ev.ev == EV_END:
+                    self._check_dest(batch, flow, ev, ev.name)
+                elif first and len(self.pending) < 2 * self.max_flows:
+                    self.pending.append((ev.ts + self.name_wait, key))
+                elif first:
+                    self._check_dest(batch, flow, ev, "")  # too many waiting: label now
+            if ev.d_bytes_out:
+                slot = (flow.entity, math.floor(ev.ts / interval) * interval)
+                volume[slot] = volume.get(slot, 0) + ev.d_bytes_out
+            if touched.get(flow.entity, 0.0) < ev.ts:
+                touched[flow.entity] = ev.ts
+            if ev.ev == EV_END:
+                self.flows.pop(key, None)
+        self._expire_pending(batch, final=False)
+        for (entity, istart), nbytes in sorted(volume.items(), key=lambda kv: kv[0][1]):
+            self._volume(batch, "add", entity, istart, nbytes)
+            self.open_intervals.pop(entity, None)
+            self.open_intervals[entity] = istart
+        self._close_intervals(batch)
+        last_touch = self._last_touch
+        for entity, ts in touched.items():
+            if ts >= last_touch.get(entity, -math.inf) + TOUCH_EVERY:
+                if len(last_touch) >= MAX_OPEN_INTERVALS:
+                    last_touch.clear()
+                last_touch[entity] = ts
+                self._touch(batch, entity, ts)
+        if extra is not None:
+            extra(batch)
+        return self._run(batch)
+
+    def tick(self, ts: float, extra: Callable[[_Batch], None] | None = None) -> list[dict]:
+        """A packet-time watermark without events: expire name waits and close volume intervals."""
+        if ts > self.watermark:
+            self.watermark = ts
+        batch = _Batch()
+        self._expire_pending(batch, final=False)
+        self._close_intervals(batch)
+        if extra is not None:
+            extra(batch)
+        return self._run(batch)
+
+    def finish(self) -> list[dict]:
+        """End of stream or shutdown: label every flow still waiting for a name.
+
+        Open volume intervals are left open in Redis (an unfinished interval is not a full one);
+        the next events for the entity, in this run or the next, close them.
+        """
+        batch = _Batch()
+        self._expire_pending(batch, final=True)
+        return self._run(batch)
+
+    @property
+    def learning(self) -> bool:
+        """True while the packet-time watermark is inside the learning window (or nothing seen)."""
+        return self.learning_end is None or self.watermark < self.learning_end
+
+    def _is_learning(self, ts: float) -> bool:
+        return self.learning_end is None or ts < self.learning_end
+
+    def _known(self, fact: tuple) -> bool:
+        """True when ``fact`` is known to be in the baseline; otherwise remember it (its check is
+        being queued, so a second identical check in the same batch is not needed)."""
+        if fact in self.known:
+            return True
+        if len(self.known) >= KNOWN_CAP:
+            self.known.clear()
+        self.known.add(fact)
+        return False
+
+    def maintenance(self) -> None:
+        """Every few seconds: notice a `baseline reset` (learning window, cached facts), bound
+        the entities."""
+        self.known.clear()
+        try:
+            start, end = self.r.hmget(self.keys.learning(), "start", "end")
+        except redis.RedisError:
+            self.redis_errors += 1
+            return
+        if start is None or end is None:
+            self.learning_start = self.learning_end = None  # learning restarts with the next event
+        else:
+            self.learning_start, self.learning_end = float(start), float(end)
+        self.enforce_entity_cap()
+
+    def enforce_entity_cap(self, limit: int = MAX_ENTITIES) -> int:
+        """Forget the least recently seen entities beyond ``limit``; return how many."""
+        try:
+            excess = self.r.zcard(self.keys.entities()) - limit
+            if excess <= 0:
+                return 0
+            gone = [e for e, _ in self.r.zpopmin(self.keys.entities(), excess)]
+            for entity in gone:
+                self.r.delete(*self.keys.entity_keys(entity, with_cooldown=True))
+            self.c["entities_evicted"] += len(gone)
+            return len(gone)
+        except redis.RedisError:
+            self.redis_errors += 1
+            return 0
+
+    # --- learning window ---------------------------------------------------------------------
+    def _load_state(self) -> None:
+        for name, text in self._scripts.items():
+            self._sha[name] = self.r.script_load(text)
+        start, end = self.r.hmget(self.keys.learning(), "start", "end")
+        if start is not None and end is not None:
+            self.learning_start, self.learning_end = float(start), float(end)
+
+    def _start_learning(self, ts: float) -> None:
+        """The first event ever (SET NX: the first detector to get here wins) starts learning."""
+
+        def go() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hsetnx(self.keys.learning(), "start", repr(ts))
+            pipe.hsetnx(self.keys.learning(), "end", repr(ts + self.det.learning))
+            pipe.hmget(self.keys.learning(), "start", "end")
+            start, end = pipe.execute()[-1]
+            self.learning_start, self.learning_end = float(start), float(end)
+
+        self._run_with_retry(go)
+
+    # --- checks ------------------------------------------------------------------------------
+    def _first_event(self, batch: _Batch, key: tuple, ev: FlowEvent) -> FlowState:
+        entity, proc = self._entity(ev)
+        flow = FlowState(entity, ev.ts, proc)
+        if self.enr.geoip is not None:
+            try:
+                flow.cc, flow.asn, flow.org = self.enr.geoip.lookup(ev.dst)
+            except Exception:  # enrichment is best effort
+                self.c["geoip_errors"] += 1
+        self.flows[key] = flow
+        if len(self.flows) > self.max_flows:
+            old_key, old = self.flows.popitem(last=False)
+            if not old.labelled:
+                self._check_dest(batch, old, _synthetic(old_key, old.started), "")
+        learning = self._is_learning(ev.ts)
+        self._check_egress(batch, flow, ev, learning)
+        if proc is not None and self.enr.identity is not None:
+            self._check_identity(batch, flow, ev, learning)
+        if flow.cc or flow.asn:
+            self._check_geo(batch, flow, ev, learning)
+        return flow
+
+    def _entity(self, ev: FlowEvent) -> tuple[str, Any | None]:
+        """The local executable when attribution works, else the host (its local address)."""
+        if self.enr.attributor is not None:
+            try:
+                proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
+            except Exception:
+                proc = None
+            if proc is not None and getattr(proc, "exe", ""):
+                return proc.exe, proc
+            self.c["unattributed"] += 1
+        return "host:" + ev.src, None
+
+    def _facts(self, flow: FlowState, ev: FlowEvent, name: str) -> dict[str, Any]:
+        facts: dict[str, Any] = {
+            "flow": {"proto": ev.proto, "src": ev.src, "sport": ev.sport, "dst": ev.dst, "dport": ev.dport},
+        }
+        if name:
+            facts["name"] = name
+            facts["name_src"] = ev.name_src
+        if flow.cc:
+            facts["country"] = flow.cc
+        if flow.asn:
+            facts["asn"] = flow.asn
+        if flow.org:
+            facts["as_org"] = flow.org
+        proc = flow.proc
+        if proc is not None:
+            for attr, field in _PROC_FACTS:
+                value = getattr(proc, attr, None)
+                if value not in (None, ""):
+                    facts[field] = list(value) if isinstance(value, (list, tuple)) else value
+        return facts
+
+    def _destination(self, ev: FlowEvent, name: str) -> str:
+        return name or alerts.endpoint(ev.dst, ev.dport)
+
+    def _novel(
+        self, batch: _Batch, entity: str, ts: float, learning: bool, kind: str, targets: list[tuple]
+    ) -> None:
+        """Queue CHECK_NOVEL; targets are (mode, key, member, value, dedup, alert map)."""
+        keys = [self.keys.cooldown(entity)] + [t[1] for t in targets]
+        if self.append_in_script:
+            keys.append(self.keys.alerts())
+        args: list[Any] = [
+            int(learning),
+            repr(ts),
+            self.det.cooldown,
+            SET_CAP,
+            self.det.alert_stream_max,
+            kind,
+            len(targets),
+        ]
+        for mode, _key, member, value, dedup, alert in targets:
+            args += [mode, member, value, dedup, alerts.to_json(alert)]
+        batch.script("novel", keys, args)
+
+    def _check_egress(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
+        if self._known((flow.entity, "egress")):
+            return
+        dest = self._destination(ev, ev.name)
+        alert = alerts.build(
+            "new_process_egress",
+            "warning",
+            ev.ts,
+            flow.entity,
+            dest,
+            f"{flow.who} made its first outbound connection, to {dest}",
+            self._facts(flow, ev, ev.name),
+        )
+        target = ("h", self.keys.entity(flow.entity), "first_seen", repr(ev.ts), "egress", alert)
+        self._novel(batch, flow.entity, ev.ts, learning, "new_process_egress", [target])
+
+    def _check_dest(
+        self, batch: _Batch, flow: FlowState, ev: FlowEvent, name: str, ts: float | None = None
+    ) -> None:
+        flow.labelled = True
+        ts = flow.started if ts is None else ts
+        label = flow.org
+        if not label and name:
+            try:
+                label = self.enr.registrable_domain(name)
+            except Exception:
+                label = ""
+        label = alerts.clean_text(label or ev.dst, limit=253)
+        if self._known((flow.entity, SET_DEST, label)):
+            return
+        dest = self._destination(ev, name)
+        title = f"{flow.who} contacted a new destination: {label}"
+        if name and name != label:
+            title += f" ({name})"
+        facts = self._facts(flow, ev, name)
+        facts["label"] = label
+        alert = alerts.build("new_process_dest", "notice", ts, flow.entity, dest, title, facts)
+        target = ("s", self.keys.entity_set(flow.entity, SET_DEST), label, "", f"dest:{label}", alert)
+        self._novel(batch, flow.entity, ts, self._is_learning(ts), "new_process_dest", [target])
+
+    def _check_geo(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
+        dest = self._destination(ev, ev.name)
+        facts = self._facts(flow, ev, ev.name)
+        targets = []
+        if flow.cc and not self._known((flow.entity, SET_COUNTRY, flow.cc)):
+            cc = alerts.clean_text(flow.cc, limit=8)
+            title = f"{flow.who} contacted a new country: {cc} ({dest})"
+            alert = alerts.build(
+                "new_geo", "notice", ev.ts, flow.entity, dest, title, dict(facts, new="country")
+            )
+            targets.append(("s", self.keys.entity_set(flow.entity, SET_COUNTRY), cc, "", f"cc:{cc}", alert))
+        if flow.asn and not self._known((flow.entity, SET_ASN, flow.asn)):
+            org = f" {flow.org}" if flow.org else ""
+            title = f"{flow.who} contacted a new network: AS{flow.asn}{org} ({dest})"
+            alert = alerts.build("new_geo", "notice", ev.ts, flow.entity, dest, title, dict(facts, new="asn"))
+            key = self.keys.entity_set(flow.entity, SET_ASN)
+            targets.append(("s", key, str(flow.asn), "", f"asn:{flow.asn}", alert))
+        if targets:
+            self._novel(batch, flow.entity, ev.ts, learning, "new_geo", targets)
+
+    def _check_identity(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
+        proc = flow.proc
+        try:
+            ident = self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
+        except Exception:
+            ident = None
+        if not ident:
+            self.c["identity_unknown"] += 1
+            return
+        fact = (flow.entity, "identity", ident)
+        if fact in self.known:
+            return
+        dest = self._destination(ev, ev.name)
+        facts = self._facts(flow, ev, ev.name)
+        facts["new_identity"] = ident
+        facts["old_identity"] = IDENTITY_PLACEHOLDER_OLD
+        alert = alerts.build("identity_change", "critical", ev.ts, flow.entity, dest, "", facts)
+        alert["detail"]["old_identity"] = IDENTITY_PLACEHOLDER_OLD  # clean_value escaped it
+        alert["title"] = IDENTITY_PLACEHOLDER_TITLE
+        before = alerts.clean_text(f"{flow.who}'s binary changed (sha256 ")
+        after = alerts.clean_text(f"... -> {ident[:12]}...) and it connected out to {dest}")
+        keys = [self.keys.entity(flow.entity), self.keys.cooldown(flow.entity)]
+        if self.append_in_script:
+            keys.append(self.keys.alerts())
+        args = [
+            int(learning),
+            repr(ev.ts),
+            self.det.cooldown,
+            SET_CAP,
+            self.det.alert_stream_max,
+            "identity_change",
+            ident,
+            f"identity:{ident}",
+            alerts.to_json(alert),
+            before,
+            after,
+        ]
+        batch.script("identity", keys, args, remember=fact)  # cached only when it is the baseline
+
+    def _volume(self, batch: _Batch, op: str, entity: str, istart: float, nbytes: int) -> None:
+        det = self.det
+        cached = self._volume_args.get(entity)
+        if cached is None:
+            alert = alerts.build("volume_spike", "warning", 0.0, entity, "", "", {})
+            alert.update(title=VOL_TITLE, severity=VOL_SEVERITY, ts=VOL_TS, detail=VOL_FACTS)
+            keys = [self.keys.volume(entity), self.keys.cooldown(entity)]
+            if self.append_in_script:
+                keys.append(self.keys.alerts())
+            title = alerts.clean_text(f"{alerts.display_name(entity)} sent ")
+            cached = (keys, alerts.to_json(alert), title)
+            if len(self._volume_args) >= MAX_OPEN_INTERVALS:
+                self._volume_args.clear()
+            self._volume_args[entity] = cached
+        keys, template, title = cached
+        args = [
+            op,
+            repr(istart),
+            nbytes,
+            repr(self.watermark),
+            det.volume_interval,
+            det.ewma_alpha,
+            det.z_threshold,
+            det.volume_floor,
+            det.min_intervals,
+            repr(1e300 if self.learning_end is None else self.learning_end),
+            det.cooldown,
+            SET_CAP,
+            det.alert_stream_max,
+            template,
+            title,
+        ]
+        batch.script("volume", keys, args)
+
+    def _touch(self, batch: _Batch, entity: str, ts: float) -> None:
+        batch.command("zadd", self.keys.entities(), {entity: ts}, gt=True)
+        batch.command("evalsha", self._sha["touch"], 1, self.keys.entity(entity), repr(ts), entity)
+
+    def _expire_pending(self, batch: _Batch, final: bool) -> None:
+        """Label flows whose name wait is over (all of them when ``final``)."""
+        pending = self.pending
+        while pending and (final or pending[0][0] <= self.watermark):
+            deadline, key = pending.popleft()
+            flow = self.flows.get(key)
+            if flow is not None and not flow.labelled:
+                self._check_dest(batch, flow, _synthetic(key, deadline), "")
+
+    def _close_intervals(self, batch: _Batch) -> None:
+        interval = self.det.volume_interval
+        due = [e for e, s in self.open_intervals.items() if s + interval <= self.watermark]
+        for entity in due:
+            self._volume(batch, "close", entity, self.open_intervals.pop(entity), 0)
+        while len(self.open_intervals) > MAX_OPEN_INTERVALS:
+            self.open_intervals.pop(next(iter(self.open_intervals)))
+
+    # --- running a batch -----------------------------------------------------------------------
+    def _run(self, batch: _Batch) -> list[dict]:
+        commands = batch.checks + batch.plain
+        if not commands:
+            return []
+        results = self._run_with_retry(lambda: self._execute(commands))
+        if results is None:
+            self.c["batches_dropped"] += 1
+            return []
+        raised: list[dict] = []
+        to_append: list[dict] = []
+        for result, fact in zip(results[: len(batch.checks)], batch.remember, strict=True):
+            if isinstance(result, Exception):
+                log.error("detector script failed: %s", result)
+                self.redis_errors += 1
+                continue
+            status, entry_id, text = result
+            if fact is not None and status in (lua.KNOWN, lua.LEARNED) and len(self.known) < KNOWN_CAP:
+                self.known.add(fact)
+            if status == lua.COOLDOWN:
+                self.c["alerts_suppressed"] += 1
+            elif status == lua.ALERTED:
+                alert = json.loads(text)
+                alert["id"] = entry_id
+                raised.append(alert)
+                if not entry_id:
+                    to_append.append(alert)
+        for result in results[len(batch.checks) :]:
+            if isinstance(result, Exception):
+                log.error("detector command failed: %s", result)
+                self.redis_errors += 1
+        if to_append:
+            self._append(to_append)
+        self.c["alerts"] += len(raised)
+        return raised
+
+    def _append(self, raised: list[dict]) -> None:
+        """Cluster mode: the process that won the decision appends the alerts itself."""
+
+        def go() -> list:
+            pipe = self.r.pipeline(transaction=False)
+            for alert in raised:
+                pipe.xadd(
+                    self.keys.alerts(),
+                    {"kind": alert["kind"], "alert": alerts.to_json(alert)},
+                    maxlen=self.det.alert_stream_max,
+                    approximate=True,
+                )
+            return pipe.execute()
+
+        ids = self._run_with_retry(go) or []
+        for alert, entry_id in zip(raised, ids, strict=False):
+            alert["id"] = entry_id
+
+    def _execute(self, commands: list[tuple[str, tuple, dict]]) -> list:
+        pipe = self.r.pipeline(transaction=False)
+        for name, args, kwargs in commands:
+            if name in self._sha:
+                keys, argv = args
+                pipe.evalsha(self._sha[name], len(keys), *keys, *argv)
+            else:
+                getattr(pipe, name)(*args, **kwargs)
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(x, redis.exceptions.NoScriptError) for x in results):
+            # Redis restarted or flushed its script cache: nothing ran, load and go again
+            self._sha.update({n: self.r.script_load(t) for n, t in self._scripts.items()})
+            return self._execute(commands)
+        return results
+
+    def _run_with_retry(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` until Redis answers (backpressure), or give up when asked to stop."""
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                self.redis_errors += 1
+                if self.stop():
+                    log.error("Redis unavailable while stopping: %s", exc)
+                    return None
+                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+
+def _synthetic(key: tuple, ts: float) -> FlowEvent:
+    """An event standing for a flow when no real event is at hand (name wait over, eviction)."""
+    proto, src, sport, dst, dport = key
+    return FlowEvent("update", ts, proto, src, sport, dst, dport, True, 0, "", "")

@@ -1,0 +1,69 @@
+"""Checking flow events from the wire: they are built from attacker-controlled packets."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from shared.flowevents import EV_END, EV_START, EV_UPDATE
+
+MAX_NAME = 253  # longest DNS name; longer "names" are cut
+
+
+class FlowEvent(NamedTuple):
+    """The fields of a flow event the detector uses (see shared/flowevents.py)."""
+
+    ev: str
+    ts: float
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    outbound: bool
+    d_bytes_out: int
+    name: str
+    name_src: str
+
+
+_EVENTS = (EV_START, EV_UPDATE, EV_END)
+
+
+def parse(raw: Any) -> FlowEvent | None:
+    """A FlowEvent, or None when the map is malformed (the caller counts it)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        ev = raw["ev"]
+        ts = raw["ts"]
+        proto, sport, dport = raw["proto"], raw.get("sport", 0), raw.get("dport", 0)
+        src, dst = raw["src"], raw["dst"]
+        d_out = raw.get("d_bytes_out", 0)
+        name = raw.get("name") or ""
+        name_src = raw.get("name_src") or ""
+    except KeyError:
+        return None
+    if ev not in _EVENTS or not isinstance(ts, (int, float)) or ts != ts:
+        return None
+    if not (isinstance(proto, int) and isinstance(sport, int) and isinstance(dport, int)):
+        return None
+    if not (isinstance(src, str) and isinstance(dst, str) and 0 < len(src) <= 64 and 0 < len(dst) <= 64):
+        return None
+    if not isinstance(d_out, int) or d_out < 0:
+        d_out = 0
+    if not isinstance(name, str):
+        name = ""
+    if not isinstance(name_src, str):
+        name_src = ""
+    return FlowEvent(
+        ev,
+        float(ts),
+        proto,
+        src,
+        sport,
+        dst,
+        dport,
+        raw.get("outbound") is True,
+        d_out,
+        name[:MAX_NAME].lower(),
+        name_src[:32],
+    )

@@ -1,0 +1,219 @@
+"""Lua scripts: each decision ("is this new, not learning, not in cooldown?") and its effects
+(baseline update, cooldown stamp, alert append) happen in one atomic server-side step, so two
+detectors sharing a Redis never raise the same alert twice.
+
+Every script touches keys of one entity only (hash tag ``{entity}``), plus optionally the
+alert stream as the last key. When the alert stream is left out (Redis Cluster, where it lives
+in another slot) the script returns the alert and the caller appends it: the winner of the
+decision is still unique, only the append is no longer in the same atomic step.
+
+Alerts are prepared by the client as JSON; values only the server knows (the old identity,
+volume statistics) replace whole JSON string tokens ``"\\u0001"``, ``"\\u0002"``... (quotes included).
+Data cannot forge such a token: inside JSON a data quote is always ``\\"``, and
+``alerts.clean_text`` has already escaped every control character in strings from outside.
+
+Return value of every script: ``{status, stream_id, alert_json}`` with status
+0 known / nothing new, 1 new but learning (recorded silently), 2 new but in cooldown, 3 alerted.
+"""
+
+from __future__ import annotations
+
+KNOWN, LEARNED, COOLDOWN, ALERTED = 0, 1, 2, 3
+
+_COMMON = r"""
+local function replace_plain(s, old, new)
+  local i, j = string.find(s, old, 1, true)
+  if not i then return s end
+  return string.sub(s, 1, i - 1) .. new .. string.sub(s, j + 1)
+end
+
+local function in_cooldown(cd_key, dedup, ts, cooldown)
+  local last = tonumber(redis.call('HGET', cd_key, dedup))
+  return last ~= nil and math.abs(ts - last) < cooldown
+end
+
+-- keep the cooldown hash bounded: past `cap` entries, forget the ones whose cooldown is over
+local function stamp_cooldown(cd_key, dedup, ts, cooldown, cap)
+  redis.call('HSET', cd_key, dedup, string.format('%.6f', ts))
+  if redis.call('HLEN', cd_key) > cap then
+    local flat = redis.call('HGETALL', cd_key)
+    for i = 1, #flat, 2 do
+      if ts - tonumber(flat[i + 1]) >= cooldown then redis.call('HDEL', cd_key, flat[i]) end
+    end
+  end
+end
+
+local function append(stream_key, maxlen, kind, alert)
+  if not stream_key then return '' end
+  return redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*', 'kind', kind, 'alert', alert)
+end
+"""
+
+CHECK_NOVEL = (
+    _COMMON
+    + r"""
+-- KEYS[1] cooldown hash, KEYS[2..n+1] targets, KEYS[n+2] alert stream (optional)
+-- ARGV: learning(0|1) ts cooldown cap maxlen kind n, then n x (mode member value dedup alert_json)
+-- mode 's': target is a set, member is new when SADD adds it (at `cap` members one random
+--           member is evicted first);  mode 'h': target is a hash, new when HSETNX sets field
+-- The first target that is new and out of cooldown supplies the alert; every new target of the
+-- call gets its cooldown stamped, so one flow raises at most one alert per call.
+local learning = ARGV[1] == '1'
+local ts = tonumber(ARGV[2])
+local cooldown = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local n = tonumber(ARGV[7])
+local stream_key = KEYS[n + 2]
+local status = 0
+local chosen = nil
+local winners = {}
+for i = 1, n do
+  local key = KEYS[1 + i]
+  local b = 7 + (i - 1) * 5
+  local mode, member, value, dedup = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local added = 0
+  if mode == 'h' then
+    added = redis.call('HSETNX', key, member, value)
+  elseif redis.call('SISMEMBER', key, member) == 0 then
+    if redis.call('SCARD', key) >= cap then redis.call('SPOP', key) end
+    added = redis.call('SADD', key, member)
+  end
+  if added == 1 then
+    if status < 1 then status = 1 end
+    if not learning then
+      if in_cooldown(KEYS[1], dedup, ts, cooldown) then
+        if status < 2 then status = 2 end
+      else
+        winners[#winners + 1] = dedup
+        if not chosen then chosen = ARGV[b + 5] end
+      end
+    end
+  end
+end
+if not chosen then return {status, '', ''} end
+for _, dedup in ipairs(winners) do stamp_cooldown(KEYS[1], dedup, ts, cooldown, cap) end
+return {3, append(stream_key, ARGV[5], ARGV[6], chosen), chosen}
+"""
+)
+
+CHECK_IDENTITY = (
+    _COMMON
+    + r"""
+-- KEYS[1] entity hash, KEYS[2] cooldown hash, KEYS[3] alert stream (optional)
+-- ARGV: learning ts cooldown cap maxlen kind identity dedup alert_json
+-- The first identity seen is the baseline; during learning a new one replaces it (updates).
+-- Placeholders: "\u0001" -> old identity, "\u0002" -> title (ARGV[10] .. old[1..12] .. ARGV[11]).
+local learning = ARGV[1] == '1'
+local ts = tonumber(ARGV[2])
+local new = ARGV[7]
+local base = redis.call('HGET', KEYS[1], 'identity')
+redis.call('HSET', KEYS[1], 'identity_seen', new)
+if not base or (learning and base ~= new) then
+  redis.call('HSET', KEYS[1], 'identity', new)
+  return {1, '', ''}
+end
+if base == new then return {0, '', ''} end
+if in_cooldown(KEYS[2], ARGV[8], ts, tonumber(ARGV[3])) then return {2, '', ''} end
+stamp_cooldown(KEYS[2], ARGV[8], ts, tonumber(ARGV[3]), tonumber(ARGV[4]))
+local alert = replace_plain(ARGV[9], '"\\u0001"', cjson.encode(base))
+alert = replace_plain(alert, '"\\u0002"', cjson.encode(ARGV[10] .. string.sub(base, 1, 12) .. ARGV[11]))
+return {3, append(KEYS[3], ARGV[5], ARGV[6], alert), alert}
+"""
+)
+
+VOLUME = (
+    _COMMON
+    + r"""
+-- KEYS[1] volume hash, KEYS[2] cooldown hash, KEYS[3] alert stream (optional)
+-- ARGV: op('add'|'close') istart bytes watermark interval alpha z floor min_n learning_end
+--       cooldown cap maxlen alert_template title_prefix
+-- Hash fields: cur_start, cur_bytes (the open interval), n, mean, var (EWMA over closed
+-- intervals in which the entity sent something), last_start, last_bytes.
+-- Template placeholders: "\u0001" -> facts object, "\u0002" -> title (ARGV[15] .. tail),
+-- "\u0003" -> severity, "\u0004" -> alert ts (the end of the interval).
+local K = KEYS[1]
+local op = ARGV[1]
+local istart, nbytes, watermark = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local interval, alpha, zt = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local floor, min_n, learning_end = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local cooldown, cap = tonumber(ARGV[11]), tonumber(ARGV[12])
+
+local function mib(x) return string.format('%.1f MiB', x / 1048576) end
+
+local function close(start, x)
+  local n = tonumber(redis.call('HGET', K, 'n') or '0')
+  local mean = tonumber(redis.call('HGET', K, 'mean') or '0')
+  local var = tonumber(redis.call('HGET', K, 'var') or '0')
+  local iend = start + interval
+  local result = {0, '', ''}
+  if n >= min_n and iend > learning_end and x >= floor and x > mean then
+    local std = math.sqrt(var)
+    if x - mean >= zt * std then
+      if in_cooldown(KEYS[2], 'volume', iend, cooldown) then
+        result = {2, '', ''}
+      else
+        stamp_cooldown(KEYS[2], 'volume', iend, cooldown, cap)
+        local severity = 'warning'
+        if x >= 10 * mean then severity = 'critical' end
+        local facts = {bytes = x, mean = mean, std = std, intervals = n,
+                       interval_start = start, interval = interval}
+        local ratio = ''
+        if std > 0 then facts['z'] = (x - mean) / std end
+        if mean > 0 then
+          facts['ratio'] = x / mean
+          ratio = string.format(', %.1fx its usual %s', x / mean, mib(mean))
+        end
+        local tail = string.format('%s in %d s%s', mib(x), interval, ratio)
+        local alert = replace_plain(ARGV[14], '"\\u0001"', cjson.encode(facts))
+        alert = replace_plain(alert, '"\\u0002"', cjson.encode(ARGV[15] .. tail))
+        alert = replace_plain(alert, '"\\u0003"', cjson.encode(severity))
+        alert = replace_plain(alert, '"\\u0004"', string.format('%.6f', iend))
+        result = {3, append(KEYS[3], ARGV[13], 'volume_spike', alert), alert}
+      end
+    end
+  end
+  if n == 0 then
+    mean, var = x, 0
+  else
+    local diff = x - mean
+    local incr = alpha * diff
+    mean = mean + incr
+    var = (1 - alpha) * (var + diff * incr)
+  end
+  redis.call('HSET', K, 'n', n + 1, 'mean', string.format('%.17g', mean),
+             'var', string.format('%.17g', var), 'last_start', start, 'last_bytes', x)
+  return result
+end
+
+local cur = tonumber(redis.call('HGET', K, 'cur_start'))
+if op == 'add' then
+  if cur == nil then
+    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes)
+    return {0, '', ''}
+  end
+  if istart > cur then
+    local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
+    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes)
+    return result
+  end
+  redis.call('HINCRBY', K, 'cur_bytes', nbytes)  -- same interval, or a late event: counted now
+  return {0, '', ''}
+end
+-- op == 'close': close the open interval once the watermark has passed its end
+if cur ~= nil and cur + interval <= watermark then
+  local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
+  redis.call('HDEL', K, 'cur_start', 'cur_bytes')
+  return result
+end
+return {0, '', ''}
+"""
+)
+
+TOUCH = r"""
+-- KEYS[1] entity hash; ARGV: ts display
+-- last_seen only moves forward (two detectors may write out of order)
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seen'))
+if last == nil or tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) end
+redis.call('HSETNX', KEYS[1], 'display', ARGV[2])
+return 0
+"""

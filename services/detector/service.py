@@ -1,0 +1,157 @@
+"""The detector process: PULL flow events, run the engine, PUB alerts, heartbeat stats."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+
+import redis
+import zmq
+
+from services.detector import alerts
+from services.detector.engine import DetectorEngine
+from services.detector.enrichment import Enrichers
+from services.detector.keys import DetectorKeys
+from shared import frames
+from shared.config import PipelineConfig
+from shared.redis_conn import connect
+from shared.service import StopFlag
+from shared.sockets import bind_pub, bind_pull
+from shared.stats import ServiceStats
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+MAINTENANCE_EVERY = 10.0  # wall seconds between engine.maintenance() calls
+
+
+def connect_with_backoff(url: str, stop: StopFlag) -> redis.Redis | None:
+    """Redis is required: keep trying (0.1 s doubling to 5 s) until it answers or we are stopped."""
+    delay = 0.1
+    while not stop:
+        try:
+            r = connect(url)
+            r.ping()
+            return r
+        except redis.RedisError as exc:
+            log.warning("Redis %s not reachable (%s); retrying in %.1f s", url, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return None
+
+
+class DetectorService:
+    def __init__(self, cfg: PipelineConfig, stop: StopFlag) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.keys = DetectorKeys(cfg.redis_prefix)
+        self.ctx = zmq.Context()
+        self.pull = bind_pull(self.ctx, cfg.detector_endpoint, cfg.hwm)
+        self.pub = bind_pub(self.ctx, cfg.alerts_pub_endpoint, cfg.hwm)
+        self.r = None
+        self.stats: ServiceStats | None = None
+        self.engine: DetectorEngine | None = None
+        self.gaps = frames.SequenceGaps()
+        self._engine_errors_seen = 0
+
+    def start(self) -> bool:
+        self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
+        if self.r is None:
+            return False
+        self.stats = ServiceStats("detector", self.r, self.keys)
+        seq_key = self.keys.receiver_seq("detector")
+        self.gaps = frames.SequenceGaps({k: int(v) for k, v in self.r.hgetall(seq_key).items()})
+        self.engine = DetectorEngine(
+            self.r,
+            self.cfg,
+            self.keys,
+            Enrichers.load(self.cfg),
+            counters=self.stats.c,
+            stop=lambda: bool(self.stop),
+        )
+        for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
+            self.stats.c[name] += 0
+        self.stats.c["frames_lost"] = 0
+        self._gauges()
+        self.stats.flush()
+        return True
+
+    def _gauges(self) -> None:
+        assert self.stats is not None and self.engine is not None
+        self.stats.c["learning"] = int(self.engine.learning)
+        self.stats.c["frames_lost"] = self.gaps.lost
+        # the engine's Redis errors add to those of the stats writer itself
+        self.stats.redis_errors += self.engine.redis_errors - self._engine_errors_seen
+        self._engine_errors_seen = self.engine.redis_errors
+
+    def publish(self, raised: list[dict]) -> None:
+        for alert in raised:
+            # PUB does not block; the Redis stream is the durable copy
+            with contextlib.suppress(zmq.Again):
+                self.pub.send_multipart(alerts.pub_message(alert), flags=zmq.NOBLOCK)
+
+    def run(self) -> int:
+        if not self.start():
+            return 0
+        assert self.engine is not None and self.stats is not None
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        next_maintenance = time.monotonic() + MAINTENANCE_EVERY
+        eos_body = None
+        while not self.stop:
+            if poller.poll(POLL_MS):
+                eos_body = self.handle(self.pull.recv())
+                if eos_body is not None:
+                    break
+            if time.monotonic() >= next_maintenance:
+                next_maintenance = time.monotonic() + MAINTENANCE_EVERY
+                self.engine.maintenance()
+            self._gauges()
+            self.stats.maybe_flush()
+        self.publish(self.engine.finish())
+        self._gauges()
+        if eos_body is not None:
+            self.stats.flush(eos=1, eos_body=json.dumps(eos_body, default=str))
+        else:
+            self.stats.flush()
+        self.pull.close()
+        self.pub.close(linger=500)
+        self.ctx.term()
+        return 0
+
+    def handle(self, buf: bytes) -> object | None:
+        """One frame; returns the EOS body (not None) when the stream ended."""
+        assert self.engine is not None and self.stats is not None
+        try:
+            frame = frames.decode(buf)
+        except frames.FrameError:
+            self.stats.c["bad_frames"] += 1
+            return None
+        if frame.type not in (frames.FrameType.FLOWS, frames.FrameType.TICK, frames.FrameType.EOS):
+            self.stats.c["bad_frames"] += 1
+            return None
+        self.stats.c["frames_in"] += 1
+        self.gaps.see(frame.sender, frame.seq)
+        seq_key = self.keys.receiver_seq("detector")
+
+        def save_seq(batch) -> None:
+            batch.command("hset", seq_key, frame.sender, frame.seq)
+
+        if frame.type == frames.FrameType.FLOWS:
+            body = frame.body if isinstance(frame.body, (list, tuple)) else None
+            if body is None:
+                self.stats.c["bad_frames"] += 1
+                return None
+            self.publish(self.engine.process(body, extra=save_seq))
+        elif frame.type == frames.FrameType.TICK:
+            ts = frame.body.get("ts") if isinstance(frame.body, dict) else None
+            if isinstance(ts, (int, float)):
+                self.publish(self.engine.tick(float(ts), extra=save_seq))
+            else:
+                self.stats.c["bad_frames"] += 1
+        else:
+            self.engine.tick(self.engine.watermark, extra=save_seq)
+            return frame.body if frame.body is not None else {}
+        return None

@@ -1,0 +1,238 @@
+"""The flow-tracker service: RECORDS/TICK/EOS frames from the decoders in, FLOWS frames out.
+
+One process. It binds a PULL at ``cfg.tracker_endpoint`` that every decoder pushes to and
+pushes flow events to the detector. Timers run on packet time only (see table.py and
+clock.py), so a replay gives the same flows however many decoders there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis
+import zmq
+
+from services.flowtracker.clock import Watermarks
+from services.flowtracker.flowlog import FlowLog
+from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.table import FlowTable
+from shared import frames
+from shared.config import PipelineConfig
+from shared.frames import FrameError, FrameType, SequenceGaps
+from shared.localnet import LocalNets, interface_addresses
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
+from shared.sockets import bind_pull, connect_push
+from shared.stats import ServiceStats
+
+log = logging.getLogger("pktscope.flowtracker")
+
+SENDER = "flowtracker"
+POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
+FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
+GC_THRESHOLDS = (50_000, 20, 100)  # flows are long-lived lists: scan young objects less often
+SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
+COUNTERS = (
+    "frames_in",
+    "frames_out",
+    "records_in",
+    "events_out",
+    "flows_started",
+    "flows_ended",
+    "flows_active",
+    "evicted",
+    "bad_frames",
+    "bad_records",
+    "frames_lost",
+)
+
+
+def connect_redis(url: str) -> redis.Redis:
+    """A Redis client for stats; an outage only counts errors in ServiceStats, never stops us."""
+    return connect(url, socket_connect_timeout=0.5, socket_timeout=2)
+
+
+def local_nets(cfg: PipelineConfig) -> LocalNets:
+    """Configured local networks, plus the capture interface's own addresses when live."""
+    nets = LocalNets(cfg.local_nets)
+    if cfg.live:
+        for net in interface_addresses(cfg.interface):
+            nets.add(net)
+    return nets
+
+
+class FlowTrackerService:
+    def __init__(self, cfg: PipelineConfig, r: redis.Redis | None) -> None:
+        self.cfg = cfg
+        self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
+        c = self.stats.c
+        for key in COUNTERS:
+            c[key] = 0
+        self.table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
+        self.clock = Watermarks(cfg.decoders)
+        self.gaps = SequenceGaps()
+        self.eos_bodies: dict[str, Any] = {}
+        self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
+        self.seq = 0
+        self.ctx = zmq.Context.instance()
+        self.pull = bind_pull(self.ctx, cfg.tracker_endpoint, cfg.hwm)
+        self.push = connect_push(self.ctx, cfg.detector_endpoint, cfg.hwm)
+        self.poller = zmq.Poller()
+        self.poller.register(self.pull, zmq.POLLIN)
+
+    # --- main loop -----------------------------------------------------------------------------
+    def run(self, stop: Any) -> int:
+        """Serve until every decoder's EOS or the stop flag; return the exit status (0 both ways)."""
+        log.info(
+            "flowtracker: %s -> %s, %d decoder(s)",
+            self.cfg.tracker_endpoint,
+            self.cfg.detector_endpoint,
+            self.cfg.decoders,
+        )
+        pull = self.pull
+        try:
+            while not stop:
+                try:
+                    buf = pull.recv(zmq.NOBLOCK, copy=True)
+                except zmq.Again:
+                    self._publish_stats()
+                    self.poller.poll(POLL_MS)
+                    continue
+                if self.handle(buf, stop):
+                    self._finish("eos", stop)
+                    log.info(
+                        "flowtracker: end of stream: %d flows from %d records",
+                        self.table.flows_started,
+                        self.table.records,
+                    )
+                    return 0
+                self._publish_stats()
+            log.info("flowtracker: stopping on signal")
+            self._finish("shutdown", stop)
+            return 0
+        finally:
+            self.close()
+
+    def handle(self, buf: bytes, stop: Any = False) -> bool:
+        """Process one received frame; return True once every decoder has ended its stream."""
+        c = self.stats.c
+        try:
+            frame = frames.decode(buf)
+        except FrameError as exc:
+            c["bad_frames"] += 1
+            log.debug("dropped a bad frame: %s", exc)
+            return False
+        c["frames_in"] += 1
+        c["frames_lost"] += self.gaps.see(frame.sender, frame.seq)
+        ftype, sender, body = frame.type, frame.sender, frame.body
+        clock = self.clock
+        if ftype == FrameType.RECORDS:
+            if not isinstance(body, tuple | list):
+                c["bad_frames"] += 1
+                return False
+            table = self.table
+            before = table.records
+            table.add(body)
+            c["records_in"] += table.records - before
+            if body:
+                with contextlib.suppress(TypeError, ValueError, IndexError):  # a bad last record
+                    clock.see(sender, float(body[-1][1]))
+        elif ftype == FrameType.TICK:
+            ts = body.get("ts") if isinstance(body, dict) else None
+            if not isinstance(ts, float | int):
+                c["bad_frames"] += 1
+                return False
+            clock.see(sender, float(ts))
+        elif ftype == FrameType.EOS:
+            self.eos_bodies[sender] = body
+            clock.finish(sender)
+        else:
+            c["bad_frames"] += 1
+            return False
+        if clock.all_finished:
+            return True
+        self.table.advance(clock.low())
+        self._send_events(self.table.take(), stop)
+        return False
+
+    # --- output ------------------------------------------------------------------------------------
+    def _send_events(self, events: list[dict], stop: Any, deadline: float | None = None) -> None:
+        if not events:
+            return
+        if self.flow_log is not None:
+            self.flow_log.write(events)
+        if self._send(FrameType.FLOWS, events, stop, deadline):
+            self.stats.c["events_out"] += len(events)
+
+    def _finish(self, reason: str, stop: Any) -> None:
+        """End every flow with ``reason``, send the events (and EOS at end of stream), flush stats."""
+        clock = self.clock
+        end_ts = clock.highest if clock.highest > float("-inf") else 0.0
+        self.table.finish(reason, end_ts)
+        events = self.table.take()
+        deadline = None if reason == "eos" else time.monotonic() + SHUTDOWN_SEND_GRACE
+        for i in range(0, len(events), FINAL_CHUNK):
+            self._send_events(events[i : i + FINAL_CHUNK], stop, deadline)
+        self._update_counters()
+        if reason == "eos":
+            table = self.table
+            body = {
+                "origin": SENDER,
+                "flows": table.flows_started,
+                "packets": table.records,
+                "evicted": table.evicted,
+                "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
+            }
+            self._send(FrameType.EOS, body, stop, deadline)
+            self.stats.flush(eos=1)
+        else:
+            self.stats.flush()
+
+    def _send(self, ftype: str, body: Any, stop: Any, deadline: float | None = None) -> bool:
+        """Send with backpressure (block while the detector is behind) but keep noticing SIGTERM.
+
+        While stopping, wait only until ``deadline`` for a detector that may be gone already.
+        """
+        buf = frames.encode(ftype, SENDER, self.seq, body)
+        push = self.push
+        while True:
+            try:
+                push.send(buf, zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                if stop and (deadline is None or time.monotonic() >= deadline):
+                    log.warning("flowtracker: stopping with a %s frame the detector never took", ftype)
+                    return False
+                push.poll(POLL_MS, zmq.POLLOUT)
+        self.seq += 1
+        self.stats.c["frames_out"] += 1
+        return True
+
+    # --- stats ---------------------------------------------------------------------------------------
+    def _update_counters(self) -> None:
+        c = self.stats.c
+        table = self.table
+        c["flows_started"] = table.flows_started
+        c["flows_ended"] = table.flows_ended
+        c["flows_active"] = len(table)
+        c["evicted"] = table.evicted
+        c["bad_records"] = table.bad_records
+        c["events_waiting"] = table.waiting
+        c["dns_names"] = len(table.names)
+        info = self.stats.info
+        info["watermark"] = self.clock.low() if self.clock.low() > float("-inf") else 0.0
+        info["decoders_done"] = len(self.clock.finished)
+
+    def _publish_stats(self) -> None:
+        self._update_counters()  # a few dict stores per frame: cheap next to the frame's records
+        self.stats.maybe_flush()
+
+    def close(self) -> None:
+        self.pull.close(linger=0)
+        self.push.close()  # keeps its LINGER so the last frames (EOS) still leave
+        self.ctx.term()  # waits for that linger: exiting without it drops frames still queued
+        if self.flow_log is not None:
+            self.flow_log.close()

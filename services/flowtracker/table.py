@@ -1,0 +1,468 @@
+"""The flow table: records in, flow events out, driven by packet time only.
+
+Flows are keyed by the normalised 5-tuple ``(proto, addr_a, port_a, addr_b, port_b)`` with
+``(addr_a, port_a) <= (addr_b, port_b)``, so both directions find the same entry. Per-flow
+state is a list indexed by the slot constants below (cheaper than attributes on the hot path).
+
+Determinism with several decoders. Capture shards by flow, so one flow's packets arrive in
+order from one decoder, but flows from different decoders interleave differently on every
+run. Every timer therefore fires at a time computed from the flow's own packets (idle end at
+``last + timeout``, updates on a grid ``first + k * update_interval``), whether it is noticed
+lazily by the flow's next packet or by a sweep; sweeps only look up to the lowest decoder
+watermark (``advance``), before which no decoder can still send a packet. Events wait in a
+queue until the watermark passes their time and only then get their DNS name, "as of" the
+event's time: by then every DNS answer from before that time has been seen on every input.
+What is not deterministic across interleavings: the order of events, flow ids, and which flow
+is evicted when the table is full.
+
+Sweeps never scan the table: each timeout class (TCP handshake, TCP open, TCP closed, UDP,
+ICMP, other) keeps its flows in an OrderedDict in last-seen order, so the expired flows of
+a class are at its front. Update timers sit in a heap, pushed once per flow per event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from heapq import heappop, heappush
+from operator import itemgetter
+from typing import Any
+
+from services.flowtracker import tcp_state
+from services.flowtracker.names import SRC_DNS, DnsNames, address_text, merge_app_facts, own_name
+from shared.config import FlowSettings
+from shared.flowevents import EV_END, EV_START, EV_UPDATE
+from shared.records import ICMP, ICMP6, TCP, UDP
+
+ESTABLISHED = tcp_state.ESTABLISHED
+CLOSED = tcp_state.CLOSED
+RESET = tcp_state.RESET
+
+# --- per-flow state slots ---------------------------------------------------------------------
+(
+    FID,  # flow id
+    KEY,  # normalised 5-tuple
+    PROTO,
+    IPV,
+    SRC,  # initiator address text
+    SPORT,
+    DST,  # responder address text
+    DPORT,
+    INIT_FIRST,  # True when the initiator is the key's first endpoint
+    OUTBOUND,
+    FIRST,
+    LAST,
+    POUT,
+    BOUT,
+    PIN,
+    BIN,
+    POUT0,  # totals at the previous event (deltas are taken against these)
+    BOUT0,
+    PIN0,
+    BIN0,
+    STATE,  # TCP state name, "" for other protocols
+    FINS,  # TCP: which directions sent a FIN
+    IDLE,  # timeout of the flow's current class
+    LRU,  # the OrderedDict of its timeout class
+    NEXT_UPD,  # packet time of the next update: FIRST + UPD_K * update_interval
+    UPD_K,
+    DIRTY,  # packets since the previous event
+    NAME,  # own name (SNI / Host) and where it came from
+    NAME_SRC,
+    NAME_RANK,
+    DNS_NAME,  # name from DNS, fixed once found
+    APP,  # dict of app facts, or None
+    ALIVE,
+) = range(33)
+
+NO_RANK = 99
+_event_order = itemgetter(0, 1)  # (ts, creation order): never compares the event maps
+_event_time = itemgetter(0)
+_STATE_REASON = {CLOSED: "fin", RESET: "rst"}
+
+
+class FlowTable:
+    """Bidirectional flows with TCP states, timeouts, names; emits flow-event maps.
+
+    Call ``add(records)`` per batch and ``advance(watermark)`` with the lowest decoder
+    watermark, then ``take()`` the events that are ready; ``finish(reason, ts)`` at the end.
+    """
+
+    def __init__(
+        self,
+        settings: FlowSettings | None = None,
+        is_local: Callable[[bytes], bool] | None = None,
+        names: DnsNames | None = None,
+    ) -> None:
+        s = settings or FlowSettings()
+        self.settings = s
+        self.is_local = is_local or (lambda _addr: False)
+        self.names = names if names is not None else DnsNames()
+        self.flows: dict[tuple, list] = {}
+        # an interval of 0 or less turns periodic updates off
+        self.update_interval = float(s.update_interval) if s.update_interval > 0 else math.inf
+        self.max_flows = max(1, int(s.max_flows))
+        # timeout classes: (lru, timeout)
+        self.lru_handshake: OrderedDict[tuple, None] = OrderedDict()
+        self.lru_tcp: OrderedDict[tuple, None] = OrderedDict()
+        self.lru_closed: OrderedDict[tuple, None] = OrderedDict()
+        self.lru_udp: OrderedDict[tuple, None] = OrderedDict()
+        self.lru_icmp: OrderedDict[tuple, None] = OrderedDict()
+        self.lru_other: OrderedDict[tuple, None] = OrderedDict()
+        self.classes = (
+            (self.lru_handshake, float(s.tcp_handshake_idle)),
+            (self.lru_tcp, float(s.tcp_idle)),
+            (self.lru_closed, float(s.tcp_closed_linger)),
+            (self.lru_udp, float(s.udp_idle)),
+            (self.lru_icmp, float(s.icmp_idle)),
+            (self.lru_other, float(s.other_idle)),
+        )
+        self.sweep_interval = float(s.sweep_interval)
+        self.next_sweep = -math.inf
+        self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
+        self.pending: list[tuple[float, int, dict, list]] = []  # (ts, n, event, flow), unsorted
+        self.pending_max = -math.inf
+        self.out: list[dict] = []
+        self._n = itertools.count()
+        self._fid = itertools.count(1)
+        # counters
+        self.records = 0
+        self.bad_records = 0
+        self.flows_started = 0
+        self.flows_ended = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    # --- the hot path ----------------------------------------------------------------------------
+    def add(self, records: Iterable[tuple]) -> None:
+        """Account a batch of records (shared/records.py) in capture order."""
+        get = self.flows.get
+        updates = self.updates
+        push = heappush
+        nxt = self._n.__next__
+        established = ESTABLISHED
+        arrive = self._arrive
+        due = self._due
+        tcp = self._tcp
+        app_fields = self._app
+        n = 0
+        it = iter(records)
+        while True:
+            try:
+                for _num, ts, wl, proto, src, dst, sport, dport, flags, _pl, _frag, _seq, app in it:
+                    n += 1
+                    if src < dst or (src == dst and sport < dport):
+                        key = (proto, src, sport, dst, dport)
+                        fwd = True
+                    else:
+                        key = (proto, dst, dport, src, sport)
+                        fwd = False
+                    st = get(key)
+                    if (
+                        st is None
+                        or ts - st[LAST] > st[IDLE]
+                        or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags))
+                    ):
+                        arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app)
+                        continue
+                    if ts >= st[NEXT_UPD]:
+                        due(st, ts)
+                    out = fwd is st[INIT_FIRST]
+                    if proto == 6 and (flags & 7 or st[STATE] is not established):
+                        tcp(st, flags, out)
+                    if out:
+                        st[BOUT] += wl
+                        st[POUT] += 1
+                    else:
+                        st[BIN] += wl
+                        st[PIN] += 1
+                    if ts > st[LAST]:
+                        st[LAST] = ts
+                    st[LRU].move_to_end(key)
+                    if not st[DIRTY]:
+                        st[DIRTY] = True
+                        push(updates, (st[NEXT_UPD], nxt(), st))
+                    if app is not None:
+                        app_fields(st, app, ts, False)
+                break
+            except (TypeError, ValueError, IndexError, KeyError):
+                # a record of the wrong shape or types: count it, go on with the next one
+                self.bad_records += 1
+        self.records += n
+
+    def _arrive(
+        self,
+        old: list | None,
+        key: tuple,
+        fwd: bool,
+        ts: float,
+        wl: int,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        flags: int,
+        app: Any,
+    ) -> None:
+        """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse."""
+        if not isinstance(ts, float | int) or ts != ts or not isinstance(wl, int):
+            raise TypeError("record with a bad timestamp or length")
+        if len(src) not in (4, 16) or len(dst) != len(src) or not isinstance(flags, int):
+            raise ValueError("record with bad addresses")
+        if old is not None:
+            if ts - old[LAST] > old[IDLE]:
+                self._end(old, _STATE_REASON.get(old[STATE], "idle"), old[LAST] + old[IDLE])
+            else:  # a new SYN on a finished connection's 5-tuple
+                self._end(old, _STATE_REASON[old[STATE]], ts)
+        flows = self.flows
+        if len(flows) >= self.max_flows:
+            self._evict(ts)
+        if proto == TCP:
+            state, sender_initiates, fins = tcp_state.initial(flags)
+        else:
+            state, sender_initiates, fins = "", True, 0
+        if sender_initiates:
+            init_raw, init_port, resp_raw, resp_port = src, sport, dst, dport
+            counts = (1, wl, 0, 0)
+            init_first = fwd
+        else:
+            init_raw, init_port, resp_raw, resp_port = dst, dport, src, sport
+            counts = (0, 0, 1, wl)
+            init_first = not fwd
+        lru, idle = self._class_of(proto, state)
+        iv = self.update_interval
+        st = [
+            next(self._fid),
+            key,
+            proto,
+            4 if len(src) == 4 else 6,
+            address_text(init_raw),
+            init_port,
+            address_text(resp_raw),
+            resp_port,
+            init_first,
+            bool(self.is_local(init_raw)),
+            ts,
+            ts,
+            *counts,
+            0,
+            0,
+            0,
+            0,
+            state,
+            fins,
+            idle,
+            lru,
+            ts + iv,
+            1,
+            True,
+            "",
+            "",
+            NO_RANK,
+            "",
+            None,
+            True,
+        ]
+        flows[key] = st
+        lru[key] = None
+        self.flows_started += 1
+        if app is not None:
+            self._app(st, app, ts, True)
+        self._emit(st, EV_START, ts)
+
+    def _class_of(self, proto: int, state: str) -> tuple[OrderedDict, float]:
+        c = self.classes
+        if proto == TCP:
+            if state is ESTABLISHED or state is tcp_state.FIN_WAIT:
+                return c[1]
+            if state is CLOSED or state is RESET:
+                return c[2]
+            return c[0]
+        if proto == UDP:
+            return c[3]
+        if proto == ICMP or proto == ICMP6:
+            return c[4]
+        return c[5]
+
+    def _tcp(self, st: list, flags: int, from_initiator: bool) -> None:
+        state, st[FINS] = tcp_state.step(st[STATE], st[FINS], flags, from_initiator)
+        if state is not st[STATE]:
+            st[STATE] = state
+            lru, idle = self._class_of(TCP, state)
+            if lru is not st[LRU]:
+                key = st[KEY]
+                del st[LRU][key]
+                lru[key] = None
+                st[LRU] = lru
+                st[IDLE] = idle
+
+    def _app(self, st: list, app: Any, ts: float, starting: bool) -> None:
+        """Names and facts from a packet's application fields."""
+        if not isinstance(app, dict):
+            return
+        if "dns.answers" in app:
+            self.names.learn(app, ts)
+        facts = st[APP]
+        if facts is None:
+            facts = st[APP] = {}
+        merge_app_facts(facts, app)
+        own = own_name(app)
+        if own is not None and own[2] < st[NAME_RANK]:
+            unnamed = not st[NAME]
+            st[NAME], st[NAME_SRC], st[NAME_RANK] = own
+            if unnamed and not starting:
+                self._emit(st, EV_UPDATE, ts)  # the detector wants the name soon after the start
+
+    # --- timers -----------------------------------------------------------------------------------
+    def _due(self, st: list, ts: float) -> None:
+        """A packet at ``ts`` passed the flow's update time: report what came before it."""
+        if st[DIRTY]:
+            self._emit(st, EV_UPDATE, st[NEXT_UPD])
+        iv = self.update_interval
+        k = math.floor((ts - st[FIRST]) / iv) + 1
+        st[UPD_K] = k
+        st[NEXT_UPD] = st[FIRST] + k * iv
+
+    def advance(self, watermark: float) -> None:
+        """Fire every timer up to ``watermark`` (the lowest decoder watermark) and release events."""
+        if watermark >= self.next_sweep:
+            self.next_sweep = watermark + self.sweep_interval
+            self._sweep(watermark)
+        self._run_updates(watermark)
+        self._release(watermark)
+
+    def _sweep(self, now: float) -> None:
+        flows = self.flows
+        end = self._end
+        for lru, _timeout in self.classes:
+            while lru:
+                st = flows[next(iter(lru))]
+                if now - st[LAST] > st[IDLE]:
+                    end(st, _STATE_REASON.get(st[STATE], "idle"), st[LAST] + st[IDLE])
+                else:
+                    break
+
+    def _run_updates(self, now: float) -> None:
+        heap = self.updates
+        iv = self.update_interval
+        while heap and heap[0][0] <= now:
+            due, _n, st = heappop(heap)
+            if st[ALIVE] and st[DIRTY] and st[NEXT_UPD] == due and due <= st[LAST] + st[IDLE]:
+                self._emit(st, EV_UPDATE, due)
+                st[UPD_K] += 1
+                st[NEXT_UPD] = st[FIRST] + st[UPD_K] * iv
+
+    def _evict(self, ts: float) -> None:
+        """Make room: end the least recently seen flow of all classes."""
+        flows = self.flows
+        oldest = None
+        for lru, _timeout in self.classes:
+            if lru:
+                st = flows[next(iter(lru))]
+                if oldest is None or st[LAST] < oldest[LAST]:
+                    oldest = st
+        if oldest is not None:
+            self.evicted += 1
+            self._end(oldest, "evicted", ts)
+
+    def _end(self, st: list, reason: str, ts: float) -> None:
+        if st[DIRTY] and st[NEXT_UPD] <= ts:
+            self._emit(st, EV_UPDATE, st[NEXT_UPD])  # the update that was due before the end
+        self._emit(st, EV_END, ts, reason)
+        st[ALIVE] = False
+        key = st[KEY]
+        del self.flows[key]
+        del st[LRU][key]
+        self.flows_ended += 1
+
+    def finish(self, reason: str, ts: float) -> None:
+        """End every flow: those idle by ``ts`` as usual, the rest with ``reason``; release all."""
+        self._run_updates(ts)
+        for st in list(self.flows.values()):  # a full scan: classes are in arrival order, not time order
+            if ts - st[LAST] > st[IDLE]:
+                self._end(st, _STATE_REASON.get(st[STATE], "idle"), st[LAST] + st[IDLE])
+        for st in list(self.flows.values()):
+            self._end(st, reason, max(ts, st[LAST]))
+        self._release(math.inf)
+
+    # --- events -----------------------------------------------------------------------------------
+    def _emit(self, st: list, ev: str, ts: float, reason: str | None = None) -> None:
+        pout, bout, pin, bin_ = st[POUT], st[BOUT], st[PIN], st[BIN]
+        event = {
+            "ev": ev,
+            "fid": st[FID],
+            "ts": ts,
+            "proto": st[PROTO],
+            "ipv": st[IPV],
+            "src": st[SRC],
+            "sport": st[SPORT],
+            "dst": st[DST],
+            "dport": st[DPORT],
+            "outbound": st[OUTBOUND],
+            "first": st[FIRST],
+            "last": st[LAST],
+            "pkts_out": pout,
+            "bytes_out": bout,
+            "pkts_in": pin,
+            "bytes_in": bin_,
+            "d_pkts_out": pout - st[POUT0],
+            "d_bytes_out": bout - st[BOUT0],
+            "d_pkts_in": pin - st[PIN0],
+            "d_bytes_in": bin_ - st[BIN0],
+            "state": st[STATE],
+            "name": st[NAME],
+            "name_src": st[NAME_SRC],
+            "app": dict(st[APP]) if st[APP] else {},
+        }
+        if reason is not None:
+            event["reason"] = reason
+        st[POUT0], st[BOUT0], st[PIN0], st[BIN0] = pout, bout, pin, bin_
+        st[DIRTY] = False
+        self.pending.append((ts, next(self._n), event, st))
+        if ts > self.pending_max:
+            self.pending_max = ts
+
+    def _release(self, now: float) -> None:
+        """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each."""
+        pending = self.pending
+        if not pending:
+            return
+        if self.pending_max <= now:  # the usual case: everything is ready
+            ready = pending
+            self.pending = []
+            self.pending_max = -math.inf
+        else:
+            pending.sort(key=_event_order)
+            cut = bisect_right(pending, now, key=_event_time)
+            if not cut:
+                return
+            ready = pending[:cut]
+            del pending[:cut]
+        ready.sort(key=_event_order)
+        out = self.out
+        lookup = self.names.lookup
+        for ts, _n, event, st in ready:
+            if not event["name"]:
+                name = st[DNS_NAME] or lookup(st[DST], ts)
+                if name:
+                    st[DNS_NAME] = name
+                    event["name"] = name
+                    event["name_src"] = SRC_DNS
+            out.append(event)
+
+    def take(self) -> list[dict]:
+        """The events released so far (and forget them)."""
+        out = self.out
+        self.out = []
+        return out
+
+    @property
+    def waiting(self) -> int:
+        """Events held back until the slowest decoder catches up."""
+        return len(self.pending)

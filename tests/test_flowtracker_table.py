@@ -1,0 +1,224 @@
+"""The flow table on hand-made records: initiators, TCP states, counts, timers, names."""
+
+from __future__ import annotations
+
+from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.names import DnsNames
+from services.flowtracker.table import FlowTable
+from shared.config import FlowSettings
+from shared.localnet import LocalNets
+from tests.flowtracker_helpers import FA, PA, SA, A, R, S, dns_answer, rec, tcp_session
+
+C, SRV = "192.168.1.10", "93.184.216.34"
+
+
+def table(**settings) -> FlowTable:
+    return FlowTable(FlowSettings(**settings), LocalMatcher(LocalNets().networks))
+
+
+def run(records, end=None, **settings) -> list[dict]:
+    t = table(**settings)
+    t.add(records)
+    t.advance(records[-1][1])
+    if end is not None:
+        t.finish("eos", end)
+    return t.take()
+
+
+def ends(events):
+    return [e for e in events if e["ev"] == "end"]
+
+
+def test_syn_sender_is_initiator_and_counts_go_per_direction():
+    events = run(tcp_session(100.0, C, SRV, 40000, 443, wl=100), end=200)
+    start, end = events[0], ends(events)[0]
+    assert (start["ev"], start["src"], start["sport"], start["dst"], start["dport"]) == (
+        "start",
+        C,
+        40000,
+        SRV,
+        443,
+    )
+    assert start["outbound"] is True and start["ipv"] == 4 and start["state"] == "syn_sent"
+    assert (end["pkts_out"], end["bytes_out"], end["pkts_in"], end["bytes_in"]) == (
+        4,
+        60 + 54 + 100 + 60,
+        3,
+        60 + 300 + 60,
+    )
+    assert end["state"] == "closed" and end["reason"] == "fin"
+    assert end["ts"] == 100.06 + 5.0  # the closed linger, from the last packet
+
+
+def test_first_packet_syn_ack_makes_its_receiver_the_initiator():
+    events = run([rec(10, SRV, C, 443, 40000, flags=SA), rec(10.1, C, SRV, 40000, 443, flags=A)], end=11)
+    start = events[0]
+    assert (start["src"], start["sport"], start["dst"]) == (C, 40000, SRV)
+    assert (start["pkts_out"], start["pkts_in"]) == (0, 1)
+    assert ends(events)[0]["state"] == "established" and ends(events)[0]["pkts_out"] == 1
+
+
+def test_inbound_flow_is_not_outbound_and_midstream_pickup_is_established():
+    events = run([rec(1, SRV, C, 5555, 22, flags=PA)], end=2)
+    assert events[0]["outbound"] is False and events[0]["state"] == "established"
+    assert ends(events)[0]["reason"] == "eos"
+
+
+def test_tcp_state_walk():
+    t = table()
+    states = []
+    for r in [
+        rec(1, C, SRV, 1, 80, flags=S),
+        rec(1.1, SRV, C, 80, 1, flags=SA),
+        rec(1.2, C, SRV, 1, 80, flags=A),
+        rec(1.3, C, SRV, 1, 80, flags=FA),
+        rec(1.4, SRV, C, 80, 1, flags=FA),
+    ]:
+        t.add([r])
+        states.append(next(iter(t.flows.values()))[20])
+    assert states == ["syn_sent", "syn_received", "established", "fin_wait", "closed"]
+
+
+def test_rst_ends_after_linger_with_reason_rst_and_stragglers_count():
+    t = table(tcp_closed_linger=2.0)
+    t.add(
+        [rec(1, C, SRV, 1, 80, flags=S), rec(1.1, SRV, C, 80, 1, flags=R), rec(2.0, C, SRV, 1, 80, flags=A)]
+    )
+    t.advance(3.9)
+    assert not ends(t.take())
+    t.advance(5.0)  # sweeps run every sweep_interval (1 s) of packet time
+    (end,) = ends(t.take())
+    assert (end["reason"], end["state"], end["pkts_out"], end["pkts_in"], end["ts"]) == (
+        "rst",
+        "reset",
+        2,
+        1,
+        4.0,
+    )
+
+
+def test_new_syn_on_closed_flow_starts_a_new_flow():
+    recs = tcp_session(1, C, SRV, 40000, 80) + tcp_session(2, C, SRV, 40000, 80)
+    events = run(recs, end=3)
+    e = ends(events)
+    assert [x["reason"] for x in e] == ["fin", "eos"]
+    assert e[0]["ts"] == 2.0 and e[0]["fid"] != e[1]["fid"]
+    assert [x["ev"] for x in events].count("start") == 2
+
+
+def test_idle_timeouts_per_protocol_lazy_and_swept_agree():
+    recs = [rec(0, C, "8.8.8.8", 5000, 53, proto=17), rec(0, C, SRV, 0, 0, proto=1)]
+    # lazily: a packet after the UDP idle timeout ends the old flow and starts a new one
+    t = table(udp_idle=60.0, icmp_idle=30.0)
+    t.add([*recs, rec(61, C, "8.8.8.8", 5000, 53, proto=17)])
+    t.advance(61)
+    lazy = {e["proto"]: e for e in ends(t.take())}
+    assert lazy[17]["reason"] == "idle" and lazy[17]["ts"] == 60.0
+    assert lazy[1]["ts"] == 30.0  # swept: ICMP idle is 30 s
+    assert len(t) == 1
+    # swept only: same end time
+    t2 = table(udp_idle=60.0)
+    t2.add(recs)
+    t2.advance(59.9)
+    assert all(e["proto"] == 1 for e in ends(t2.take()))
+    t2.advance(61)
+    assert any(e["proto"] == 17 and e["ts"] == 60.0 for e in ends(t2.take()))
+
+
+def test_handshake_timeout_is_shorter_than_established():
+    t = table(tcp_handshake_idle=30.0, tcp_idle=300.0)
+    t.add([rec(0, C, SRV, 1, 80, flags=S), rec(0, C, SRV, 2, 80, flags=PA)])
+    t.advance(31)
+    (end,) = ends(t.take())
+    assert end["sport"] == 1 and end["reason"] == "idle" and end["state"] == "syn_sent"
+    assert len(t) == 1
+
+
+def test_eviction_of_least_recently_seen_flow_at_the_cap():
+    t = table(max_flows=2)
+    t.add([rec(1, C, SRV, 1, 80, flags=S), rec(2, C, SRV, 2, 80, flags=S), rec(3, C, SRV, 1, 80, flags=S)])
+    t.add([rec(4, C, SRV, 3, 80, flags=S)])
+    t.advance(4)
+    (end,) = ends(t.take())
+    assert (end["sport"], end["reason"]) == (2, "evicted")
+    assert t.evicted == 1 and len(t) == 2
+
+
+def test_updates_every_interval_carry_deltas_only_when_something_changed():
+    recs = [rec(float(i), C, SRV, 1, 80, flags=PA, wl=100) for i in range(0, 250, 10)]  # 0..240
+    recs.append(rec(500.0, C, SRV, 1, 80, flags=PA, wl=100))
+    events = run(recs, end=501, update_interval=60.0, tcp_idle=1000.0)
+    ups = [e for e in events if e["ev"] == "update"]
+    # the packet at 240 is reported at 300; nothing changed 300..480: no updates then
+    assert [u["ts"] for u in ups] == [60.0, 120.0, 180.0, 240.0, 300.0]
+    assert [u["d_pkts_out"] for u in ups] == [5, 6, 6, 6, 1]  # the first packet went out with the start
+    end = ends(events)[0]
+    assert end["d_pkts_out"] == 1 and end["pkts_out"] == 26
+    assert sum(e["d_bytes_out"] for e in events) == end["bytes_out"] == 2600
+
+
+def test_dns_names_follow_cname_chain_and_expire_with_ttl():
+    answers = [
+        ("www.example.com", "CNAME", 30, "edge.cdn.net"),
+        ("edge.cdn.net", "CNAME", 30, "e1.cdn.net"),
+        ("e1.cdn.net", "A", 30, SRV),
+    ]
+    recs = [dns_answer(0, C, "8.8.8.8", "www.example.com", answers), rec(1, C, SRV, 40000, 80, flags=S)]
+    recs.append(rec(400, C, SRV, 40001, 80, flags=S))  # min TTL 300 s has passed: no name
+    events = run(recs, end=401)
+    starts = {e["sport"]: e for e in events if e["ev"] == "start"}
+    assert (starts[40000]["name"], starts[40000]["name_src"]) == ("www.example.com", "dns")
+    assert starts[40001]["name"] == ""
+
+
+def test_dns_answer_after_the_flow_start_does_not_name_it_retroactively():
+    recs = [
+        rec(1, C, SRV, 40000, 80, flags=S),
+        dns_answer(2, C, "8.8.8.8", "late.example", [("late.example", "A", 60, SRV)]),
+    ]
+    events = run(recs, end=3)
+    assert events[0]["name"] == ""
+    assert ends(events)[0]["name"] == "late.example"  # learned before the end: the end carries it
+
+
+def test_sni_takes_precedence_over_dns_and_arrives_in_an_early_update():
+    recs = [dns_answer(0, C, "8.8.8.8", "dns.example", [("dns.example", "A", 600, SRV)])]
+    recs += tcp_session(
+        1, C, SRV, 40000, 443, app={"tls.sni": "Sni.Example.", "tls.ja4": "t13d_x"}, close=False
+    )
+    events = run(recs, end=2)
+    flow = [e for e in events if e["sport"] == 40000]
+    assert (flow[0]["ev"], flow[0]["name"], flow[0]["name_src"]) == ("start", "dns.example", "dns")
+    assert flow[1]["ev"] == "update" and flow[1]["ts"] == 1.03
+    assert (flow[1]["name"], flow[1]["name_src"]) == ("sni.example", "tls.sni")
+    assert flow[1]["app"] == {"tls.sni": "Sni.Example.", "tls.ja4": "t13d_x"}
+    assert ends(flow)[0]["name"] == "sni.example"
+
+
+def test_dns_cache_is_bounded_and_names_are_cleaned():
+    names = DnsNames(max_addresses=2)
+    for i in range(3):
+        names.learn(
+            {
+                "dns.queries": [[f"n{i}.example", "A"]],
+                "dns.answers": [[f"n{i}.example", "A", 60, f"10.0.0.{i}"]],
+            },
+            0,
+        )
+    assert (
+        len(names) == 2 and names.lookup("10.0.0.0", 1) == "" and names.lookup("10.0.0.2", 1) == "n2.example"
+    )
+    names.learn({"dns.queries": [["bad\x07name", "A"]], "dns.answers": [["bad\x07name", "A", 60, "::1"]]}, 0)
+    assert names.lookup("::1", 1) == "bad\\x07name"
+
+
+def test_bad_records_are_counted_and_skipped():
+    t = table()
+    t.add(
+        [
+            ("junk",),
+            rec(1, C, SRV, 1, 80, flags=S),
+            (0, "x", 60, 6, b"\x01" * 3, b"\x02" * 3, 1, 2, 0, 0, 0, 0, None),
+        ]
+    )
+    assert t.bad_records == 2 and t.flows_started == 1
