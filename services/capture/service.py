@@ -188,6 +188,9 @@ class Capture:
     def close(self) -> None:
         for sock in self.socks:
             sock.close(linger=EOS_SEND_TIMEOUT_MS)
+        # term() waits (up to the linger) for queued frames to leave; without it, process exit
+        # throws away the last batches and the end-of-stream marker.
+        self.ctx.term()
 
 
 def run(cfg: PipelineConfig) -> int:

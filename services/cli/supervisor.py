@@ -57,8 +57,12 @@ class Supervisor:
         self.run_dir = run_dir
         self.conf = run_dir / "supervisord.conf"
         self.proc: subprocess.Popen | None = None
-        self.rpc = xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", SupervisorTransport(None, None, serverurl=f"unix://{run_dir}/supervisor.sock")
+
+    @property
+    def rpc(self):
+        """A fresh proxy per use: a failed call leaves supervisor's transport unusable."""
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", SupervisorTransport(None, None, serverurl=f"unix://{self.run_dir}/supervisor.sock")
         ).supervisor
 
     def start(self, config_text: str) -> None:
@@ -81,7 +85,7 @@ class Supervisor:
             try:
                 if self.rpc.getState()["statename"] == "RUNNING":
                     return
-            except (OSError, xmlrpc.client.Fault):
+            except Exception:  # not listening yet: socket errors, http.client state errors
                 pass
             time.sleep(0.05)
         raise RuntimeError("supervisord did not come up within 15 s")
@@ -89,7 +93,7 @@ class Supervisor:
     def processes(self) -> list[dict]:
         try:
             return self.rpc.getAllProcessInfo()
-        except (OSError, xmlrpc.client.Fault):
+        except Exception:  # supervisord going away mid-call
             return []
 
     def stop_group(self, name: str) -> None:

@@ -196,3 +196,4 @@ class DecoderService:
     def close(self) -> None:
         self.pull.close(linger=0)
         self.push.close()  # keeps its LINGER so the last frames (EOS) still leave
+        self.ctx.term()  # waits for them: plain process exit would drop what is still queued
