@@ -89,12 +89,15 @@ def test_replay_raises_new_process_egress_once_per_host_and_lists_it(short_tmp):
     summary, flow_log = _replay(short_tmp, 2, capture)
     assert summary["packets"] == len(packets)
     assert summary["flows"] == 4
-    assert summary["alerts"] == 2
+    # 2 first-ever egress alerts, and 3 new destinations (labelled by IP: no name, no AS data)
+    assert summary["alerts"] == 5
     # The pipeline has stopped; `alerts list` serves the private Redis's saved data.
     listed = pktscope("alerts", "list", "--json", "--run-dir", str(short_tmp / "run2"))
     alerts = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert sorted(a["entity"] for a in alerts) == ["host:192.168.7.10", "host:192.168.7.11"]
-    assert {a["kind"] for a in alerts} == {"new_process_egress"}
+    egress = [a for a in alerts if a["kind"] == "new_process_egress"]
+    assert sorted(a["entity"] for a in egress) == ["host:192.168.7.10", "host:192.168.7.11"]
+    dests = sorted((a["entity"], a["destination"]) for a in alerts if a["kind"] == "new_process_dest")
+    assert [e for e, _ in dests] == ["host:192.168.7.10", "host:192.168.7.10", "host:192.168.7.11"]
     for a in alerts:
         assert set(a) >= {"id", "kind", "severity", "ts", "entity", "destination", "title", "detail"}
 

@@ -45,10 +45,26 @@ def ip_hash(d: bytes, o: int) -> int:
         a = a1 ^ a2
         b = b1 ^ b2
         p = d[o + 6]
-        if p == 6 or p == 17:
-            x, y = _U16X2(d, o + 40)
-            return _mix(a, b, x, y)
-        return _mix(a, b, 0, 0)  # extension headers (incl. fragments): addresses only
+        o += 40
+        for _ in range(8):  # walk extension headers as the decoder does, so both agree on the flow
+            if p == 6 or p == 17:
+                x, y = _U16X2(d, o)
+                return _mix(a, b, x, y)
+            if p == 44:
+                if (d[o + 2] << 8 | d[o + 3]) != 0:  # a real fragment: the whole datagram by addresses
+                    return _mix(a, b, 0, 0)
+                p = d[o]  # an atomic fragment (offset 0, no more fragments) is a whole packet
+                o += 8
+                continue
+            if p == 0 or p == 43 or p == 60:
+                p = d[o]
+                o += (d[o + 1] + 1) << 3
+            elif p == 51:  # AH counts its length in 4-byte units
+                p = d[o]
+                o += (d[o + 1] + 2) << 2
+            else:
+                break
+        return _mix(a, b, 0, 0)
     return 0
 
 

@@ -154,8 +154,13 @@ class FlowTable:
         it = iter(records)
         while True:
             try:
-                for _num, ts, wl, proto, src, dst, sport, dport, flags, _pl, _frag, _seq, app in it:
+                for _num, ts, wl, proto, src, dst, sport, dport, flags, _pl, frag, _seq, app in it:
                     n += 1
+                    if frag:
+                        # Every fragment of a datagram (the first one too) counts in one portless
+                        # flow of its address pair: capture shards fragments by addresses, so this
+                        # keeps the result the same with any number of decoders.
+                        sport = dport = flags = 0
                     if src < dst or (src == dst and sport < dport):
                         key = (proto, src, sport, dst, dport)
                         fwd = True
