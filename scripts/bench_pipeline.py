@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -137,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-nfstream", action="store_true")
     ap.add_argument("--nfstream-meters", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    ap.add_argument("pktscope_args", nargs="*", help="extra `pktscope run` flags after --")
+    ap.add_argument(
+        "--extra", default="", help="extra `pktscope run` flags, quoted, e.g. --extra '--batch-size 512'"
+    )
     args = ap.parse_args(argv)
-    extra = ["--learning", "0", *args.pktscope_args]
+    extra = ["--learning", "0", *shlex.split(args.extra)]
 
     runs = [run_pipeline(args.capture, args.decoders, extra) for _ in range(args.runs)]
     packets = runs[0]["packets"]

@@ -80,7 +80,7 @@ class PipelineConfig:
     snaplen: int = 65535
     promisc: bool = True
     decoders: int = field(default_factory=default_decoders)
-    batch_size: int = 256  # packets per frame
+    batch_size: int = 512  # packets per frame (512 measured fastest on sv-merged: 1.30 s vs 1.66 s at 256, 2.1 s at 1024)
     batch_timeout: float = 0.05  # live: flush a partial batch after this many seconds
     hwm: int = 200  # frames queued per socket before the sender blocks (offline) or drops (live)
     redis_url: str = ""  # empty: the private redis-server in the run directory

@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="ZeroMQ endpoint of the alert PUB socket "
         "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 256)")
+    p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 512)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
