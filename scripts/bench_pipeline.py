@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.redis_server import start_redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPTURE = ROOT.parent / "shared" / "corpus" / "bench" / "sv-merged.pcap"
 
@@ -88,35 +90,7 @@ def stage_cpu(state_dir: Path) -> dict[str, float]:
 
 
 def start_redis_on(state_dir: Path) -> tuple[subprocess.Popen, str]:
-    sock = state_dir / "bench.sock"
-    proc = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--dir",
-            str(state_dir),
-            "--dbfilename",
-            "pktscope.rdb",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    for _ in range(500):
-        try:
-            if redis.Redis.from_url(f"unix://{sock}").ping():
-                break
-        except redis.RedisError:
-            time.sleep(0.01)
-    return proc, f"unix://{sock}"
+    return start_redis_server(state_dir / "bench.sock", state_dir, "pktscope.rdb")
 
 
 def run_nfstream(capture: Path, meters: int) -> tuple[float, int] | None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
+
+from shared.redis_server import start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -18,39 +19,7 @@ BENCH_PCAP = CORPUS / "bench" / "sv-merged.pcap"
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
     """Start a private redis-server on a unix socket in ``directory``; return (process, url)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server is not installed: run scripts/setup (it apt-installs redis-server)")
-    sock = directory / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            if redis.Redis.from_url(url).ping():
-                return proc, url
-        except redis.RedisError:
-            time.sleep(0.02)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
+    return start_redis_server(directory / "redis.sock", directory)
 
 
 @pytest.fixture

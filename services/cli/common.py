@@ -79,36 +79,15 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
     import shutil
     import subprocess
     import tempfile
-    import time
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise CliError("redis-server is not installed (run scripts/setup) and the pipeline is not running")
+    from shared.redis_server import RedisServerError, start_redis_server
+
     tmp = Path(tempfile.mkdtemp(prefix="pktscope-redis-"))
-    sock = tmp / "redis.sock"
     Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            cfg.state_dir,
-            "--dbfilename",
-            "pktscope.rdb",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
+    try:
+        proc, url = start_redis_server(tmp / "redis.sock", Path(cfg.state_dir), "pktscope.rdb")
+    except RedisServerError as exc:
+        raise CliError(f"{exc}; could not serve the saved data in {cfg.state_dir}") from None
 
     def stop() -> None:
         import redis
@@ -125,9 +104,4 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
 
     atexit.register(stop)
-    deadline = time.time() + 10
-    while not _answers(url):
-        if time.time() > deadline or proc.poll() is not None:
-            raise CliError(f"could not start redis-server on the saved data in {cfg.state_dir}")
-        time.sleep(0.02)
     return url
