@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2  # 2: flow events travel as rows (shared/flowevents.py), not maps
 
 
 class FrameType:
@@ -26,7 +26,7 @@ class FrameType:
 
     PACKETS = "pkts"  # capture -> decoder: list of PacketTuple
     RECORDS = "recs"  # decoder -> flow-tracker: list of records (shared.records)
-    FLOWS = "flows"  # flow-tracker -> detector: list of flow-event maps (shared.flowevents)
+    FLOWS = "flows"  # flow-tracker -> detector: list of flow-event rows (shared.flowevents)
     TICK = "tick"  # any stage -> next: {"ts": packet-time watermark}, keeps timers moving when idle
     EOS = "eos"  # end of stream: {"origin": ..., counters...}; forwarded stage by stage
     ALERT = "alert"  # detector -> PUB subscribers (the topic frame carries the alert kind)

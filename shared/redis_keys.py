@@ -20,6 +20,10 @@ class Keys:
         """Set: names of services that have written stats."""
         return f"{self.prefix}:services"
 
+    def decoder_claim(self, index: int) -> str:
+        """String with a TTL: which process holds decoder index ``index`` (``--index auto``)."""
+        return f"{self.prefix}:claim:{{decoder}}:{index}"
+
     # --- alerts --------------------------------------------------------------------------------
     def alerts(self) -> str:
         """Stream: the durable alert history, capped with MAXLEN ~."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
 
 from shared.config import PipelineConfig
+from shared.stats import ServiceStats
 
 
 class StopFlag:
@@ -23,6 +25,32 @@ class StopFlag:
 
     def __bool__(self) -> bool:
         return self.stopping
+
+
+# Young-generation threshold for the cyclic GC in service loops. Every frame unpacks hundreds
+# of tuples; with CPython's default (700) the collector ran several times per frame and walked
+# the flow table's long-lived state over and over. Measured on sv-merged.pcap, stages run
+# in one process (/tmp-style harness, median of 3): 50,000 cut unpacking records by 36%,
+# the flow table by 17%, unpacking flow events by 40%. Hot-path objects form no cycles, so
+# collections find little; this only makes them rarer.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def loop_starting(stats: ServiceStats) -> None:
+    """Everything a service does once, just before its frame loop: tune the GC, say it is ready."""
+    tune_gc()
+    stats.ready()
+
+
+def tune_gc() -> None:
+    """Call once a service has imported and built everything, just before its loop starts.
+
+    ``gc.freeze`` moves the start-up objects (modules, tables, compiled layouts) out of the
+    collector's sight for good, and a high young threshold makes collections rare.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
 
 def service_args(name: str, with_index: bool = False, argv: list[str] | None = None) -> argparse.Namespace:

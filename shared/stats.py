@@ -31,6 +31,11 @@ class ServiceStats:
         self._next = 0.0
         self.redis_errors = 0
 
+    def ready(self) -> None:
+        """Say that the service has started and waits for frames (offline capture waits for it)."""
+        self.info["ready"] = 1
+        self.flush()
+
     def maybe_flush(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if now >= self._next:
@@ -54,3 +59,33 @@ class ServiceStats:
             pipe.execute()
         except redis.RedisError:
             self.redis_errors += 1
+
+
+def wait_until_ready(r: redis.Redis, keys: Keys, services: list[str], timeout: float) -> list[str]:
+    """Wait until every named service of this run said ``ready``; return those that did not.
+
+    An offline replay waits for this so that the services still importing and connecting do
+    not compete with it for the CPU (interpreter start-up is 0.3 CPU s per service here).
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(services)
+    while True:
+        try:
+            pipe = r.pipeline(transaction=False)
+            for name in waiting:
+                pipe.hmget(keys.stats(name), "ready", "run_id")
+            replies = pipe.execute()
+        except redis.RedisError:
+            replies = [(None, None)] * len(waiting)
+        waiting = [
+            name
+            for name, (ready, run_id) in zip(waiting, replies, strict=True)
+            if not (_text(ready) == "1" and _text(run_id) == RUN_ID)
+        ]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.02)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

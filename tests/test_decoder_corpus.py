@@ -28,7 +28,7 @@ def read_packets(path: Path) -> list[tuple]:
 ALL_PACKETS = {p: read_packets(p) for p in PCAP_FILES}
 
 
-def dpkt_five_tuple(linktype: int, data: bytes) -> tuple | None:
+def dpkt_five_tuple(linktype: int, data: bytes, depth: int = 0) -> tuple | None:
     """(src, dst, proto, sport, dport) as dpkt decodes it, or None when dpkt finds no TCP/UDP."""
     try:
         if linktype == 1:
@@ -51,6 +51,13 @@ def dpkt_five_tuple(linktype: int, data: bytes) -> tuple | None:
     l4 = ip.data
     if not isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP):
         return None
+    if isinstance(l4, dpkt.udp.UDP) and l4.dport in (4789, 8472) and depth < 2:
+        # dpkt has no VXLAN: decode the inner Ethernet frame ourselves, as the decoder does
+        inner = bytes(l4.data)
+        if len(inner) >= 22 and inner[0] & 0x08:
+            found = dpkt_five_tuple(1, inner[8:], depth + 1)
+            if found is not None:
+                return found
     return ip.src, ip.dst, ip.p, l4.sport, l4.dport
 
 

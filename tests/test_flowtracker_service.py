@@ -13,6 +13,7 @@ import zmq
 from services.flowtracker.flowlog import read_flow_log
 from shared import frames
 from shared.config import PipelineConfig
+from shared.flowevents import from_row
 from shared.frames import FrameType
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
@@ -49,7 +50,7 @@ def receive_until_eos(pull: zmq.Socket, timeout: float = 20) -> tuple[list[dict]
         frame = frames.decode(pull.recv())
         senders.append(frame.sender)
         if frame.type == FrameType.FLOWS:
-            events += frame.body
+            events += [from_row(row) for row in frame.body]
         elif frame.type == FrameType.EOS:
             return events, frame.body, senders
     raise AssertionError(f"no EOS from the flow tracker; got {len(events)} events from {senders}")

@@ -18,9 +18,9 @@ from shared.config import PipelineConfig
 from shared.frames import FrameType, encode
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
-from shared.service import StopFlag
+from shared.service import StopFlag, tune_gc
 from shared.sockets import connect_push
-from shared.stats import ServiceStats
+from shared.stats import ServiceStats, wait_until_ready
 
 log = logging.getLogger("capture")
 
@@ -28,6 +28,7 @@ SENDER = "capture"
 TICK_EVERY_PACKETS = 4096  # offline: a packet-time watermark goes to every decoder this often
 LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
 EOS_SEND_TIMEOUT_MS = 10_000
+DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
 
 
 class Capture:
@@ -105,6 +106,19 @@ class Capture:
             except zmq.Again:
                 log.warning("decoder-%d did not take the end-of-stream marker", i)
 
+    def _wait_for_downstream(self) -> None:
+        """A replay starts once the decoders, flow-tracker and detector are up (or after a while)."""
+        if self.stats.r is None:
+            return
+        names = [f"decoder-{i}" for i in range(self.n)] + ["flowtracker", "detector"]
+        late = wait_until_ready(self.stats.r, self.stats.keys, names, DOWNSTREAM_READY_WAIT)
+        if late:
+            log.warning(
+                "starting the replay without %s: not ready after %.0f s",
+                ", ".join(late),
+                DOWNSTREAM_READY_WAIT,
+            )
+
     # --- the two modes ----------------------------------------------------------------------
     def run_offline(self, source: OfflineSource) -> None:
         shard = make_sharder(source.linktype, self.n)
@@ -114,6 +128,7 @@ class Capture:
         flush = self._flush
         num = 0
         next_tick = TICK_EVERY_PACKETS
+        self._wait_for_downstream()
         self.stats.info["started_packets"] = time.time()
         for ts, data in source:
             num += 1
@@ -208,6 +223,7 @@ def run(cfg: PipelineConfig) -> int:
     cap = Capture(cfg, stop)
     cap.stats.info["linktype"] = source.linktype
     cap.stats.info["mode"] = "live" if cfg.live else "offline"
+    tune_gc()
     try:
         if isinstance(source, LiveSource):
             cap.run_live(source)

@@ -1,20 +1,78 @@
-"""``python -m services.decoder --config PATH --index I`` (console script ``pktscope-decoder``)."""
+"""``python -m services.decoder --config PATH --index I|auto`` (console script ``pktscope-decoder``).
+
+``--index auto`` claims the lowest free index through a Redis lease (services/decoder/index_claim.py),
+so identical replicas (docker compose ``deploy: replicas``) each serve their own endpoint.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sys
 
+from shared.redis_keys import Keys
 from shared.service import StopFlag, service_args
+
+log = logging.getLogger("pktscope.decoder")
+
+EXIT_LEASE_LOST = 3  # another replica took our index: restart and claim again
+
+
+def take_auto_index(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove ``--index auto`` / ``--index=auto`` from argv (shared.service parses --index as an int)."""
+    out: list[str] = []
+    auto = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--index" and i + 1 < len(argv) and argv[i + 1] == "auto":
+            auto = True
+            i += 2
+            continue
+        if arg == "--index=auto":
+            auto = True
+        else:
+            out.append(arg)
+        i += 1
+    return out, auto
+
+
+def _stop_self() -> None:
+    """Lease lost: stop the way SIGTERM does, so the decoder finishes its batch and exits."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, auto = take_auto_index(list(sys.argv[1:] if argv is None else argv))
     args = service_args("decoder", with_index=True, argv=argv)
     stop = StopFlag()
-    from services.decoder.service import DecoderService, connect_redis, load_app_inspector
-
     cfg = args.cfg
-    service = DecoderService(cfg, args.index, load_app_inspector(), connect_redis(cfg.effective_redis_url))
-    return service.run(stop)
+    claim = None
+    if auto:
+        from services.decoder.index_claim import IndexClaim
+
+        claim = IndexClaim(cfg.effective_redis_url, Keys(cfg.redis_prefix), cfg.decoders, on_lost=_stop_self)
+        index = claim.claim(stop=lambda: bool(stop))
+        if index is None:
+            log.info("stopping on signal before a decoder index was claimed")
+            claim.close()
+            return 0
+        claim.start_heartbeat()
+        args.index = index
+    try:
+        from services.decoder.service import DecoderService, connect_redis, load_app_inspector
+
+        service = DecoderService(
+            cfg, args.index, load_app_inspector(), connect_redis(cfg.effective_redis_url)
+        )
+        if claim is not None:
+            service.stats.info["claim"] = claim.owner
+        code = service.run(stop)
+    finally:
+        if claim is not None:
+            claim.close()
+    return EXIT_LEASE_LOST if claim is not None and claim.lost else code
 
 
 if __name__ == "__main__":

@@ -2,13 +2,19 @@
 
 Uses the same layouts and walkers as the fast path (link.locate, ipv4/ipv6.parse, tcp/udp/icmp
 .parse), so both decode a packet the same way; this side also builds the nested field dicts.
+
+VXLAN is shown as Wireshark's columns show it: the top-level ``eth``/``ip``/``udp``/``tcp``...
+are the inner (tunnelled) packet's, the one the pipeline makes a record of, and the layers in
+front of each VXLAN header move under it: ``vxlan.vni``, ``vxlan.flags``, ``vxlan.outer.eth``,
+``vxlan.outer.ip`` (or ``ipv6``), ``vxlan.outer.udp``. With nested VXLAN ``vxlan`` is a list,
+outermost first, each with its own ``outer``. ``frame.protocols`` names every layer in order.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from services.decoder import arp, icmp, ipv4, ipv6, link, tcp, udp
+from services.decoder import arp, icmp, ipv4, ipv6, link, tcp, udp, vxlan
 from services.decoder.common import DECODE_ERRORS
 from services.decoder.tcp import TH_SYN_FIN_RST
 from shared.records import FRAG_LATER, FRAG_NONE
@@ -65,7 +71,10 @@ def _reason(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-def _layers(data: bytes, linktype: int, out: dict[str, Any], protos: list[str]) -> L4Tuple | None:
+def _layers(
+    data: bytes, linktype: int, out: dict[str, Any], protos: list[str], depth: int = 0
+) -> L4Tuple | None:
+    """Fields of every layer into ``out``; ``depth`` counts the tunnel headers already peeled."""
     etype, off = link.locate(linktype, data, out, protos)
     if etype == link.ETH_IP4:
         protos.append("ip")
@@ -79,7 +88,7 @@ def _layers(data: bytes, linktype: int, out: dict[str, Any], protos: list[str]) 
             out["arp"] = arp.fields(arp.parse(data, off))
         return None
     frame = out["frame"]
-    if off + hdr.total > frame["len"]:
+    if not depth and off + hdr.total > frame["len"]:  # an inner packet's length says nothing of the wire
         frame["len"] = off + hdr.total
     proto, l4, l4len, frag = hdr.proto, hdr.l4, hdr.l4len, hdr.frag
     if frag != FRAG_NONE:
@@ -97,7 +106,45 @@ def _layers(data: bytes, linktype: int, out: dict[str, Any], protos: list[str]) 
     elif proto == 17:
         sport, dport, hlen = udp.parse(data, l4, l4len, frag, out)
         if hlen and frag == FRAG_NONE and l4len > hlen:
+            if dport in vxlan.PORTS and depth < vxlan.MAX_NESTING:
+                found = vxlan.decapsulate(data, l4 + hlen, l4 + l4len)
+                if found is not None:
+                    decoded, inner_l4 = _vxlan(found, out, protos, depth)
+                    if decoded:
+                        return inner_l4
             return 17, hdr.src, hdr.dst, sport, dport, 0, 0, data[l4 + hlen : l4 + l4len]
     elif proto == 1 or proto == 58:
         icmp.parse(data, l4, l4len, proto, out)
     return None
+
+
+def _vxlan(
+    found: tuple[int, int, bytes], out: dict[str, Any], protos: list[str], depth: int
+) -> tuple[bool, L4Tuple | None]:
+    """Decode the frame behind a VXLAN header into ``out``, the outer layers moving under vxlan.outer.
+
+    Returns (decoded, l4 of the inner packet). When the inner frame does not decode, ``out``
+    keeps its outer layers, gains ``vxlan.inner_malformed`` and the caller goes on with the
+    datagram as plain UDP (decoded False), as the fast path does.
+    """
+    flags, vni, frame = found
+    node: dict[str, Any] = {"flags": flags, "vni": vni}
+    inner: dict[str, Any] = {"frame": out["frame"]}
+    inner_protos = ["vxlan"]
+    try:
+        inner_l4 = _layers(frame, link.DLT_EN10MB, inner, inner_protos, depth + 1)
+    except DECODE_ERRORS as exc:
+        node["inner_malformed"] = _reason(exc)
+        out["vxlan"] = node
+        protos.append("vxlan")
+        return False, None
+    del inner["frame"]
+    node["outer"] = {key: out.pop(key) for key in [k for k in out if k != "frame"]}
+    deeper = inner.pop("vxlan", None)  # a VXLAN header inside this one: list them outermost first
+    if deeper is None:
+        out["vxlan"] = node
+    else:
+        out["vxlan"] = [node, *deeper] if isinstance(deeper, list) else [node, deeper]
+    out.update(inner)
+    protos += inner_protos
+    return True, inner_l4

@@ -6,6 +6,13 @@ link layers, IPv6 extension headers, ARP and ICMP go through the per-protocol mo
 the dissector uses too. The length and fragment rules are those documented in ipv4.py,
 tcp.py and udp.py; tests/test_decoder_corpus.py checks that both paths agree on every packet.
 
+VXLAN (vxlan.py): a UDP datagram to a VXLAN port whose payload is a VXLAN header is decoded
+again, as the Ethernet frame it carries (this function calling itself, ``depth`` + 1, at most
+``vxlan.MAX_NESTING`` deep), and its record is the inner packet's: inner 5-tuple, inner payload
+to the app inspector, but the outer frame's wire length (the bytes the tunnelled packet cost on
+the wire). An inner frame carrying no IP counts as non-IP; one that does not decode leaves the
+datagram a plain UDP record. For every other UDP packet the cost is one set lookup on dport.
+
 A packet that cannot be decoded raises one of ``DECODE_ERRORS`` inside the loop (``unpack_from``
 past the captured bytes raises ``struct.error``, which is free to guard against in CPython 3.11:
 ``try`` costs nothing until something is raised) and is counted as malformed.
@@ -16,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
-from services.decoder import arp, icmp, ipv6, link
+from services.decoder import arp, icmp, ipv6, link, vxlan
 from services.decoder.common import DECODE_ERRORS, Malformed
 from services.decoder.ipv4 import IP4_FAST
 from services.decoder.ipv6 import EXTENSION_HEADERS, IP6_FAST
@@ -54,14 +61,24 @@ class BatchResult(NamedTuple):
     app_errors: int
 
 
-def decode_batch(packets: Iterable[tuple], app: AppInspectorLike | None = None) -> BatchResult:
-    """Decode packet tuples (num, ts, linktype, wirelen, data) into record tuples."""
+NO_PORTS: frozenset[int] = frozenset()
+
+
+def decode_batch(
+    packets: Iterable[tuple], app: AppInspectorLike | None = None, depth: int = 0
+) -> BatchResult:
+    """Decode packet tuples (num, ts, linktype, wirelen, data) into record tuples.
+
+    ``depth`` is how many tunnel headers were already peeled (callers leave it 0; the VXLAN
+    branch passes depth + 1 for the inner frame, and at MAX_NESTING stops looking for VXLAN).
+    """
     records: list[tuple] = []
     append = records.append
     ip4_unpack = IP4_FAST.unpack_from
     ip6_unpack = IP6_FAST.unpack_from
     tcp_unpack = TCP_FAST.unpack_from
     ports_unpack = PORTS.unpack_from
+    vxlan_ports = vxlan.PORTS if depth < vxlan.MAX_NESTING else NO_PORTS
     locate = link.locate
     walk_ext = ipv6.walk_ext
     ext_headers = EXTENSION_HEADERS
@@ -150,6 +167,15 @@ def decode_batch(packets: Iterable[tuple], app: AppInspectorLike | None = None) 
                 if l4len < 8:
                     raise Malformed
                 paylen = l4len - 8
+                if dport in vxlan_ports and frag == FRAG_NONE:
+                    inner = _vxlan_inner(num, ts, data, l4 + 8, l4 + l4len, app, depth)
+                    if inner is not None:
+                        app_errors += inner.app_errors
+                        if inner.records:
+                            append((num, ts, wirelen) + inner.records[0][3:])
+                        else:
+                            non_ip += 1
+                        continue
                 found = None
                 if inspect is not None and frag == FRAG_NONE and paylen:
                     try:
@@ -164,9 +190,21 @@ def decode_batch(packets: Iterable[tuple], app: AppInspectorLike | None = None) 
         except errors:
             malformed += 1
 
-    if app is not None and ts is not None:
+    if app is not None and ts is not None and not depth:
         try:
             app.expire(ts)
         except Exception:  # the application layer must never stop the decoder
             app_errors += 1
     return BatchResult(records, count - malformed, malformed, non_ip, app_errors)
+
+
+def _vxlan_inner(
+    num: int, ts: float, data: bytes, off: int, end: int, app: AppInspectorLike | None, depth: int
+) -> BatchResult | None:
+    """The inner frame's decode when ``data[off:end]`` is VXLAN and that frame decodes, else None."""
+    found = vxlan.decapsulate(data, off, end)
+    if found is None:
+        return None
+    frame = found[2]
+    inner = decode_batch(((num, ts, link.DLT_EN10MB, len(frame), frame),), app, depth + 1)
+    return None if inner.malformed else inner

@@ -19,6 +19,7 @@ from shared.config import PipelineConfig
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
+from shared.service import loop_starting
 from shared.sockets import bind_pull, connect_push
 from shared.stats import ServiceStats
 
@@ -100,6 +101,7 @@ class DecoderService:
             self.cfg.tracker_endpoint,
         )
         pull = self.pull
+        loop_starting(self.stats)
         try:
             while not stop:
                 try:
@@ -182,7 +184,7 @@ class DecoderService:
         push = self.push
         while True:
             try:
-                push.send(buf, zmq.NOBLOCK, copy=False)
+                push.send(buf, zmq.NOBLOCK)
                 break
             except zmq.Again:
                 if stop:

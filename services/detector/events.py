@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from shared.flowevents import EV_END, EV_START, EV_UPDATE
+from shared.flowevents import EV_END, EV_START, EV_UPDATE, FIELDS, INDEX
 
 MAX_NAME = 253  # longest DNS name; longer "names" are cut
 
@@ -28,19 +28,46 @@ class FlowEvent(NamedTuple):
 _EVENTS = (EV_START, EV_UPDATE, EV_END)
 
 
+_ROW_LEN = len(FIELDS)
+_EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SRC = (
+    INDEX[k]
+    for k in (
+        "ev",
+        "ts",
+        "proto",
+        "src",
+        "sport",
+        "dst",
+        "dport",
+        "outbound",
+        "d_bytes_out",
+        "name",
+        "name_src",
+    )
+)
+
+
 def parse(raw: Any) -> FlowEvent | None:
-    """A FlowEvent, or None when the map is malformed (the caller counts it)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        ev = raw["ev"]
-        ts = raw["ts"]
-        proto, sport, dport = raw["proto"], raw.get("sport", 0), raw.get("dport", 0)
-        src, dst = raw["src"], raw["dst"]
-        d_out = raw.get("d_bytes_out", 0)
-        name = raw.get("name") or ""
-        name_src = raw.get("name_src") or ""
-    except KeyError:
+    """A FlowEvent from a wire row (or an event map), or None when malformed (the caller counts it)."""
+    if isinstance(raw, tuple | list):
+        if len(raw) != _ROW_LEN:
+            return None
+        ev, ts, proto, sport, dport = raw[_EV], raw[_TS], raw[_PROTO], raw[_SPORT], raw[_DPORT]
+        src, dst, d_out, outbound = raw[_SRC], raw[_DST], raw[_D_OUT], raw[_OUTBOUND]
+        name, name_src = raw[_NAME] or "", raw[_NAME_SRC] or ""
+    elif isinstance(raw, dict):
+        try:
+            ev = raw["ev"]
+            ts = raw["ts"]
+            proto, sport, dport = raw["proto"], raw.get("sport", 0), raw.get("dport", 0)
+            src, dst = raw["src"], raw["dst"]
+            d_out = raw.get("d_bytes_out", 0)
+            outbound = raw.get("outbound")
+            name = raw.get("name") or ""
+            name_src = raw.get("name_src") or ""
+        except KeyError:
+            return None
+    else:
         return None
     if ev not in _EVENTS or not isinstance(ts, (int, float)) or ts != ts:
         return None
@@ -62,7 +89,7 @@ def parse(raw: Any) -> FlowEvent | None:
         sport,
         dst,
         dport,
-        raw.get("outbound") is True,
+        outbound is True,
         d_out,
         name[:MAX_NAME].lower(),
         name_src[:32],

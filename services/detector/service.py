@@ -17,7 +17,7 @@ from services.detector.keys import DetectorKeys
 from shared import frames
 from shared.config import PipelineConfig
 from shared.redis_conn import connect
-from shared.service import StopFlag
+from shared.service import StopFlag, loop_starting
 from shared.sockets import bind_pub, bind_pull
 from shared.stats import ServiceStats
 
@@ -100,6 +100,7 @@ class DetectorService:
         poller.register(self.pull, zmq.POLLIN)
         next_maintenance = time.monotonic() + MAINTENANCE_EVERY
         eos_body = None
+        loop_starting(self.stats)
         while not self.stop:
             if poller.poll(POLL_MS):
                 eos_body = self.handle(self.pull.recv())

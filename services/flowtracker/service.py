@@ -21,10 +21,12 @@ from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
+from shared.flowevents import to_row
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
+from shared.service import loop_starting
 from shared.sockets import bind_pull, connect_push
 from shared.stats import ServiceStats
 
@@ -93,6 +95,7 @@ class FlowTrackerService:
             self.cfg.decoders,
         )
         pull = self.pull
+        loop_starting(self.stats)
         try:
             while not stop:
                 try:
@@ -164,7 +167,7 @@ class FlowTrackerService:
             return
         if self.flow_log is not None:
             self.flow_log.write(events)
-        if self._send(FrameType.FLOWS, events, stop, deadline):
+        if self._send(FrameType.FLOWS, [to_row(e) for e in events], stop, deadline):
             self.stats.c["events_out"] += len(events)
 
     def _finish(self, reason: str, stop: Any) -> None:
@@ -200,7 +203,7 @@ class FlowTrackerService:
         push = self.push
         while True:
             try:
-                push.send(buf, zmq.NOBLOCK, copy=False)
+                push.send(buf, zmq.NOBLOCK)
                 break
             except zmq.Again:
                 if stop and (deadline is None or time.monotonic() >= deadline):

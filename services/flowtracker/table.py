@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
@@ -80,7 +79,6 @@ RESET = tcp_state.RESET
 
 NO_RANK = 99
 _event_order = itemgetter(0, 1)  # (ts, creation order): never compares the event maps
-_event_time = itemgetter(0)
 _STATE_REASON = {CLOSED: "fin", RESET: "rst"}
 
 
@@ -123,7 +121,7 @@ class FlowTable:
         self.sweep_interval = float(s.sweep_interval)
         self.next_sweep = -math.inf
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
-        self.pending: list[tuple[float, int, dict, list]] = []  # (ts, n, event, flow), unsorted
+        self.pending: list[tuple[float, int, dict, list]] = []  # heap of (ts, n, event, flow)
         self.pending_max = -math.inf
         self.out: list[dict] = []
         self._n = itertools.count()
@@ -429,27 +427,31 @@ class FlowTable:
             event["reason"] = reason
         st[POUT0], st[BOUT0], st[PIN0], st[BIN0] = pout, bout, pin, bin_
         st[DIRTY] = False
-        self.pending.append((ts, next(self._n), event, st))
         if ts > self.pending_max:
             self.pending_max = ts
+        heappush(self.pending, (ts, next(self._n), event, st))
 
     def _release(self, now: float) -> None:
-        """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each."""
+        """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each.
+
+        ``pending`` is a heap: with several decoders the watermark lags, and re-sorting the
+        waiting events on every frame took 17% of the flow-tracker's py-spy samples on
+        sv-merged.pcap with 2 decoders; popping the ready ones is O(log n) per event.
+        """
         pending = self.pending
         if not pending:
             return
         if self.pending_max <= now:  # the usual case: everything is ready
+            pending.sort(key=_event_order)  # a heap is nearly sorted: timsort is ~linear here
             ready = pending
             self.pending = []
             self.pending_max = -math.inf
         else:
-            pending.sort(key=_event_order)
-            cut = bisect_right(pending, now, key=_event_time)
-            if not cut:
+            ready = []
+            while pending and pending[0][0] <= now:
+                ready.append(heappop(pending))
+            if not ready:
                 return
-            ready = pending[:cut]
-            del pending[:cut]
-        ready.sort(key=_event_order)
         out = self.out
         lookup = self.names.lookup
         for ts, _n, event, st in ready:
