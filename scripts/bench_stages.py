@@ -26,9 +26,11 @@ import pcap
 from services.decoder.fastpath import decode_batch
 from services.decoder.service import load_app_inspector
 from services.detector.events import parse
+from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.service import local_nets
 from services.flowtracker.table import FlowTable
 from shared import frames
-from shared.flowevents import to_row
+from shared.config import PipelineConfig
 from shared.service import tune_gc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +43,17 @@ def read_packets(path: Path) -> list[tuple]:
     return [(i, ts, lt, len(d), bytes(d)) for i, (ts, d) in enumerate(pc, 1)]
 
 
-def run_table(record_frames: list[tuple]) -> list[dict]:
-    table = FlowTable()
-    events: list[dict] = []
+def run_table(record_frames: list[tuple]) -> list[list]:
+    cfg = PipelineConfig()
+    table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
+    events: list[list] = []
     for body in record_frames:
         table.add(body)
         if body:
             table.advance(body[-1][1])
-        events += table.take()
+        events += table.take_rows()
     table.finish("eos", float("inf"))
-    events += table.take()
+    events += table.take_rows()
     return events
 
 
@@ -88,7 +91,7 @@ def stages(packets: list[tuple], batch: int) -> list[tuple[str, Callable[[dict],
     def pack_events(s: dict) -> None:
         ev = s["events"]
         s["ev_bufs"] = [
-            frames.encode(frames.FrameType.FLOWS, "flowtracker", i, [to_row(e) for e in ev[o : o + batch]])
+            frames.encode(frames.FrameType.FLOWS, "flowtracker", i, ev[o : o + batch])
             for i, o in enumerate(range(0, len(ev), batch))
         ]
 

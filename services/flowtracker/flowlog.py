@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from shared.flowevents import EV_END
+from shared.flowevents import EV_END, from_row
 
 
 class FlowLog:
@@ -22,13 +22,13 @@ class FlowLog:
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
         self.lines = 0
 
-    def write(self, events: Iterable[dict]) -> int:
-        """Append the end events among ``events``; return how many lines were written."""
+    def write(self, events: Iterable[list | tuple]) -> int:
+        """Append the end events among ``events`` (wire rows); return how many lines were written."""
         f = self._file
         if f is None:
             return 0
         dumps = json.dumps
-        lines = [dumps(ev, separators=(",", ":")) for ev in events if ev.get("ev") == EV_END]
+        lines = [dumps(from_row(row), separators=(",", ":")) for row in events if row[0] == EV_END]
         if lines:
             f.write("\n".join(lines) + "\n")
             f.flush()

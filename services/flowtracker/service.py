@@ -21,7 +21,6 @@ from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
-from shared.flowevents import to_row
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.redis_conn import connect
@@ -158,16 +157,16 @@ class FlowTrackerService:
         if clock.all_finished:
             return True
         self.table.advance(clock.low())
-        self._send_events(self.table.take(), stop)
+        self._send_events(self.table.take_rows(), stop)
         return False
 
     # --- output ------------------------------------------------------------------------------------
-    def _send_events(self, events: list[dict], stop: Any, deadline: float | None = None) -> None:
+    def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> None:
         if not events:
             return
         if self.flow_log is not None:
             self.flow_log.write(events)
-        if self._send(FrameType.FLOWS, [to_row(e) for e in events], stop, deadline):
+        if self._send(FrameType.FLOWS, events, stop, deadline):
             self.stats.c["events_out"] += len(events)
 
     def _finish(self, reason: str, stop: Any) -> None:
@@ -175,7 +174,7 @@ class FlowTrackerService:
         clock = self.clock
         end_ts = clock.highest if clock.highest > float("-inf") else 0.0
         self.table.finish(reason, end_ts)
-        events = self.table.take()
+        events = self.table.take_rows()
         deadline = None if reason == "eos" else time.monotonic() + SHUTDOWN_SEND_GRACE
         for i in range(0, len(events), FINAL_CHUNK):
             self._send_events(events[i : i + FINAL_CHUNK], stop, deadline)

@@ -33,7 +33,7 @@ from typing import Any
 from services.flowtracker import tcp_state
 from services.flowtracker.names import SRC_DNS, DnsNames, address_text, merge_app_facts, own_name
 from shared.config import FlowSettings
-from shared.flowevents import EV_END, EV_START, EV_UPDATE
+from shared.flowevents import EV_END, EV_START, EV_UPDATE, INDEX, from_row
 from shared.records import ICMP, ICMP6, TCP, UDP
 
 ESTABLISHED = tcp_state.ESTABLISHED
@@ -78,6 +78,7 @@ RESET = tcp_state.RESET
 ) = range(33)
 
 NO_RANK = 99
+R_NAME, R_NAME_SRC = INDEX["name"], INDEX["name_src"]  # event row slots set on release
 _event_order = itemgetter(0, 1)  # (ts, creation order): never compares the event maps
 _STATE_REASON = {CLOSED: "fin", RESET: "rst"}
 
@@ -121,9 +122,9 @@ class FlowTable:
         self.sweep_interval = float(s.sweep_interval)
         self.next_sweep = -math.inf
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
-        self.pending: list[tuple[float, int, dict, list]] = []  # heap of (ts, n, event, flow)
+        self.pending: list[tuple[float, int, list, list]] = []  # heap of (ts, n, event row, flow)
         self.pending_max = -math.inf
-        self.out: list[dict] = []
+        self.out: list[list] = []
         self._n = itertools.count()
         self._fid = itertools.count(1)
         # counters
@@ -396,40 +397,40 @@ class FlowTable:
 
     # --- events -----------------------------------------------------------------------------------
     def _emit(self, st: list, ev: str, ts: float, reason: str | None = None) -> None:
+        """Queue an event as its wire row (shared/flowevents.py FIELDS order): no map is built."""
         pout, bout, pin, bin_ = st[POUT], st[BOUT], st[PIN], st[BIN]
-        event = {
-            "ev": ev,
-            "fid": st[FID],
-            "ts": ts,
-            "proto": st[PROTO],
-            "ipv": st[IPV],
-            "src": st[SRC],
-            "sport": st[SPORT],
-            "dst": st[DST],
-            "dport": st[DPORT],
-            "outbound": st[OUTBOUND],
-            "first": st[FIRST],
-            "last": st[LAST],
-            "pkts_out": pout,
-            "bytes_out": bout,
-            "pkts_in": pin,
-            "bytes_in": bin_,
-            "d_pkts_out": pout - st[POUT0],
-            "d_bytes_out": bout - st[BOUT0],
-            "d_pkts_in": pin - st[PIN0],
-            "d_bytes_in": bin_ - st[BIN0],
-            "state": st[STATE],
-            "name": st[NAME],
-            "name_src": st[NAME_SRC],
-            "app": dict(st[APP]) if st[APP] else {},
-        }
-        if reason is not None:
-            event["reason"] = reason
+        row = [
+            ev,
+            st[FID],
+            ts,
+            st[PROTO],
+            st[IPV],
+            st[SRC],
+            st[SPORT],
+            st[DST],
+            st[DPORT],
+            st[OUTBOUND],
+            st[FIRST],
+            st[LAST],
+            pout,
+            bout,
+            pin,
+            bin_,
+            pout - st[POUT0],
+            bout - st[BOUT0],
+            pin - st[PIN0],
+            bin_ - st[BIN0],
+            st[STATE],
+            st[NAME],
+            st[NAME_SRC],
+            dict(st[APP]) if st[APP] else {},
+            reason,
+        ]
         st[POUT0], st[BOUT0], st[PIN0], st[BIN0] = pout, bout, pin, bin_
         st[DIRTY] = False
         if ts > self.pending_max:
             self.pending_max = ts
-        heappush(self.pending, (ts, next(self._n), event, st))
+        heappush(self.pending, (ts, next(self._n), row, st))
 
     def _release(self, now: float) -> None:
         """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each.
@@ -454,20 +455,24 @@ class FlowTable:
                 return
         out = self.out
         lookup = self.names.lookup
-        for ts, _n, event, st in ready:
-            if not event["name"]:
+        for ts, _n, row, st in ready:
+            if not row[R_NAME]:
                 name = st[DNS_NAME] or lookup(st[DST], ts)
                 if name:
                     st[DNS_NAME] = name
-                    event["name"] = name
-                    event["name_src"] = SRC_DNS
-            out.append(event)
+                    row[R_NAME] = name
+                    row[R_NAME_SRC] = SRC_DNS
+            out.append(row)
 
-    def take(self) -> list[dict]:
-        """The events released so far (and forget them)."""
+    def take_rows(self) -> list[list]:
+        """The events released so far as wire rows (and forget them): what the service sends."""
         out = self.out
         self.out = []
         return out
+
+    def take(self) -> list[dict]:
+        """The events released so far as maps (and forget them): for tools and tests."""
+        return [from_row(row) for row in self.take_rows()]
 
     @property
     def waiting(self) -> int:
