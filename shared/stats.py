@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 
 import redis
 
@@ -30,10 +31,13 @@ class ServiceStats:
         self.info: dict[str, str | int | float] = {"pid": os.getpid(), "started": time.time()}
         self._next = 0.0
         self.redis_errors = 0
+        # more counters, read only when flushing (e.g. the decoder's application-layer counters)
+        self.sources: list[Callable[[], Mapping[str, int | float]]] = []
 
     def ready(self) -> None:
         """Say that the service has started and waits for frames (offline capture waits for it)."""
         self.info["ready"] = 1
+        self.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up cost, left out by scripts/bench
         self.flush()
 
     def maybe_flush(self, now: float | None = None) -> None:
@@ -46,6 +50,8 @@ class ServiceStats:
         if self.r is None:
             return
         mapping: dict[str, str | int | float] = dict(self.c)
+        for source in self.sources:
+            mapping.update(source())
         mapping.update(self.info)
         mapping.update(extra)
         mapping["heartbeat"] = time.time()

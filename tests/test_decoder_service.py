@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import dpkt
 import msgpack
 import pytest
 import zmq
@@ -111,5 +112,29 @@ def test_decoder_without_redis_stops_cleanly_on_sigterm(short_tmp, zctx):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         assert "stopping on signal" in proc.stderr.read()
+    finally:
+        stop(proc)
+
+
+def test_application_layer_problems_show_in_the_decoder_stats(short_tmp, redis_url, rdb, zctx):
+    """A DNS message cut short is counted by the app layer and published as app.* in Redis."""
+    cfg = PipelineConfig(run_dir=str(short_tmp), redis_url=redis_url, decoders=1, hwm=20)
+    tracker = bind_pull(zctx, cfg.tracker_endpoint, cfg.hwm)
+    proc = start_decoder(cfg)
+    try:
+        push = connect_push(zctx, cfg.decoder_endpoint(0), cfg.hwm)
+        udp = dpkt.udp.UDP(sport=5353, dport=53, data=b"\x12\x34\x01")  # 3 bytes of a 12-byte header
+        udp.ulen = len(udp)
+        ip = dpkt.ip.IP(src=b"\x0a\x00\x00\x01", dst=b"\x0a\x00\x00\x02", p=17, data=udp)
+        ip.len = len(ip)
+        frame = bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+        packets = tuple((n, 1.0 + n, 1, len(frame), frame) for n in range(1, 4))
+        push.send(frames.encode(FrameType.PACKETS, "capture", 0, packets))
+        push.send(frames.encode(FrameType.EOS, "capture", 1, {"origin": "capture"}))
+        assert [receive(tracker).type for _ in range(2)] == ["recs", "eos"]
+        assert proc.wait(timeout=15) == 0
+        stats = rdb.hgetall(Keys(cfg.redis_prefix).stats("decoder-0"))
+        assert int(stats["app.dns_parse_errors"]) == 3
+        assert int(stats["malformed"]) == 0  # the packets themselves were fine
     finally:
         stop(proc)

@@ -80,6 +80,9 @@ class DecoderService:
         self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
         self.stats.info["index"] = index
         self.stats.info["app"] = int(app is not None)
+        if app is not None and hasattr(app, "all_counters"):
+            # application-layer counters (TLS/QUIC/DNS parse problems, reassembly bounds) as app.*
+            self.stats.sources.append(lambda: {f"app.{k}": v for k, v in app.all_counters().items()})
         c = self.stats.c
         for key in COUNTERS:
             c[key] = 0

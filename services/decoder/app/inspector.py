@@ -157,6 +157,14 @@ class AppInspector:
         self._active: OrderedDict = OrderedDict()  # client key -> flow, oldest first
         self._next_sweep = 0.0
 
+    def all_counters(self) -> Counter:
+        """Every application-layer counter of this process: the inspector's, TLS's and QUIC's."""
+        out = Counter(self.counters)
+        for module in (_tls, _quic):
+            if module is not None:
+                out.update(module.counters)
+        return out
+
     # --- hot path --------------------------------------------------------------------------
     def inspect(
         self,
