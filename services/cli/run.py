@@ -331,5 +331,5 @@ def run(args: argparse.Namespace) -> int:
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:
-        sup.shutdown()
+        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "redis"))
     return exit_code
