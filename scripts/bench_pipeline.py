@@ -3,12 +3,18 @@
 End to end = from capture's first packet read to the detector's end of stream (so process start
 and supervisord/Redis start-up are left out, as nfstream's interpreter start-up is). Per stage
 = packets / CPU seconds that stage's processes used (decoders summed). Median of --runs.
+
+--enrich turns on the GeoIP enrichment of the detector with synthetic databases that cover the
+whole address space (scripts/mmdb_synthetic.py), so every global address is looked up and
+found; the alerts are then counted by kind (new_geo shows the lookups hit). Process
+attribution and binary identity only run on live capture: see scripts/bench_enrichment.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -18,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from scripts.mmdb_synthetic import build_synthetic_dbs
 from shared.redis_server import start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +69,17 @@ def run_pipeline(capture: Path, decoders: int, extra: list[str]) -> dict:
             raise SystemExit(f"pktscope run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         summary["wall"] = wall
-        summary["stage_cpu"] = stage_cpu(tmp / "state")
+        summary["stage_cpu"], summary["alert_kinds"] = saved_stats(tmp / "state")
         return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stage_cpu(state_dir: Path) -> dict[str, float]:
-    """CPU seconds per stage, from the stats the services left in the (saved) private Redis."""
+def saved_stats(state_dir: Path) -> tuple[dict[str, float], dict[str, int]]:
+    """CPU seconds per stage and alerts per kind, from what the run left in its (saved) private Redis.
+
+    The kinds map also holds the detector's "(suppressed)" and "(geoip_errors)" counters.
+    """
     from shared.redis_keys import Keys
 
     proc, url = start_redis_on(state_dir)
@@ -80,10 +90,20 @@ def stage_cpu(state_dir: Path) -> dict[str, float]:
         keys = Keys()
         out: dict[str, float] = {}
         for name in r.smembers(keys.services()):
-            cpu = float(r.hget(keys.stats(name), "cpu_seconds") or 0)
+            cpu, at_ready = r.hmget(keys.stats(name), "cpu_seconds", "cpu_at_ready")
             stage = name.split("-")[0]
-            out[stage] = out.get(stage, 0.0) + cpu
-        return out
+            out[stage] = out.get(stage, 0.0) + float(cpu or 0)
+            # the same without start-up (imports, connecting): the stage's work on the packets
+            out[stage + ":work"] = out.get(stage + ":work", 0.0) + float(cpu or 0) - float(at_ready or 0)
+        kinds: dict[str, int] = {}
+        for _id, fields in r.xrange(keys.alerts()):
+            kinds[fields["kind"]] = kinds.get(fields["kind"], 0) + 1
+        # novel facts the cooldown held back, and lookups that raised
+        held = r.hmget(keys.stats("detector"), "alerts_suppressed", "geoip_errors")
+        kinds.update(
+            {f"({name})": int(v or 0) for name, v in zip(("suppressed", "geoip_errors"), held, strict=True)}
+        )
+        return out, kinds
     finally:
         proc.terminate()
         proc.wait()
@@ -104,6 +124,11 @@ def run_nfstream(capture: Path, meters: int) -> tuple[float, int] | None:
     return float(seconds), int(flows)
 
 
+def _load() -> str:
+    """1, 5 and 15 minute load averages: other work on the machine skews the figures."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
@@ -113,25 +138,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nfstream-meters", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     ap.add_argument(
+        "--enrich",
+        action="store_true",
+        help="GeoIP enrichment on, with synthetic country and ASN databases covering all addresses",
+    )
+    ap.add_argument(
         "--extra", default="", help="extra `pktscope run` flags, quoted, e.g. --extra '--batch-size 512'"
     )
     args = ap.parse_args(argv)
+    load_before = _load()
     extra = ["--learning", "0", *shlex.split(args.extra)]
-
-    runs = [run_pipeline(args.capture, args.decoders, extra) for _ in range(args.runs)]
+    mmdb_dir = Path(tempfile.mkdtemp(prefix="pkb-mmdb-", dir="/tmp"))
+    try:
+        if args.enrich:
+            country_db, asn_db = build_synthetic_dbs(mmdb_dir)
+            extra += ["--geoip-country-db", str(country_db), "--geoip-asn-db", str(asn_db)]
+        runs = [run_pipeline(args.capture, args.decoders, extra) for _ in range(args.runs)]
+    finally:
+        shutil.rmtree(mmdb_dir, ignore_errors=True)
     packets = runs[0]["packets"]
     e2e = statistics.median(r["elapsed"] for r in runs)
     wall = statistics.median(r["wall"] for r in runs)
     stages = {s: statistics.median(r["stage_cpu"].get(s, 0.0) for r in runs) for s in runs[0]["stage_cpu"]}
     print(f"capture: {args.capture} ({packets:,} packets), {args.decoders} decoder(s), median of {args.runs}")
     print(
+        "enrichment: "
+        + ("GeoIP on (synthetic country + ASN databases)" if args.enrich else "off (no GeoIP databases)")
+        + f"; load average before the runs {load_before}"
+    )
+    print(
         f"pktscope end to end: {e2e:.2f} s = {packets / e2e:,.0f} packets/s "
         f"(whole command incl. start-up: {wall:.2f} s); flows {runs[0]['flows']:,}, alerts {runs[0]['alerts']:,}"
     )
+    kinds = runs[0]["alert_kinds"]
+    print("  alerts by kind: " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
     for stage in ("capture", "decoder", "flowtracker", "detector"):
         cpu = stages.get(stage, 0.0)
         if cpu:
-            print(f"  {stage:12} {cpu:6.2f} CPU s = {packets / cpu:>10,.0f} packets per CPU second")
+            work = stages.get(stage + ":work", 0.0)
+            print(
+                f"  {stage:12} {cpu:6.2f} CPU s ({work:.2f} s after start-up) = "
+                f"{packets / work if work > 0 else 0:>10,.0f} packets per work CPU second"
+            )
     result = {
         "packets": packets,
         "decoders": args.decoders,
@@ -139,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         "pktscope_wall": wall,
         "pktscope_pps": packets / e2e,
         "stage_cpu_seconds": stages,
+        "enrich": args.enrich,
+        "alerts": runs[0]["alerts"],
+        "alert_kinds": kinds,
+        "load_before": load_before,
     }
     if not args.no_nfstream:
         nf = [run_nfstream(args.capture, args.nfstream_meters) for _ in range(args.runs)]
@@ -150,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             )  # type: ignore[index]
             print(f"ratio pktscope/nfstream: {nf_s / e2e:.2f}")
             result.update(nfstream_seconds=nf_s, nfstream_pps=packets / nf_s, ratio=nf_s / e2e)
+    result["load_after"] = _load()
+    print(f"load average after: {result['load_after']}")
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0

@@ -600,3 +600,51 @@ def test_volume_spike_during_learning_is_silent(engine, rdb):
     assert (
         int(rdb.hget("t:ent:{host:10.0.0.5}:vol", "n")) == 11
     )  # the spike went into the EWMA (the last is open)
+
+
+def test_a_flow_deferred_by_the_attributor_is_attributed_on_its_next_event(rdb, tmp_path):
+    """Scans are rate limited, so a new flow's first lookup can be deferred (host entity); its next
+    event asks again and the flow becomes its program's, with that program's first-egress alert."""
+    python = Path(sys.executable).resolve()
+    exe_a, exe_b = tmp_path / "early-agent", tmp_path / "late-agent"
+    shutil.copy(python, exe_a)
+    shutil.copy(python, exe_b)
+    DetectorEngine(rdb, make_cfg()).process([flow_event(ts=T0, name="x.example")])  # learning starts
+    attributor = ProcessAttributor(min_refresh_interval=2.0, max_wait_share=0.0)
+    attributor._wait_credit = 0.0  # and no start-up credit: a lookup between scans never waits
+    eng = DetectorEngine(rdb, make_cfg(), enrichers=Enrichers(attributor=attributor))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    procs = []
+    try:
+        ports = {}
+        for exe in (exe_a, exe_b):
+            proc = _connect_with(exe, port)
+            procs.append(proc)
+            ports[exe] = int(proc.stdout.readline())
+            listener.accept()[0].close()
+            if exe == exe_a:  # the first lookup scans; B connects after that scan
+                ev_a = flow_event(ts=AFTER, src="127.0.0.1", sport=ports[exe_a], dst="127.0.0.1", dport=port)
+                raised = eng.process([ev_a])
+                assert [(a["kind"], a["entity"]) for a in raised] == [("new_process_egress", str(exe_a))]
+        ev_b = dict(src="127.0.0.1", sport=ports[exe_b], dst="127.0.0.1", dport=port)
+        raised = eng.process([flow_event(ts=AFTER + 1, **ev_b)])
+        assert attributor.counters["deferred"] == 1, (attributor.counters, raised)
+        assert [(a["kind"], a["entity"]) for a in raised] == [("new_process_egress", "host:127.0.0.1")]
+        assert eng.c["unattributed"] == 1
+        time.sleep(2.1)  # the next scan is allowed now
+        raised = eng.process([flow_event(ev="update", ts=AFTER + 2, out=100, **ev_b)])
+        assert [(a["kind"], a["entity"]) for a in raised] == [("new_process_egress", str(exe_b))]
+        assert raised[0]["detail"]["pid"] == procs[1].pid
+        assert (eng.c["unattributed"], eng.c["attributed_late"]) == (0, 1)
+        # the end event labels the destination for the program, and asks the attributor nothing
+        scans = attributor.counters["scans"]
+        raised = eng.process([flow_event(ev="end", ts=AFTER + 3, **ev_b)])
+        assert [(a["kind"], a["entity"]) for a in raised] == [("new_process_dest", str(exe_b))]
+        assert attributor.counters["scans"] == scans
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        listener.close()
