@@ -15,6 +15,11 @@ from pathlib import Path
 
 import zmq
 
+# After its end of stream a sender keeps its last frames (and the EOS marker) queued this long
+# for a receiver that is slow or being restarted by the supervisor, then gives up. Stopping
+# (SIGTERM, Ctrl-C) uses the short LINGER set in connect_push instead.
+END_OF_STREAM_LINGER_MS = 60_000
+
 
 def _prepare_ipc(endpoint: str) -> None:
     if endpoint.startswith("ipc://"):

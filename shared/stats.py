@@ -31,6 +31,7 @@ class ServiceStats:
         self.info: dict[str, str | int | float] = {"pid": os.getpid(), "started": time.time()}
         self._next = 0.0
         self.redis_errors = 0
+        self._own_hash = False  # the hash holds this run's figures (an older run's is deleted first)
         # more counters, read only when flushing (e.g. the decoder's application-layer counters)
         self.sources: list[Callable[[], Mapping[str, int | float]]] = []
 
@@ -59,8 +60,14 @@ class ServiceStats:
         mapping["cpu_seconds"] = round(time.process_time(), 4)  # per-stage cost in scripts/bench
         mapping["redis_errors"] = self.redis_errors
         try:
+            key = self.keys.stats(self.service)
+            if not self._own_hash:
+                # what an earlier run left (its eos, ready, counters) must not show as this run's
+                if self.r.hget(key, "run_id") not in (RUN_ID, RUN_ID.encode()):
+                    self.r.delete(key)
+                self._own_hash = True
             pipe = self.r.pipeline(transaction=False)
-            pipe.hset(self.keys.stats(self.service), mapping=mapping)
+            pipe.hset(key, mapping=mapping)
             pipe.sadd(self.keys.services(), self.service)
             pipe.execute()
         except redis.RedisError:

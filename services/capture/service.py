@@ -19,7 +19,7 @@ from shared.frames import FrameType, encode
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import StopFlag, tune_gc
-from shared.sockets import connect_push
+from shared.sockets import END_OF_STREAM_LINGER_MS, connect_push
 from shared.stats import ServiceStats, wait_until_ready
 
 log = logging.getLogger("capture")
@@ -27,7 +27,7 @@ log = logging.getLogger("capture")
 SENDER = "capture"
 TICK_EVERY_PACKETS = 4096  # offline: a packet-time watermark goes to every decoder this often
 LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
-EOS_SEND_TIMEOUT_MS = 10_000
+EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
 DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
 
 
@@ -201,8 +201,10 @@ class Capture:
         self.stats.maybe_flush()
 
     def close(self) -> None:
+        # a replay waits for slow or restarting decoders to take the last batches; a stop does not
+        linger = EOS_SEND_TIMEOUT_MS if not (self.cfg.live or self.stop) else None
         for sock in self.socks:
-            sock.close(linger=EOS_SEND_TIMEOUT_MS)
+            sock.close(linger=linger)
         # term() waits (up to the linger) for queued frames to leave; without it, process exit
         # throws away the last batches and the end-of-stream marker.
         self.ctx.term()

@@ -39,6 +39,11 @@ def total(stats: dict[str, dict], prefix: str, field: str) -> int:
     return sum(int(s.get(field, 0) or 0) for name, s in stats.items() if name.startswith(prefix))
 
 
+def restarts(stats: dict[str, dict]) -> dict[str, int]:
+    """service -> times it was restarted within the run, for those that were (the detector says so)."""
+    return {name: int(s.get("restarts", 0) or 0) for name, s in sorted(stats.items()) if s.get("restarts")}
+
+
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
     cap = stats.get("capture", {})
@@ -68,6 +73,7 @@ def summarize(stats: dict[str, dict]) -> dict:
             "detector_frames_lost": int(det.get("frames_lost", 0) or 0),
             "detector_bad_frames": int(det.get("bad_frames", 0) or 0),
         },
+        "restarts": restarts(stats),
         "per_decoder": {
             name: {k: int(s.get(k, 0) or 0) for k in ("packets_in", "decoded", "malformed")}
             for name, s in sorted(stats.items())
@@ -94,6 +100,8 @@ def format_summary(s: dict, source: str) -> str:
         f"  alerts       {s['alerts']:,}",
         "  drops        " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in drops.items()),
     ]
+    if s["restarts"]:
+        lines.append("  restarts     " + ", ".join(f"{k} {v:,}" for k, v in s["restarts"].items()))
     if s["capture_error"]:
         lines.append(f"  capture error: {s['capture_error']}")
     return "\n".join(lines)

@@ -19,11 +19,15 @@ STALE_AFTER = 5.0  # seconds without a heartbeat before a service counts as down
 COLUMNS = (
     ("frames in", ("frames_in",)),
     ("frames out", ("frames_out",)),
+    # frames the sender numbered but this service never got (a gap in the sequence numbers,
+    # e.g. those in flight when it was killed): loss on the way *into* this service
+    ("frames lost", ("frames_lost",)),
     ("packets in", ("packets_in", "records_in", "events_in")),
     ("packets out", ("packets", "records_out", "events_out")),
     ("errors", ("malformed", "bad_frames", "app_errors", "redis_errors")),
-    ("drops", ("dropped", "pcap_drop", "pcap_ifdrop", "frames_lost", "evicted")),
+    ("drops", ("dropped", "pcap_drop", "pcap_ifdrop", "evicted")),
 )
+WIDTH = 11  # of a counter column
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if not stats:
         print("no services have reported yet")
         return 1
-    head = f"{'service':14} {'state':9} " + " ".join(f"{h:>12}" for h, _ in COLUMNS) + "  heartbeat"
+    head = f"{'service':14} {'state':9} " + " ".join(f"{h:>{WIDTH}}" for h, _ in COLUMNS) + "  heartbeat"
     print(head)
     for name, s in sorted(stats.items(), key=lambda kv: _order(kv[0])):
-        cells = " ".join(f"{sum(int(s.get(c, 0) or 0) for c in cols):>12,}" for _, cols in COLUMNS)
+        cells = " ".join(f"{sum(int(s.get(c, 0) or 0) for c in cols):>{WIDTH},}" for _, cols in COLUMNS)
         age = now - float(s.get("heartbeat", 0) or 0)
         print(f"{name:14} {service_state(s, now):9} {cells}  {age:6.1f} s ago")
+    for name, count in pipeline_stats.restarts(stats).items():
+        print(f"{name}: restarted {count} time(s) in this run (pid now {stats[name].get('pid', '?')})")
     det = stats.get("detector", {})
     if learning or "learning" in det:
         end = learning.get("end")

@@ -20,7 +20,7 @@ from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import loop_starting
-from shared.sockets import bind_pull, connect_push
+from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
 from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.decoder")
@@ -88,6 +88,7 @@ class DecoderService:
             c[key] = 0
         self.gaps = SequenceGaps()
         self.seq = 0
+        self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
         self.push = connect_push(self.ctx, cfg.tracker_endpoint, cfg.hwm)
@@ -141,6 +142,7 @@ class DecoderService:
             self._send(FrameType.TICK, frame.body, stop)
         elif ftype == FrameType.EOS:
             self._eos(frame.body, stop)
+            self.ended = not stop
             return True
         else:
             c["bad_frames"] += 1
@@ -200,5 +202,6 @@ class DecoderService:
 
     def close(self) -> None:
         self.pull.close(linger=0)
-        self.push.close()  # keeps its LINGER so the last frames (EOS) still leave
+        # after the end of stream, wait for a slow or restarting tracker to take the last frames
+        self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
         self.ctx.term()  # waits for them: plain process exit would drop what is still queued

@@ -15,6 +15,7 @@ from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
 from shared import frames
+from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.redis_conn import connect
 from shared.service import StopFlag, loop_starting
@@ -25,6 +26,18 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 200
 MAINTENANCE_EVERY = 10.0  # wall seconds between engine.maintenance() calls
+# Counters a detector restarted within one run (kill -9, crash, supervisorctl restart) takes over
+# from its predecessor's stats hash, so the run's figures cover every incarnation.
+RUN_COUNTERS = (
+    "frames_in",
+    "events_in",
+    "bad_events",
+    "bad_frames",
+    "alerts",
+    "alerts_suppressed",
+    "unattributed",
+    "batches_dropped",
+)
 
 
 def connect_with_backoff(url: str, stop: StopFlag) -> redis.Redis | None:
@@ -63,6 +76,7 @@ class DetectorService:
         self.stats = ServiceStats("detector", self.r, self.keys)
         seq_key = self.keys.receiver_seq("detector")
         self.gaps = frames.SequenceGaps({k: int(v) for k, v in self.r.hgetall(seq_key).items()})
+        self._continue_run(self.r.hgetall(self.keys.stats("detector")))
         self.engine = DetectorEngine(
             self.r,
             self.cfg,
@@ -73,10 +87,32 @@ class DetectorService:
         )
         for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
             self.stats.c[name] += 0
-        self.stats.c["frames_lost"] = 0
         self._gauges()
         self.stats.flush()
         return True
+
+    def _continue_run(self, previous: dict[str, str]) -> None:
+        """Take over the counters of a predecessor killed or stopped in this same run.
+
+        A hash left by another run (or by a detector that saw its end of stream) is replaced,
+        so that its ``eos`` cannot end the new run. Counts the killed process had not flushed
+        yet (at most ``ServiceStats.interval``) are gone with it; the alert stream is exact.
+        """
+        assert self.r is not None and self.stats is not None
+        same_run = bool(stats_module.RUN_ID) and previous.get("run_id") == stats_module.RUN_ID
+        if not same_run or previous.get("eos"):
+            self.r.delete(self.keys.stats("detector"))
+            return
+        for name in RUN_COUNTERS:
+            self.stats.c[name] = _count(previous.get(name))
+        self.gaps.lost = _count(previous.get("frames_lost"))
+        self.stats.redis_errors = _count(previous.get("redis_errors"))
+        self.stats.c["restarts"] = _count(previous.get("restarts")) + 1
+        log.warning(
+            "detector: restarted in run %s (pid %s before); continuing its counters",
+            stats_module.RUN_ID,
+            previous.get("pid", "?"),
+        )
 
     def _gauges(self) -> None:
         assert self.stats is not None and self.engine is not None
@@ -122,6 +158,15 @@ class DetectorService:
         self.ctx.term()
         return 0
 
+    def _report_gap(self, sender: str, seq: int, missing: int) -> None:
+        """Log and publish a loss at once: it is rare, and the next flush may never come."""
+        assert self.stats is not None
+        log.warning(
+            "detector: frames %d..%d from %s never arrived (%d lost)", seq - missing, seq - 1, sender, missing
+        )
+        self.stats.c["frames_lost"] = self.gaps.lost
+        self.stats.flush()
+
     def handle(self, buf: bytes) -> object | None:
         """One frame; returns the EOS body (not None) when the stream ended."""
         assert self.engine is not None and self.stats is not None
@@ -134,7 +179,9 @@ class DetectorService:
             self.stats.c["bad_frames"] += 1
             return None
         self.stats.c["frames_in"] += 1
-        self.gaps.see(frame.sender, frame.seq)
+        missing = self.gaps.see(frame.sender, frame.seq)
+        if missing:
+            self._report_gap(frame.sender, frame.seq, missing)
         seq_key = self.keys.receiver_seq("detector")
 
         def save_seq(batch) -> None:
@@ -156,3 +203,11 @@ class DetectorService:
             self.engine.tick(self.engine.watermark, extra=save_seq)
             return frame.body if frame.body is not None else {}
         return None
+
+
+def _count(value: str | None) -> int:
+    """A counter from a stats hash; anything unreadable counts as 0."""
+    try:
+        return int(float(value or 0))
+    except ValueError:
+        return 0

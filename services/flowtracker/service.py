@@ -26,7 +26,7 @@ from shared.localnet import LocalNets, interface_addresses
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import loop_starting
-from shared.sockets import bind_pull, connect_push
+from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
 from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.flowtracker")
@@ -78,6 +78,7 @@ class FlowTrackerService:
         self.eos_bodies: dict[str, Any] = {}
         self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
         self.seq = 0
+        self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.tracker_endpoint, cfg.hwm)
         self.push = connect_push(self.ctx, cfg.detector_endpoint, cfg.hwm)
@@ -105,6 +106,7 @@ class FlowTrackerService:
                     continue
                 if self.handle(buf, stop):
                     self._finish("eos", stop)
+                    self.ended = not stop
                     log.info(
                         "flowtracker: end of stream: %d flows from %d records",
                         self.table.flows_started,
@@ -234,7 +236,8 @@ class FlowTrackerService:
 
     def close(self) -> None:
         self.pull.close(linger=0)
-        self.push.close()  # keeps its LINGER so the last frames (EOS) still leave
+        # after the end of stream, wait for a slow or restarting detector to take the last frames
+        self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
         self.ctx.term()  # waits for that linger: exiting without it drops frames still queued
         if self.flow_log is not None:
             self.flow_log.close()
