@@ -244,3 +244,5 @@ def test_geoip_databases_from_the_config(cfg, ctx, rdb, tmp_path):
     assert set(got) == {"new_geo", "new_process_dest"}
     assert got["new_geo"]["detail"]["country"] == "DE" and got["new_geo"]["detail"]["as_org"] == "Hetzner"
     assert got["new_process_dest"]["detail"]["label"] == "Hetzner"
+    stats = rdb.hgetall(f"{cfg.redis_prefix}:stats:detector")
+    assert int(stats["geoip.lookups"]) == 2  # the enrichers' counters reach the stats hash

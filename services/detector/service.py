@@ -85,6 +85,7 @@ class DetectorService:
             counters=self.stats.c,
             stop=lambda: bool(self.stop),
         )
+        self.stats.sources.append(self._enrichment_counters)
         for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
             self.stats.c[name] += 0
         self._gauges()
@@ -113,6 +114,17 @@ class DetectorService:
             stats_module.RUN_ID,
             previous.get("pid", "?"),
         )
+
+    def _enrichment_counters(self) -> dict[str, int]:
+        """GeoIP, attribution and identity counters (lookups, hits, scans, errors) as geoip.* etc."""
+        assert self.engine is not None
+        enr = self.engine.enr
+        out: dict[str, int] = {}
+        for prefix, part in (("geoip", enr.geoip), ("attribution", enr.attributor), ("identity", enr.identity)):
+            counters = getattr(part, "counters", None)
+            if counters:
+                out.update({f"{prefix}.{k}": v for k, v in counters.items()})
+        return out
 
     def _gauges(self) -> None:
         assert self.stats is not None and self.engine is not None
