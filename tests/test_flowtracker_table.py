@@ -222,3 +222,23 @@ def test_bad_records_are_counted_and_skipped():
         ]
     )
     assert t.bad_records == 2 and t.flows_started == 1
+
+
+def test_an_answer_repeated_ahead_of_time_does_not_push_out_the_one_an_earlier_event_needs():
+    """Records are taken before the watermark lets their events out: by the time an event at t=10
+    asks for its name, the same name may have been answered many more times after t=10."""
+    names = DnsNames()
+
+    def answer(ts, name="sip.example", addr="198.51.100.7"):
+        names.learn({"dns.queries": [[name, "A"]], "dns.answers": [[name, "A", 60, addr]]}, ts)
+
+    answer(10.0)
+    for i in range(1, 20):
+        answer(10.0 + i * 30)  # re-resolved every 30 s, within the (300 s minimum) lifetime
+    assert names.lookup("198.51.100.7", 10.5) == "sip.example"
+    assert names.lookup("198.51.100.7", 9.9) == ""  # not before it was first answered
+    assert names.lookup("198.51.100.7", 10.0 + 19 * 30 + 299) == "sip.example"
+    # different names for one address are each kept, and looked up as of their time
+    answer(1000.0, name="other.example")
+    assert names.lookup("198.51.100.7", 999.0) == "sip.example"
+    assert names.lookup("198.51.100.7", 1000.0) == "other.example"

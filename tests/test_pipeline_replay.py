@@ -57,6 +57,8 @@ def _flow_summary(flow_log) -> list[tuple]:
                 ev["bytes_in"],
                 ev["reason"],
                 ev["state"],
+                ev["name"],  # DNS names "as of" each event: the same however decoders interleave
+                ev["name_src"],
             )
         )
     return sorted(rows)
@@ -77,6 +79,15 @@ def test_bench_capture_every_packet_accounted_and_flows_identical_with_1_and_3_d
     assert len(flows1) == one["flows"] > 10_000
     assert flows1 == flows3
     assert one["malformed"] == three["malformed"]
+    # and the same alerts, down to which flow raised each
+    assert _alert_summary(short_tmp / "run1") == _alert_summary(short_tmp / "run3")
+    assert one["alerts"] == three["alerts"] > 900
+
+
+def _alert_summary(run_dir) -> list[tuple]:
+    proc = pktscope("alerts", "list", "--json", "--run-dir", str(run_dir))
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return sorted((a["kind"], a["entity"], a["destination"], a["detail"].get("label", "")) for a in rows)
 
 
 def test_replay_raises_new_process_egress_once_per_host_and_lists_it(short_tmp):

@@ -153,12 +153,15 @@ class DetectorEngine:
         volume: dict[tuple[str, float], int] = {}
         touched: dict[str, float] = {}
         interval = self.det.volume_interval
+        pending = self.pending
         for raw in raw_events:
             ev = parse(raw)
             if ev is None:
                 self.c["bad_events"] += 1
                 continue
             self.c["events_in"] += 1
+            if pending and pending[0][0] < ev.ts:
+                self._expire_pending(batch, final=False, before=ev.ts)
             if not ev.outbound:
                 continue
             if self.learning_end is None:
@@ -532,10 +535,16 @@ class DetectorEngine:
         batch.command("zadd", self.keys.entities(), {entity: ts}, gt=True)
         batch.command("evalsha", self._sha["touch"], 1, self.keys.entity(entity), repr(ts), entity)
 
-    def _expire_pending(self, batch: _Batch, final: bool) -> None:
-        """Label flows whose name wait is over (all of them when ``final``)."""
+    def _expire_pending(self, batch: _Batch, final: bool, before: float | None = None) -> None:
+        """Label flows whose name wait is over (all of them when ``final``).
+
+        ``before``: only waits that ended before that packet time. ``process`` calls this ahead of
+        each event, so a wait that ended before an event is settled before the event is handled,
+        whatever frame either arrived in: the alerts are the same however events are framed.
+        """
         pending = self.pending
-        while pending and (final or pending[0][0] <= self.watermark):
+        limit = self.watermark if before is None else before
+        while pending and (final or pending[0][0] <= limit) and (before is None or pending[0][0] < before):
             deadline, key = pending.popleft()
             flow = self.flows.get(key)
             if flow is not None and not flow.labelled:

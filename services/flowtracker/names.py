@@ -19,7 +19,7 @@ from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
 MAX_NAME = 253
-HISTORY = 4  # answers remembered per address, newest last (for "as of" look-ups)
+HISTORY = 8  # different answers remembered per address, newest last (for "as of" look-ups)
 
 # Where a flow's own name may come from, best first (lower rank wins).
 OWN_NAME_KEYS = (("tls.sni", 0), ("quic.sni", 1), ("http.host", 2))
@@ -177,6 +177,15 @@ class DnsNames:
             cache[addr] = [(learned, expires, name)]
             return
         cache.move_to_end(addr)
+        last_learned, last_expires, last_name = hist[-1]
+        if name == last_name and last_learned <= learned <= last_expires:
+            # The same answer again (a name resolved over and over): extend the entry instead of
+            # adding one. Records are taken ahead of the lowest decoder watermark, so repeats
+            # learned "later" used to push the entry an earlier event needs out of the history,
+            # and whether they had done so depended on how the decoders' frames interleaved.
+            if expires > last_expires:
+                hist[-1] = (last_learned, expires, name)
+            return
         hist.append((learned, expires, name))
         if len(hist) > 1 and hist[-2][0] > learned:
             hist.sort(key=lambda h: h[0])  # stable: same-time answers keep their order

@@ -79,7 +79,9 @@ RESET = tcp_state.RESET
 
 NO_RANK = 99
 R_NAME, R_NAME_SRC = INDEX["name"], INDEX["name_src"]  # event row slots set on release
-_event_order = itemgetter(0, 1)  # (ts, creation order): never compares the event maps
+# (ts, flow key, creation order): events at one packet time come out in flow-key order, not in
+# the order the decoders' frames happened to arrive; never compares the event rows
+_event_order = itemgetter(0, 1, 2)
 _STATE_REASON = {CLOSED: "fin", RESET: "rst"}
 
 
@@ -122,7 +124,7 @@ class FlowTable:
         self.sweep_interval = float(s.sweep_interval)
         self.next_sweep = -math.inf
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
-        self.pending: list[tuple[float, int, list, list]] = []  # heap of (ts, n, event row, flow)
+        self.pending: list[tuple[float, tuple, int, list, list]] = []  # heap of (ts, key, n, row, flow)
         self.pending_max = -math.inf
         self.out: list[list] = []
         self._n = itertools.count()
@@ -430,7 +432,7 @@ class FlowTable:
         st[DIRTY] = False
         if ts > self.pending_max:
             self.pending_max = ts
-        heappush(self.pending, (ts, next(self._n), row, st))
+        heappush(self.pending, (ts, st[KEY], next(self._n), row, st))
 
     def _release(self, now: float) -> None:
         """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each.
@@ -455,7 +457,7 @@ class FlowTable:
                 return
         out = self.out
         lookup = self.names.lookup
-        for ts, _n, row, st in ready:
+        for ts, _key, _n, row, st in ready:
             if not row[R_NAME]:
                 name = st[DNS_NAME] or lookup(st[DST], ts)
                 if name:
