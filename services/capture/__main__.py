@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from services.capture.service import run
-from shared.service import service_args
+from shared.service import profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = service_args("capture", argv=argv)
-    return run(args.cfg)
+    return profiled("capture", lambda: run(args.cfg))
 
 
 if __name__ == "__main__":

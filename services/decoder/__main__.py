@@ -12,7 +12,7 @@ import signal
 import sys
 
 from shared.redis_keys import Keys
-from shared.service import StopFlag, service_args
+from shared.service import StopFlag, profiled, service_args
 
 log = logging.getLogger("pktscope.decoder")
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if claim is not None:
             service.stats.info["claim"] = claim.owner
-        code = service.run(stop)
+        code = profiled(service.name, lambda: service.run(stop))
     finally:
         if claim is not None:
             claim.close()

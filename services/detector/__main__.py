@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 
 from services.detector.service import DetectorService
-from shared.service import StopFlag, service_args
+from shared.service import StopFlag, profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = service_args("detector", argv=argv)
     stop = StopFlag()
-    return DetectorService(args.cfg, stop).run()
+    return profiled("detector", DetectorService(args.cfg, stop).run)
 
 
 if __name__ == "__main__":

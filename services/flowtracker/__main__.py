@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from shared.service import StopFlag, service_args
+from shared.service import StopFlag, profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = args.cfg
     service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url))
-    return service.run(stop)
+    return profiled("flowtracker", lambda: service.run(stop))
 
 
 if __name__ == "__main__":
