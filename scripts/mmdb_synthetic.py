@@ -49,13 +49,14 @@ def synthetic_networks(seed: int = 4) -> list[tuple[str, str, int]]:
     return [(str(net), iso, asn) for net, iso, asn in nets]
 
 
-def _writer(database_type: str) -> MMDBWriter:
+def maxmind_writer(database_type: str, origin: str = "synthetic") -> MMDBWriter:
+    """A writer laid out like MaxMind's files (tests/mmdb_factory.py uses it too)."""
     return MMDBWriter(
         ip_version=6,
         ipv4_compatible=True,
         database_type=database_type,
         languages=["en"],
-        description={"en": f"pktscope synthetic {database_type}"},
+        description={"en": f"pktscope {origin} {database_type}"},
     )
 
 
@@ -63,7 +64,7 @@ def build_synthetic_dbs(directory: str | Path, seed: int = 4) -> tuple[Path, Pat
     """Write ``country.mmdb`` (GeoLite2-Country) and ``asn.mmdb`` (GeoLite2-ASN) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    country_db, asn_db = _writer("GeoLite2-Country"), _writer("GeoLite2-ASN")
+    country_db, asn_db = maxmind_writer("GeoLite2-Country"), maxmind_writer("GeoLite2-ASN")
     for cidr, iso, asn in synthetic_networks(seed):
         country = {"iso_code": iso, "names": {"en": iso}}
         country_db.insert_network(IPSet([cidr]), {"country": country, "registered_country": country})

@@ -11,17 +11,13 @@ from pathlib import Path
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from scripts.mmdb_synthetic import maxmind_writer
+
 COUNTRY_NAMES = {"DE": "Germany", "US": "United States", "GB": "United Kingdom", "FR": "France"}
 
 
 def _writer(database_type: str) -> MMDBWriter:
-    return MMDBWriter(
-        ip_version=6,
-        ipv4_compatible=True,
-        database_type=database_type,
-        languages=["en"],
-        description={"en": f"pktscope test {database_type}"},
-    )
+    return maxmind_writer(database_type, "test")
 
 
 def build_country_db(path: str | Path, networks: dict[str, str]) -> Path:
