@@ -82,6 +82,10 @@ def test_bench_capture_every_packet_accounted_and_flows_identical_with_1_and_3_d
     # and the same alerts, down to which flow raised each
     assert _alert_summary(short_tmp / "run1") == _alert_summary(short_tmp / "run3")
     assert one["alerts"] == three["alerts"] > 900
+    # status on the stopped pipeline: a readable learning window and the app-layer trouble counts
+    status = pktscope("status", "--run-dir", str(short_tmp / "run3")).stdout
+    assert "baseline: detecting (learning window ends 2023-11-14 22:13:20 UTC)" in status
+    assert "application layers: reasm_bound_gap_skips " in status
 
 
 def _alert_summary(run_dir) -> list[tuple]:

@@ -20,7 +20,7 @@ from services.decoder.dissect import dissect
 
 from .filter import FilterError, compile_filter
 from .packetview import merge_app, summary_line
-from .read_flows import FlowTable
+from .read_flows import ReadFlows
 from .text import json_line, safe
 
 
@@ -62,12 +62,13 @@ def read_capture(
     source = OfflineSource(path)
     linktype = source.linktype
     inspector = _app_inspector()
-    table = FlowTable() if flows else None
+    table = ReadFlows() if flows else None
     write = out.write
     matched = 0
     t0: float | None = None
     for num, (ts, data) in enumerate(source, 1):
         fields, l4 = dissect(num, ts, linktype, len(data), data)
+        app = None
         if l4 is not None and inspector is not None:
             try:
                 app = inspector.inspect(ts, *l4)
@@ -85,7 +86,7 @@ def read_capture(
             continue
         matched += 1
         if table is not None:
-            table.add(fields)
+            table.add(fields, l4, app)  # the raw app map: what the fast path puts in the record
         elif as_json:
             write(json_line(fields))
             write("\n")
@@ -95,15 +96,8 @@ def read_capture(
         if count and matched >= count:
             break
     if table is not None:
-        for flow in table.records():
-            write(json_line(flow.record()) if as_json else flow.line(t0 or 0.0))
-            write("\n")
-        if table.untracked_packets:
-            print(
-                f"pktscope read: flow table full ({table.max_flows} flows): "
-                f"{table.untracked_packets} packets not counted",
-                file=sys.stderr,
-            )
+        for note in table.write(out, as_json=as_json, t0=t0 or 0.0):
+            print(f"pktscope read: {note}", file=sys.stderr)
     return matched, source.error
 
 

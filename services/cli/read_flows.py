@@ -1,221 +1,210 @@
-"""A small flow table for `pktscope read --flows`: one record per 5-tuple in a capture file.
+"""`pktscope read --flows`: the flow-tracker's own FlowTable, fed with the packets `read` decodes.
 
-Self-contained on purpose (the flow-tracker service keeps its own, timer-driven table): a flow
-is keyed by its 5-tuple in both directions and lives until the end of the file, unless the
-5-tuple is reused (a SYN after FIN/RST, or after IDLE_TIMEOUT of silence), which starts a new
-flow. The number of flows is bounded; packets of flows beyond the bound are only counted.
+A second flow table would disagree with the pipeline's sooner or later, so there is none here:
+each packet that passed the filter becomes the record (shared/records.py) the decoder's fast
+path makes of it, built from what the dissector already found, and goes to
+services.flowtracker.table.FlowTable in batches, watermarked the way the flow-tracker service
+does it with one decoder. Its "end" events are the flows printed: the same flows, TCP states,
+end reasons, outbound flags and names as the flow log of `pktscope run --flow-log`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import socket
+from operator import itemgetter
+from typing import Any, TextIO
 
-from .text import safe
+from services.decoder.dissect import PROTO_NAMES, L4Tuple
+from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.names import OWN_NAME_KEYS, SRC_DNS
+from services.flowtracker.table import FlowTable
+from shared.config import FlowSettings, PipelineConfig
+from shared.flowevents import EV_END, INDEX, from_row
+from shared.records import FRAG_FIRST, FRAG_LATER, FRAG_NONE, TCP, UDP
 
-MAX_FLOWS = 1_000_000
-MAX_NAMES = 16
-IDLE_TIMEOUT = 600.0  # seconds of packet time after which a reused 5-tuple is a new flow
-_L4_PROTOS = (("tcp", 6), ("udp", 17), ("icmp", 1), ("icmpv6", 58))
-_NAME_FIELDS = (("tls", "sni"), ("quic", "sni"), ("http", "host"))
+from .text import json_line, safe
+
+MAX_SHOWN = 1_000_000  # ended flows kept for printing; more are counted and reported
+BATCH = PipelineConfig().batch_size  # records per FlowTable.add, as the capture batches packets
 PROTO_TEXT = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
+_PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+_FRAGMENT = {"first": FRAG_FIRST, "later": FRAG_LATER}
+_EV, _TS = INDEX["ev"], INDEX["ts"]
+_print_order = itemgetter(INDEX["first"], INDEX["fid"])  # first packet time, then creation order
 
-# TCP flag bits
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+def packet_record(fields: dict[str, Any], l4: L4Tuple | None, app: dict | None) -> tuple | None:
+    """The record the decoder's fast path makes of this packet, or None when it makes none.
+
+    ``fields``/``l4`` come from services.decoder.dissect (which shares the fast path's walkers:
+    tests/test_decoder_corpus.py checks they agree), ``app`` from the AppInspector. Fragments get
+    no ports or flags: the FlowTable counts every fragment in one portless flow anyway.
+    ``paylen`` is TCP's payload length, or the UDP payload given to the inspector.
+    """
+    if "_malformed" in fields:
+        return None
+    ip = fields.get("ip")
+    family = socket.AF_INET
+    if ip is None:
+        ip = fields.get("ipv6")
+        if ip is None:
+            return None
+        family = socket.AF_INET6
+    frame = fields["frame"]
+    num, ts, wirelen = frame["number"], frame["time_epoch"], frame["len"]
+    if l4 is not None:  # TCP with payload or SYN/FIN/RST, UDP with payload: all unfragmented
+        proto, src, dst, sport, dport, flags, seq, payload = l4
+        paylen = fields["tcp"]["len"] if proto == TCP else len(payload)
+        return (num, ts, wirelen, proto, src, dst, sport, dport, flags, paylen, FRAG_NONE, seq, app)
+    src = socket.inet_pton(family, ip["src"])
+    dst = socket.inet_pton(family, ip["dst"])
+    frag = _FRAGMENT.get(ip.get("fragment"), FRAG_NONE)
+    if family == socket.AF_INET:
+        proto = ip["proto"]
+    elif frag == FRAG_LATER:
+        proto = ip["fraghdr"]["nxt"]  # the extension-header walk stops right after it
+    else:  # after any extension headers: the last protocol the dissector named
+        last = frame["protocols"].rpartition(":")[2]
+        proto = _PROTO_NUMBERS.get(last) or int(last)
+    sport = dport = flags = seq = paylen = 0
+    if frag == FRAG_NONE:
+        if proto == TCP:
+            tcp = fields["tcp"]
+            sport, dport, seq, paylen = tcp["srcport"], tcp["dstport"], tcp["seq"], tcp["len"]
+            flags = tcp["flags"]["value"] & 0xFF
+        elif proto == UDP:
+            udp = fields["udp"]
+            sport, dport = udp["srcport"], udp["dstport"]
+    return (num, ts, wirelen, proto, src, dst, sport, dport, flags, paylen, frag, seq, app)
 
 
-class Flow:
-    """Counters and state of one flow; ``src``/``sport`` is the initiator (first packet's sender)."""
+def flow_names(event: dict[str, Any]) -> list[str]:
+    """"field=value" names of a flow: SNI / Host from its app facts, then its name from DNS."""
+    app = event.get("app") or {}
+    names = [f"{key}={app[key]}" for key, _rank in OWN_NAME_KEYS if app.get(key)]
+    if event.get("name_src") == SRC_DNS and event.get("name"):
+        names.append(f"dns={event['name']}")
+    return names
 
-    __slots__ = (
-        "proto",
-        "src",
-        "sport",
-        "dst",
-        "dport",
-        "first",
-        "last",
-        "pkts_out",
-        "bytes_out",
-        "pkts_in",
-        "bytes_in",
-        "state",
-        "fin_out",
-        "fin_in",
-        "names",
+
+def flow_record(event: dict[str, Any]) -> dict[str, Any]:
+    """What `--flows --json` prints for one "end" event (shared/flowevents.py)."""
+    first, last = event["first"], event["last"]
+    return {
+        "proto": event["proto"],
+        "src": event["src"],
+        "sport": event["sport"],
+        "dst": event["dst"],
+        "dport": event["dport"],
+        "initiator": event["src"],
+        "outbound": event["outbound"],
+        "first": first,
+        "last": last,
+        "duration": round(last - first, 6),
+        "pkts_out": event["pkts_out"],
+        "bytes_out": event["bytes_out"],
+        "pkts_in": event["pkts_in"],
+        "bytes_in": event["bytes_in"],
+        "state": event["state"],
+        "reason": event["reason"],
+        "name": event["name"],
+        "name_src": event["name_src"],
+        "names": flow_names(event),
+        "app": event["app"],
+    }
+
+
+def flow_line(event: dict[str, Any], t0: float) -> str:
+    """The human line of one ended flow; every name from the network goes through ``safe``."""
+    proto = PROTO_TEXT.get(event["proto"], str(event["proto"]))
+    first, last, state = event["first"], event["last"], event["state"]
+    names = " ".join(safe(n) for n in flow_names(event))
+    return (
+        f"{proto:<6} {safe(event['src'])}:{event['sport']} -> {safe(event['dst'])}:{event['dport']}"
+        f" start={first - t0:.6f} dur={last - first:.6f}"
+        f" out={event['pkts_out']}p/{event['bytes_out']}B in={event['pkts_in']}p/{event['bytes_in']}B"
+        + (f" {state}" if state else "")
+        + (f" {names}" if names else "")
     )
 
-    def __init__(self, proto: int, src: str, sport: int, dst: str, dport: int, ts: float) -> None:
-        self.proto, self.src, self.sport, self.dst, self.dport = proto, src, sport, dst, dport
-        self.first = self.last = ts
-        self.pkts_out = self.bytes_out = self.pkts_in = self.bytes_in = 0
-        self.state = "new" if proto == 6 else ""
-        self.fin_out = self.fin_in = False
-        self.names: list[str] = []
 
-    def tcp(self, flags: int, outbound: bool) -> None:
-        """Advance the TCP state: syn -> syn_ack -> established -> fin -> closed, or rst."""
-        if self.state == "rst":
+class ReadFlows:
+    """Packets of one capture in, its ended flows out, through the flow-tracker's FlowTable.
+
+    Local networks are the pipeline's defaults, so ``outbound`` means what it means in the flow
+    log; periodic updates are off (only "end" events are printed).
+    """
+
+    def __init__(self, max_shown: int = MAX_SHOWN, batch: int = BATCH) -> None:
+        cfg = PipelineConfig()
+        self.table = FlowTable(FlowSettings(update_interval=0), LocalMatcher(cfg.local_nets))
+        self.batch: list[tuple] = []
+        self.batch_size = max(1, batch)
+        self.watermark = -math.inf  # as the flow-tracker's clock: the latest batch-end time
+        self.ended: list[list] = []  # "end" event rows
+        self.max_shown = max_shown
+        self.not_shown = 0
+        self.non_ip = 0  # passed the filter but made no record (not IP, or malformed)
+
+    def add(self, fields: dict[str, Any], l4: L4Tuple | None, app: dict | None) -> None:
+        """Count one packet that passed the filter (``app``: its inspector result, or None)."""
+        try:
+            rec = packet_record(fields, l4, app)
+        except (KeyError, TypeError, ValueError, OSError):  # a field the dissector left out
+            rec = None
+        if rec is None:
+            self.non_ip += 1
             return
-        if flags & RST:
-            self.state = "rst"
-            return
-        if flags & FIN:
-            if outbound:
-                self.fin_out = True
-            else:
-                self.fin_in = True
-            self.state = "closed" if self.fin_out and self.fin_in else "fin"
-            return
-        if self.state in ("fin", "closed"):
-            return
-        if flags & SYN:
-            if flags & ACK:
-                if self.state in ("new", "syn"):
-                    self.state = "syn_ack"
-            elif self.state == "new":
-                self.state = "syn"
-        elif flags & ACK and self.state in ("syn_ack", "new"):
-            # "new": the capture began mid-connection; an ACK means it was already open
-            self.state = "established"
+        batch = self.batch
+        batch.append(rec)
+        if len(batch) >= self.batch_size:
+            self._flush()
 
-    def add_name(self, kind: str, name: object) -> None:
-        text = f"{kind}={name}"
-        if len(self.names) < MAX_NAMES and text not in self.names:
-            self.names.append(text)
+    def _flush(self) -> None:
+        batch = self.batch
+        if batch:
+            table = self.table
+            table.add(batch)
+            if batch[-1][1] > self.watermark:  # the service's Watermarks.see: time never goes back
+                self.watermark = batch[-1][1]
+            self.batch = []
+            table.advance(self.watermark)
+            self._keep(table.take_rows())
 
-    def record(self) -> dict[str, Any]:
-        return {
-            "proto": self.proto,
-            "src": self.src,
-            "sport": self.sport,
-            "dst": self.dst,
-            "dport": self.dport,
-            "initiator": self.src,
-            "first": self.first,
-            "last": self.last,
-            "duration": round(self.last - self.first, 6),
-            "pkts_out": self.pkts_out,
-            "bytes_out": self.bytes_out,
-            "pkts_in": self.pkts_in,
-            "bytes_in": self.bytes_in,
-            "state": self.state,
-            "names": list(self.names),
-        }
+    def _keep(self, rows: list[list]) -> None:
+        ended = self.ended
+        for row in rows:
+            if row[_EV] == EV_END:
+                if len(ended) < self.max_shown:
+                    ended.append(row)
+                else:
+                    self.not_shown += 1
 
-    def line(self, t0: float) -> str:
-        proto = PROTO_TEXT.get(self.proto, str(self.proto))
-        names = " ".join(safe(n) for n in self.names)
-        state = f" {self.state}" if self.state else ""
-        return (
-            f"{proto:<6} {safe(self.src)}:{self.sport} -> {safe(self.dst)}:{self.dport}"
-            f" start={self.first - t0:.6f} dur={self.last - self.first:.6f}"
-            f" out={self.pkts_out}p/{self.bytes_out}B in={self.pkts_in}p/{self.bytes_in}B{state}"
-            + (f" {names}" if names else "")
-        )
+    def finish(self) -> list[dict[str, Any]]:
+        """End the remaining flows ("eos", or "idle" when idle by the last packet) and return
+        every ended flow's event, by first packet time (ties: the order flows began)."""
+        self._flush()
+        table = self.table
+        table.finish("eos", self.watermark if self.watermark > -math.inf else 0.0)
+        self._keep(table.take_rows())
+        self.ended.sort(key=_print_order)
+        events = [from_row(row) for row in self.ended]
+        self.ended = []
+        return events
 
-
-def five_tuple(fields: dict[str, Any]) -> tuple[int, str, int, str, int] | None:
-    """(proto, src, sport, dst, dport) of an IP packet, None for anything else."""
-    ip = fields.get("ip")
-    if not isinstance(ip, dict):
-        ip = fields.get("ipv6")
-        if not isinstance(ip, dict):
-            return None
-        proto = ip.get("nxt", 0)
-    else:
-        proto = ip.get("proto", 0)
-    src, dst = ip.get("src"), ip.get("dst")
-    if src is None or dst is None:
-        return None
-    for name, number in _L4_PROTOS:
-        l4 = fields.get(name)
-        if isinstance(l4, dict):
-            proto = number
-            return proto, str(src), int(l4.get("srcport", 0) or 0), str(dst), int(l4.get("dstport", 0) or 0)
-    return int(proto or 0), str(src), 0, str(dst), 0
-
-
-def _nodes(node: Any) -> list[dict]:
-    """A protocol node, or each of them when one packet carried several messages."""
-    if isinstance(node, dict):
-        return [node]
-    if isinstance(node, list):
-        return [n for n in node if isinstance(n, dict)]
-    return []
-
-
-class FlowTable:
-    """Flows of one capture, in order of their first packet."""
-
-    def __init__(self, max_flows: int = MAX_FLOWS, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.flows: dict[tuple, Flow] = {}
-        self.max_flows = max_flows
-        self.idle_timeout = idle_timeout
-        self.order: list[Flow] = []  # every flow, in order of its first packet
-        self.untracked_packets = 0
-        self.non_ip_packets = 0
-
-    def add(self, fields: dict[str, Any]) -> None:
-        """Count one decoded packet (nested fields, app fields merged)."""
-        key5 = five_tuple(fields)
-        if key5 is None:
-            self.non_ip_packets += 1
-            return
-        proto, src, sport, dst, dport = key5
-        frame = fields.get("frame", {})
-        ts = frame.get("time_epoch", 0.0)
-        size = frame.get("len", 0)
-        tcp = fields.get("tcp")
-        flags = 0
-        if proto == 6 and isinstance(tcp, dict):
-            node = tcp.get("flags")
-            flags = (node.get("value", 0) if isinstance(node, dict) else int(node or 0)) & 0xFF
-        fwd = (proto, src, sport, dst, dport)
-        rev = (proto, dst, dport, src, sport)
-        outbound = True
-        flow = self.flows.get(fwd)
-        if flow is None:
-            flow = self.flows.get(rev)
-            outbound = False
-        if flow is not None and self._starts_over(flow, ts, flags):
-            # the 5-tuple is reused: a new connection after a finished one, or after a long silence
-            del self.flows[fwd if outbound else rev]
-            flow = None
-        if flow is None:
-            if len(self.order) >= self.max_flows:
-                self.untracked_packets += 1
-                return
-            flow = Flow(proto, src, sport, dst, dport, ts)
-            self.flows[fwd] = flow
-            self.order.append(flow)
-            outbound = True
-        if ts > flow.last:
-            flow.last = ts
-        if outbound:
-            flow.pkts_out += 1
-            flow.bytes_out += size
-        else:
-            flow.pkts_in += 1
-            flow.bytes_in += size
-        if proto == 6 and isinstance(tcp, dict):
-            flow.tcp(flags, outbound)
-        self._names(flow, fields)
-
-    def _starts_over(self, flow: Flow, ts: float, flags: int) -> bool:
-        if ts - flow.last > self.idle_timeout:
-            return True
-        return flags & (SYN | ACK) == SYN and flow.state in ("fin", "closed", "rst")
-
-    @staticmethod
-    def _names(flow: Flow, fields: dict[str, Any]) -> None:
-        for layer, key in _NAME_FIELDS:
-            for node in _nodes(fields.get(layer)):
-                if node.get(key):
-                    flow.add_name(f"{layer}.{key}", node[key])
-        for dns in _nodes(fields.get("dns")):
-            for q in dns.get("queries") or ():
-                if isinstance(q, dict) and q.get("name"):
-                    flow.add_name("dns", q["name"])
-
-    def records(self) -> list[Flow]:
-        return list(self.order)
+    def write(self, out: TextIO, *, as_json: bool, t0: float) -> list[str]:
+        """Finish, print one line / JSON object per flow; return notes for stderr."""
+        write = out.write
+        for event in self.finish():
+            write(json_line(flow_record(event)) if as_json else flow_line(event, t0))
+            write("\n")
+        notes = []
+        if self.table.evicted:
+            notes.append(
+                f"flow table full ({self.table.max_flows} flows): "
+                f"{self.table.evicted} flows ended early (reason \"evicted\")"
+            )
+        if self.not_shown:
+            notes.append(f"{self.not_shown} flows beyond the first {self.max_shown} not shown")
+        return notes

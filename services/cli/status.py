@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import UTC, datetime
 
 import redis
 
@@ -74,9 +75,35 @@ def run(args: argparse.Namespace) -> int:
     if learning or "learning" in det:
         end = learning.get("end")
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
-        extra = f" (window ends at packet time {float(end):.0f})" if end else ""
+        extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    app = _app_problems(stats)
+    if app:
+        print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))
     return 0
+
+
+def _packet_time(ts: float) -> str:
+    """A packet timestamp as a UTC date a person reads (packet time, not the wall clock)."""
+    try:
+        return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"at packet time {ts:.0f}"
+
+
+def _app_problems(stats: dict[str, dict]) -> list[tuple[str, int]]:
+    """The decoders' application-layer counters that mean trouble, summed (largest first)."""
+    totals: dict[str, int] = {}
+    for name, s in stats.items():
+        if not name.startswith("decoder"):
+            continue
+        for key, value in s.items():
+            if key.startswith("app.") and any(w in key for w in _TROUBLE):
+                totals[key[4:]] = totals.get(key[4:], 0) + int(float(value or 0))
+    return sorted(((k, v) for k, v in totals.items() if v), key=lambda kv: (-kv[1], kv[0]))[:8]
+
+
+_TROUBLE = ("error", "exception", "malformed", "bound", "gave_up", "undecryptable")
 
 
 def _order(name: str) -> tuple[int, str]:
