@@ -242,3 +242,27 @@ def test_an_answer_repeated_ahead_of_time_does_not_push_out_the_one_an_earlier_e
     answer(1000.0, name="other.example")
     assert names.lookup("198.51.100.7", 870.0) == "sip.example"  # the merged entry lasts to 880
     assert names.lookup("198.51.100.7", 1000.0) == "other.example"
+
+
+def test_with_updates_off_no_update_timers_pile_up():
+    table = FlowTable(FlowSettings(update_interval=0))
+    for i in range(200):
+        table.add(tcp_session(1.0 + i, "10.0.0.1", "192.0.2.9", 40000 + i, 443, close=False))
+    table.advance(500.0)
+    events = table.take()
+    assert not table.updates  # one never-due timer per flow used to stay in the heap
+    assert {e["ev"] for e in events} == {"start", "end"}
+
+
+def test_a_dns_flow_keeps_the_first_name_it_asked_for():
+    table = FlowTable()
+    table.add(
+        [
+            dns_answer(
+                1.0, "10.0.0.1", "10.0.0.53", "Www.Example.ORG.", [("www.example.org", "A", 60, "192.0.2.1")]
+            )
+        ]
+    )
+    table.finish("eos", 2.0)
+    (end,) = [e for e in table.take() if e["ev"] == "end"]
+    assert end["app"]["dns.query"] == "www.example.org"

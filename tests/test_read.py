@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +15,24 @@ import dpkt
 import pytest
 from conftest import PCAPS, ROOT
 
+from services.capture.sources import OfflineSource
+from services.cli.read_flows import ReadFlows, flow_line, flow_record, packet_record
+from services.cli.text import json_line
+from services.decoder.dissect import dissect
+from services.decoder.fastpath import decode_batch
+from services.decoder.service import load_app_inspector
+from services.flowtracker.flowlog import FlowLog, read_flow_log
+from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.service import local_nets
+from services.flowtracker.table import FlowTable
+from shared.config import PipelineConfig
+from shared.records import FRAG_NONE, R_FRAG, R_PAYLEN
+
 DNS_PCAP = PCAPS / "cond-log-dns-dig" / "input.pcap"
 HTTP_PCAP = PCAPS / "base64-issue-5223" / "input.pcap"
 TLS_PCAP = PCAPS / "bug-2646-01" / "input.pcap"
 DNS_TUNNEL_PCAP = PCAPS / "dns" / "bug-1158" / "input.pcap"
+DNS_TLS_PCAP = PCAPS / "tls" / "tls13-draft18" / "tls13_draft18.pcap"  # a DNS look-up, then TLS
 FLOW_PCAPS = [TLS_PCAP, DNS_TUNNEL_PCAP, HTTP_PCAP, PCAPS / "decode-sll2-02" / "input.pcap"]
 RAW_TERMINAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # anything but \t and \n
 
@@ -253,6 +270,52 @@ def test_json_output_is_valid_and_escaped_for_hostile_names(short_tmp):
     assert sum(f["pkts_out"] + f["pkts_in"] for f in flows) == 5
 
 
+def test_flow_output_is_escaped_for_hostile_names(short_tmp):
+    pcap = short_tmp / "evil.pcap"
+    write_evil_pcap(pcap)
+    human = read(pcap, "--flows")
+    assert human.returncode == 0, human.stderr
+    assert not RAW_TERMINAL.search(human.stdout), repr(human.stdout)
+    line = next(x for x in human.stdout.splitlines() if ":80 " in x)
+    assert "http.host=" in line and "\\x1b]0;pwned" in line
+    proc = read(pcap, "--flows", "--json")
+    assert not RAW_TERMINAL.search(proc.stdout)
+    tcp = next(f for f in json_lines(proc) if f["proto"] == 6)
+    assert "pwned" in tcp["name"] and tcp["names"] == [f"http.host={tcp['name']}"]
+
+
+def test_flow_line_and_record_escape_what_the_flow_tracker_leaves_raw():
+    # the flow-tracker escapes C0 controls in names and facts; C1 controls and bidi overrides
+    # reach read_flows as they are, and only `safe` / json_line keep them off the terminal
+    hostile = "\x9b31m\u202eevil\x1b]0;t\x07"
+    event = {
+        "proto": 6,
+        "src": "10.0.0.1",
+        "sport": 1,
+        "dst": "10.0.0.2",
+        "dport": 443,
+        "outbound": True,
+        "first": 5.0,
+        "last": 6.5,
+        "pkts_out": 2,
+        "bytes_out": 120,
+        "pkts_in": 1,
+        "bytes_in": 60,
+        "state": "established",
+        "reason": "idle",
+        "name": hostile,
+        "name_src": "dns",
+        "app": {"tls.sni": hostile, "tls.ja4": hostile},
+    }
+    line = flow_line(event, 4.0)
+    assert not RAW_TERMINAL.search(line) and "\u202e" not in line
+    assert line.startswith("TCP    10.0.0.1:1 -> 10.0.0.2:443 start=1.000000 dur=1.500000 out=2p/120B")
+    assert "tls.sni=\\x9b31m\\u202eevil" in line and " dns=\\x9b31m" in line
+    text = json_line(flow_record(event))
+    assert not RAW_TERMINAL.search(text) and "\u202e" not in text
+    assert json.loads(text)["names"] == [f"tls.sni={hostile}", f"dns={hostile}"]
+
+
 def test_filter_finds_hostile_names(short_tmp):
     pcap = short_tmp / "evil.pcap"
     write_evil_pcap(pcap)
@@ -275,13 +338,18 @@ def test_flow_packets_sum_to_ip_packets(pcap):
     assert sum(f["pkts_out"] + f["pkts_in"] for f in flows) == len(ip_pkts)
     assert sum(f["bytes_out"] + f["bytes_in"] for f in flows) == ip_bytes
     for f in flows:
-        assert f["first"] <= f["last"] and f["initiator"] == f["src"] and f["pkts_out"] >= 1
+        # the initiator sent no packet when the capture begins with the responder's SYN+ACK
+        assert f["first"] <= f["last"] and f["initiator"] == f["src"] and f["pkts_out"] + f["pkts_in"] >= 1
     human = read(pcap, "--flows").stdout.splitlines()
     assert len(human) == len(flows)
 
 
 def test_flow_record_of_a_tcp_connection():
-    (flow,) = json_lines(read(TLS_PCAP, "--json", "--flows"))
+    # the connection closes with FINs both ways at 7.4 s; the server's three stragglers 7 s later,
+    # past the flow-tracker's 5 s closed linger, are a flow of their own, as in the pipeline
+    flows = json_lines(read(TLS_PCAP, "--json", "--flows"))
+    assert [f["first"] for f in flows] == sorted(f["first"] for f in flows)
+    flow, stragglers = flows
     assert (flow["proto"], flow["src"], flow["sport"], flow["dst"], flow["dport"]) == (
         6,
         "192.168.0.253",
@@ -289,17 +357,238 @@ def test_flow_record_of_a_tcp_connection():
         "151.101.36.133",
         443,
     )
-    assert (flow["pkts_out"], flow["pkts_in"]) == (10, 19)
-    assert flow["state"] in ("fin", "closed")
-    line = read(TLS_PCAP, "--flows").stdout
-    assert "192.168.0.253:49584 -> 151.101.36.133:443" in line and "out=10p/" in line
+    assert (flow["pkts_out"], flow["pkts_in"]) == (10, 16)
+    assert (flow["state"], flow["reason"], flow["outbound"]) == ("closed", "fin", True)
+    assert (flow["name"], flow["name_src"]) == ("raw.githubusercontent.com", "tls.sni")
+    assert (stragglers["src"], stragglers["sport"], stragglers["pkts_out"]) == ("151.101.36.133", 443, 3)
+    assert (stragglers["state"], stragglers["reason"], stragglers["outbound"]) == ("fin_wait", "eos", False)
+    assert flow["pkts_out"] + flow["pkts_in"] + stragglers["pkts_out"] == 29
+    lines = read(TLS_PCAP, "--flows").stdout.splitlines()
+    assert "192.168.0.253:49584 -> 151.101.36.133:443" in lines[0] and "out=10p/1584B" in lines[0]
+    assert " closed tls.sni=raw.githubusercontent.com" in lines[0]
+    assert "151.101.36.133:443 -> 192.168.0.253:49584" in lines[1] and lines[1].endswith(" fin_wait")
 
 
 def test_flow_names_from_dns_and_http():
     (flow,) = json_lines(read(DNS_PCAP, "--json", "--flows"))
-    assert flow["names"] == ["dns=www.suricata-ids.org"] and flow["state"] == ""
+    # a flow to the resolver: no SNI/Host, nobody asked DNS for the resolver's own name; it is
+    # known by the name it asked for
+    assert flow["names"] == ["dns.query=www.suricata-ids.org"]
+    assert flow["state"] == "" and flow["reason"] == "eos"
+    dns, tls = json_lines(read(DNS_TLS_PCAP, "--json", "--flows"))
+    assert (dns["dport"], dns["names"]) == (53, ["dns.query=tls13.crypto.mozilla.org"])
+    # the TLS 1.3 flow to the address the DNS answer gave is named from that answer
+    assert (tls["dst"], tls["dport"], tls["names"]) == (
+        "52.32.149.186",
+        443,
+        ["dns=tls13.crypto.mozilla.org"],
+    )
+    assert (tls["name"], tls["name_src"]) == ("tls13.crypto.mozilla.org", "dns")
     http_flows = json_lines(read(HTTP_PCAP, "--json", "--flows"))
     assert any("http.host=foo.bar" in f["names"] for f in http_flows)
+
+
+# captures whose flows end by FIN, RST and end of stream, named by SNI, Host and DNS, over
+# Ethernet, VXLAN and SLL2
+AGREEMENT_PCAPS = [
+    DNS_TLS_PCAP,
+    TLS_PCAP,
+    HTTP_PCAP,
+    DNS_TUNNEL_PCAP,
+    PCAPS / "tls" / "tls13-draft19" / "tls13_draft19.pcap",
+    PCAPS / "vxlan-decoder-03" / "vxlan.pcap",
+    PCAPS / "decode-sll2-02" / "input.pcap",
+]
+FLOW_IDENTITY = (
+    "proto",
+    "src",
+    "sport",
+    "dst",
+    "dport",
+    "first",
+    "last",
+    "pkts_out",
+    "bytes_out",
+    "pkts_in",
+    "bytes_in",
+    "state",
+    "reason",
+    "outbound",
+    "name",
+    "name_src",
+    "app",
+)
+
+
+def pipeline_flow_log(pcap: Path, log_path: Path) -> list[dict]:
+    """The flow log `pktscope run --flow-log` writes for ``pcap`` with one decoder, in-process.
+
+    The capture's batches of packet tuples, the decoder's fast path with its app inspector, and
+    the flow-tracker service's FlowTable (default config: updates on, default local networks),
+    watermark (latest batch end) and FlowLog.
+    """
+    cfg = PipelineConfig()
+    source = OfflineSource(str(pcap))
+    packets = [(num, ts, source.linktype, len(data), data) for num, (ts, data) in enumerate(source, 1)]
+    inspector = load_app_inspector()
+    table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
+    log = FlowLog(log_path)
+    mark = -math.inf
+    for i in range(0, len(packets), cfg.batch_size):
+        records = decode_batch(packets[i : i + cfg.batch_size], inspector).records
+        table.add(records)
+        if records:
+            mark = max(mark, records[-1][1])
+        table.advance(mark)
+        log.write(table.take_rows())
+    table.finish("eos", mark)
+    log.write(table.take_rows())
+    log.close()
+    return read_flow_log(log_path)
+
+
+def test_read_flows_equal_the_pipeline_flow_log(tmp_path):
+    seen: dict[str, set] = {"reason": set(), "name_src": set(), "proto": set()}
+    for pcap in AGREEMENT_PCAPS:
+        proc = read(pcap, "--json", "--flows")
+        assert proc.returncode == 0, proc.stderr
+        ours = json_lines(proc)
+        theirs = pipeline_flow_log(pcap, tmp_path / f"{pcap.parent.name}.jsonl")
+        assert ours and all(e["ev"] == "end" for e in theirs)
+        assert sorted(tuple(map(repr, (f[k] for k in FLOW_IDENTITY))) for f in ours) == sorted(
+            tuple(map(repr, (e[k] for k in FLOW_IDENTITY))) for e in theirs
+        ), pcap
+        for key, values in seen.items():
+            values.update(f[key] for f in ours)
+    # the captures exercised what they were picked for
+    assert {"fin", "rst", "eos"} <= seen["reason"]
+    assert {"tls.sni", "http.host", "dns"} <= seen["name_src"]
+    assert {6, 17} <= seen["proto"]
+
+
+def write_short_ttl_pcap(path: Path) -> None:
+    """A TCP flow to 10.0.0.9, a DNS answer for that address (TTL 1 s) just after its first
+    packet, the flow idling out after the answer expired (TTLs are floored at 300 s), and a
+    later packet so that the file outlasts the flow."""
+    import socket
+
+    answer = dpkt.dns.DNS(
+        id=7,
+        qr=dpkt.dns.DNS_R,
+        qd=[dpkt.dns.DNS.Q(name="svc.test", type=dpkt.dns.DNS_A)],
+        an=[dpkt.dns.DNS.RR(name="svc.test", type=dpkt.dns.DNS_A, ttl=1, rdata=socket.inet_aton("10.0.0.9"))],
+    )
+    frames = [
+        (0.0, _eth_ip_tcp("10.0.0.1", "10.0.0.9", 40000, 8080, dpkt.tcp.TH_ACK, 1, 1, b"x")),
+        (0.1, _eth_ip_udp("10.0.0.53", "10.0.0.1", 53, 5353, bytes(answer))),
+        (0.2, _eth_ip_tcp("10.0.0.1", "10.0.0.9", 40000, 8080, dpkt.tcp.TH_ACK, 2, 1, b"y")),
+        (400.0, _eth_ip_udp("10.0.0.1", "10.0.0.2", 5000, 6000, b"later")),
+    ]
+    with open(path, "wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for ts, frame in frames:
+            writer.writepkt(frame, ts=1700000000 + ts)
+
+
+def test_dns_name_learned_mid_flow_survives_the_answer_expiring(short_tmp):
+    # the pipeline names a flow as of its first event after the answer (here the update 60 s
+    # in) and keeps the name; `read --flows` runs the same timers, so it shows the same name
+    pcap = short_tmp / "ttl.pcap"
+    write_short_ttl_pcap(pcap)
+    flows = json_lines(read(pcap, "--json", "--flows"))
+    tcp = next(f for f in flows if f["proto"] == 6)
+    assert (tcp["dst"], tcp["state"], tcp["reason"], tcp["pkts_out"]) == (
+        "10.0.0.9",
+        "established",
+        "idle",
+        2,
+    )
+    assert tcp["names"] == ["dns=svc.test"]
+    (logged,) = (e for e in pipeline_flow_log(pcap, short_tmp / "ttl.jsonl") if e["proto"] == 6)
+    assert (logged["name"], logged["name_src"], logged["reason"]) == ("svc.test", "dns", "idle")
+
+
+def _eth(etype: int, payload: bytes) -> bytes:
+    return b"\x04" * 6 + b"\x02" * 6 + struct.pack("!H", etype) + payload
+
+
+def _ip6(nxt: int, payload: bytes) -> bytes:
+    src, dst = socket.inet_pton(socket.AF_INET6, "fe80::1"), socket.inet_pton(socket.AF_INET6, "2001:db8::2")
+    return _eth(0x86DD, struct.pack("!IHBB16s16s", 0x60000000, len(payload), nxt, 64, src, dst) + payload)
+
+
+def _ip4(proto: int, fragw: int, payload: bytes) -> bytes:
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 9, fragw, 64, proto, 0, b"\n\0\0\1", b"\n\0\0\2"
+    )
+    return _eth(0x0800, header + payload)
+
+
+HOPOPTS_PAD = b"\x01\x04\0\0\0\0"  # PadN filling an 8-byte extension header
+UDP_HDR = struct.pack("!HHHH", 1000, 2000, 8 + 40, 0)
+
+
+def layered_frames() -> list[bytes]:
+    """Packets whose upper protocol sits behind IPv6 extension headers or in fragments."""
+    return [
+        _ip6(0, bytes([58, 0]) + HOPOPTS_PAD + bytes([128, 0, 0, 0, 0, 1, 0, 1])),  # hop-by-hop, ICMPv6
+        _ip6(0, bytes([47, 0]) + HOPOPTS_PAD + b"\0\0\x08\0" + b"gre!"),  # hop-by-hop, GRE
+        _ip6(60, bytes([59, 0]) + HOPOPTS_PAD),  # destination options, no next header
+        _ip6(44, struct.pack("!BxHI", 17, 1, 5) + UDP_HDR + b"a" * 16),  # first fragment, UDP
+        _ip6(44, struct.pack("!BxHI", 17, 3 << 3, 5) + b"b" * 24),  # later fragment
+        _ip6(0, bytes([44, 0]) + HOPOPTS_PAD + struct.pack("!BxHI", 6, 2 << 3, 6) + b"c" * 8),
+        _ip4(17, 0x2000, UDP_HDR + b"d" * 16),  # IPv4 first fragment
+        _ip4(17, 3, b"e" * 24),  # IPv4 later fragment
+        _ip4(6, 0, struct.pack("!HHIIBBHHH", 5, 6, 7, 0, 0x20, 0x02, 1, 0, 0)[:12]),  # cut TCP header
+    ]
+
+
+def flow_table_view(rec: tuple) -> tuple:
+    """A record as the FlowTable reads it: fragments without ports and flags; paylen (which it
+    does not read) only for unfragmented TCP and UDP, where packet_record knows it."""
+    if rec[R_FRAG] != FRAG_NONE:
+        return (*rec[:6], 0, 0, 0, 0, *rec[R_PAYLEN + 1 :])
+    if rec[3] not in (6, 17):
+        return (*rec[:R_PAYLEN], 0, *rec[R_PAYLEN + 1 :])
+    return rec
+
+
+def test_packet_record_is_the_fast_path_record():
+    # everything the FlowTable reads, for every corpus packet and for extension headers and
+    # fragments (the corpus has none); paylen is TCP's and UDP's only, fragments have no ports
+    layered = [(i, 1.0 + i, 1, len(f), f) for i, f in enumerate(layered_frames(), 1)]
+    assert [r[3] for r in decode_batch(layered).records] == [58, 47, 59, 17, 17, 6, 17, 17]
+    packets = [layered]
+    for path in sorted(p for p in PCAPS.rglob("*") if p.is_file()):
+        source = OfflineSource(str(path))
+        packets.append([(i, ts, source.linktype, len(d), d) for i, (ts, d) in enumerate(source, 1)])
+    compared = fragments = 0
+    for pkts in packets:
+        fast = {r[0]: r for r in decode_batch(pkts).records}
+        for pkt in pkts:
+            fields, l4 = dissect(*pkt)
+            ours, theirs = packet_record(fields, l4, None), fast.get(pkt[0])
+            assert (ours is None) == (theirs is None), fields
+            if theirs is None:
+                continue
+            if theirs[R_FRAG] != FRAG_NONE:
+                fragments += 1
+            assert flow_table_view(ours) == flow_table_view(theirs), fields
+            compared += 1
+    assert compared > 3000 and fragments == 5
+
+
+def test_read_flows_keeps_a_bounded_number_of_flows():
+    flows = ReadFlows(max_shown=2, batch=1)
+    for port in (1, 2, 3, 4):
+        frame = _eth_ip_tcp("10.0.0.1", "10.0.0.2", port, 80, dpkt.tcp.TH_SYN, 1, 0, b"")
+        flows.add(*dissect(port, 100.0 + port, 1, len(frame), frame), None)
+    fields, l4 = dissect(5, 105.0, 1, 9, b"\xff" * 9)  # not IP: no record, no flow
+    flows.add(fields, l4, None)
+    assert flows.non_ip == 1
+    shown = flows.finish()
+    assert [f["sport"] for f in shown] == [1, 2] and flows.not_shown == 2
+    assert all(f["state"] == "syn_sent" and f["reason"] == "eos" for f in shown)
 
 
 def test_flows_respect_the_filter():
@@ -342,7 +631,7 @@ def test_tls_and_quic_client_hellos():
     assert "TLS" in tls[0] and "Client Hello SNI=raw.githubusercontent.com" in tls[0]
     server = read(TLS_PCAP, "-Y", 'tls.cert.san contains "github"').stdout
     assert "Server Hello" in server and "CN=www.github.com" in server
-    (flow,) = json_lines(read(TLS_PCAP, "--json", "--flows"))
+    flow, _stragglers = json_lines(read(TLS_PCAP, "--json", "--flows"))
     assert "tls.sni=raw.githubusercontent.com" in flow["names"]
     quic_pcap = PCAPS / "ja4-quic" / "input.pcap"
     quic = json_lines(read(quic_pcap, "--json", "-Y", 'quic.sni matches "BLOGGER" and udp.dstport == 443'))

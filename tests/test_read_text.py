@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.cli.packetview import merge_app, summary_line
-from services.cli.read_flows import FlowTable
+from services.cli.read_flows import flow_line, flow_record
 from services.cli.text import json_line, safe
 
 RAW_TERMINAL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
@@ -94,11 +94,27 @@ def test_summary_line_shows_client_hello_sni():
 
 
 def test_flow_line_escapes_names():
-    table = FlowTable()
-    table.add(_packet({"http.host": OSC_TITLE}))
-    (flow,) = table.records()
-    assert not RAW_TERMINAL.search(flow.line(0.0))
-    assert not RAW_TERMINAL.search(json_line(flow.record()))
+    event = {
+        "proto": 6,
+        "src": "10.0.0.1",
+        "sport": 40000,
+        "dst": "10.0.0.2",
+        "dport": 80,
+        "outbound": True,
+        "first": 0.0,
+        "last": 1.0,
+        "pkts_out": 1,
+        "bytes_out": 60,
+        "pkts_in": 0,
+        "bytes_in": 0,
+        "state": "established",
+        "reason": "eos",
+        "name": OSC_TITLE,
+        "name_src": "dns",
+        "app": {"http.host": OSC_TITLE + CLEAR + CSI_C1},
+    }
+    assert not RAW_TERMINAL.search(flow_line(event, 0.0))
+    assert not RAW_TERMINAL.search(json_line(flow_record(event)))
 
 
 def test_merge_app_nests_dotted_keys_and_dns_records():
@@ -117,15 +133,6 @@ def test_merge_app_nests_dotted_keys_and_dns_records():
     assert fields["tls"]["ja3"] == {"value": "771,1,2,3,4", "extra": "x"}
 
 
-def test_flow_table_is_bounded():
-    table = FlowTable(max_flows=2)
-    for port in (1, 2, 3, 4):
-        pkt = _packet({})
-        pkt["tcp"]["srcport"] = port
-        table.add(pkt)
-    assert len(table.records()) == 2 and table.untracked_packets == 2
-
-
 def test_several_messages_in_one_packet_become_a_list_the_filter_walks():
     from services.cli.filter import compile_filter
 
@@ -141,39 +148,3 @@ def test_several_messages_in_one_packet_become_a_list_the_filter_walks():
     assert compile_filter('http.method == "POST" and http.uri == "/a"')(fields)
     assert not compile_filter('http.method != "POST"')(fields)
     assert "GET /a (+1 more)" in summary_line(fields, 0.0)
-    table = FlowTable()
-    table.add(fields)
-    assert table.records()[0].names == ["dns=x.example"]
-
-
-def test_flow_table_takes_a_truncated_tcp_packet():
-    table = FlowTable()
-    pkt = _packet({})
-    del pkt["tcp"]
-    pkt["_malformed"] = "truncated header"
-    table.add(pkt)
-    (flow,) = table.records()
-    assert (flow.proto, flow.sport, flow.dport, flow.pkts_out) == (6, 0, 0, 1)
-
-
-def test_reused_five_tuple_starts_a_new_flow():
-    table = FlowTable(idle_timeout=100.0)
-
-    def pkt(ts: float, flags: int, reply: bool = False) -> dict:
-        p = _packet({})
-        p["frame"]["time_epoch"] = ts
-        p["tcp"]["flags"] = {"value": flags}
-        if reply:
-            p["ip"]["src"], p["ip"]["dst"] = p["ip"]["dst"], p["ip"]["src"]
-            p["tcp"]["srcport"], p["tcp"]["dstport"] = p["tcp"]["dstport"], p["tcp"]["srcport"]
-        return p
-
-    for p in (pkt(1, 0x02), pkt(2, 0x12, True), pkt(3, 0x10), pkt(4, 0x11), pkt(5, 0x11, True)):
-        table.add(p)
-    table.add(pkt(6, 0x02))  # new connection on the same ports
-    table.add(pkt(7, 0x12, True))
-    table.add(pkt(500, 0x10))  # after the idle timeout: a third flow (seen mid-connection)
-    first, second, third = table.records()
-    assert (first.state, first.pkts_out, first.pkts_in) == ("closed", 3, 2)
-    assert (second.state, second.pkts_out, second.pkts_in, second.first) == ("syn_ack", 1, 1, 6)
-    assert (third.state, third.first) == ("established", 500)

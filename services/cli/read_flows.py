@@ -19,7 +19,7 @@ from services.decoder.dissect import PROTO_NAMES, L4Tuple
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.names import OWN_NAME_KEYS, SRC_DNS
 from services.flowtracker.table import FlowTable
-from shared.config import FlowSettings, PipelineConfig
+from shared.config import PipelineConfig
 from shared.flowevents import EV_END, INDEX, from_row
 from shared.records import FRAG_FIRST, FRAG_LATER, FRAG_NONE, TCP, UDP
 
@@ -30,17 +30,18 @@ BATCH = PipelineConfig().batch_size  # records per FlowTable.add, as the capture
 PROTO_TEXT = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
 _PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
 _FRAGMENT = {"first": FRAG_FIRST, "later": FRAG_LATER}
-_EV, _TS = INDEX["ev"], INDEX["ts"]
+_EV = INDEX["ev"]
 _print_order = itemgetter(INDEX["first"], INDEX["fid"])  # first packet time, then creation order
 
 
 def packet_record(fields: dict[str, Any], l4: L4Tuple | None, app: dict | None) -> tuple | None:
     """The record the decoder's fast path makes of this packet, or None when it makes none.
 
-    ``fields``/``l4`` come from services.decoder.dissect (which shares the fast path's walkers:
-    tests/test_decoder_corpus.py checks they agree), ``app`` from the AppInspector. Fragments get
-    no ports or flags: the FlowTable counts every fragment in one portless flow anyway.
-    ``paylen`` is TCP's payload length, or the UDP payload given to the inspector.
+    ``fields``/``l4`` come from services.decoder.dissect (which shares the fast path's walkers),
+    ``app`` from the AppInspector; tests/test_read.py compares with decode_batch packet by packet.
+    Fragments get no ports or flags: the FlowTable counts every fragment in one portless flow
+    anyway. ``paylen``, which the FlowTable does not read, is only filled in for unfragmented TCP
+    (its payload length) and UDP (the payload given to the inspector); 0 otherwise.
     """
     if "_malformed" in fields:
         return None
@@ -80,11 +81,13 @@ def packet_record(fields: dict[str, Any], l4: L4Tuple | None, app: dict | None) 
 
 
 def flow_names(event: dict[str, Any]) -> list[str]:
-    """"field=value" names of a flow: SNI / Host from its app facts, then its name from DNS."""
+    """Names of a flow as "field=value": SNI / Host from its app facts, then its name from DNS."""
     app = event.get("app") or {}
     names = [f"{key}={app[key]}" for key, _rank in OWN_NAME_KEYS if app.get(key)]
     if event.get("name_src") == SRC_DNS and event.get("name"):
         names.append(f"dns={event['name']}")
+    if app.get("dns.query"):
+        names.append(f"dns.query={app['dns.query']}")
     return names
 
 
@@ -132,13 +135,15 @@ def flow_line(event: dict[str, Any], t0: float) -> str:
 class ReadFlows:
     """Packets of one capture in, its ended flows out, through the flow-tracker's FlowTable.
 
-    Local networks are the pipeline's defaults, so ``outbound`` means what it means in the flow
-    log; periodic updates are off (only "end" events are printed).
+    Settings and local networks are the pipeline's defaults, so ``outbound`` means what it means
+    in the flow log. Periodic updates stay on although only "end" events are printed: a flow's
+    DNS name is looked up as of its first event after the answer and then kept, so with updates
+    off a flow that idles out after the answer's TTL would end unnamed where the flow log names it.
     """
 
     def __init__(self, max_shown: int = MAX_SHOWN, batch: int = BATCH) -> None:
         cfg = PipelineConfig()
-        self.table = FlowTable(FlowSettings(update_interval=0), LocalMatcher(cfg.local_nets))
+        self.table = FlowTable(cfg.flow, LocalMatcher(cfg.local_nets))
         self.batch: list[tuple] = []
         self.batch_size = max(1, batch)
         self.watermark = -math.inf  # as the flow-tracker's clock: the latest batch-end time
@@ -203,7 +208,7 @@ class ReadFlows:
         if self.table.evicted:
             notes.append(
                 f"flow table full ({self.table.max_flows} flows): "
-                f"{self.table.evicted} flows ended early (reason \"evicted\")"
+                f'{self.table.evicted} flows ended early (reason "evicted")'
             )
         if self.not_shown:
             notes.append(f"{self.not_shown} flows beyond the first {self.max_shown} not shown")

@@ -70,8 +70,17 @@ def own_name(app: dict) -> tuple[str, str, int] | None:
 
 
 def merge_app_facts(facts: dict, app: dict) -> bool:
-    """Add the new, bounded app facts of one packet to a flow's facts; True if any was added."""
+    """Add the new, bounded app facts of one packet to a flow's facts; True if any was added.
+
+    A DNS flow keeps the first name it asked for as ``dns.query`` (a resolver's flows have no
+    other name: the answers name the flows to the addresses they give).
+    """
     added = False
+    if "dns.queries" in app and "dns.query" not in facts:
+        query = _first_query_name(app["dns.queries"]) if len(facts) < APP_MAX_KEYS else ""
+        if query:
+            facts["dns.query"] = query
+            added = True
     for key, value in app.items():
         if key in facts or not isinstance(key, str) or not key.startswith(APP_PREFIXES):
             continue
@@ -108,6 +117,17 @@ def _answer_fields(ans: Any) -> tuple[str, str, int, str] | None:
     if not isinstance(ttl, int) or ttl < 0:
         ttl = 0
     return name, rtype, ttl, data
+
+
+def _first_query_name(queries: Any) -> str:
+    """The first usable name among a message's questions ("" if none)."""
+    if isinstance(queries, list | tuple):
+        for q in queries[:16]:
+            name = q.get("name") if isinstance(q, dict) else (q[0] if isinstance(q, list | tuple) and q else None)
+            name = clean_name(name)
+            if name:
+                return name
+    return ""
 
 
 def _query_names(queries: Any) -> set[str]:

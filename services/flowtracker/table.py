@@ -145,6 +145,7 @@ class FlowTable:
         get = self.flows.get
         updates = self.updates
         push = heappush
+        inf = math.inf
         nxt = self._n.__next__
         established = ESTABLISHED
         arrive = self._arrive
@@ -192,7 +193,8 @@ class FlowTable:
                     st[LRU].move_to_end(key)
                     if not st[DIRTY]:
                         st[DIRTY] = True
-                        push(updates, (st[NEXT_UPD], nxt(), st))
+                        if st[NEXT_UPD] != inf:  # updates off: no timer to keep
+                            push(updates, (st[NEXT_UPD], nxt(), st))
                     if app is not None:
                         app_fields(st, app, ts, False)
                 break
