@@ -266,3 +266,28 @@ def test_a_dns_flow_keeps_the_first_name_it_asked_for():
     table.finish("eos", 2.0)
     (end,) = [e for e in table.take() if e["ev"] == "end"]
     assert end["app"]["dns.query"] == "www.example.org"
+
+
+def test_a_long_flow_keeps_the_name_its_peer_had_while_it_ran_with_updates_off():
+    """The answer comes mid-flow and expires (300 s minimum lifetime) long before the flow ends: the
+    end event still carries the name, as an update would have with updates on."""
+    table = FlowTable(FlowSettings(update_interval=0))
+    keepalives = [
+        rec(2.0 + 30 * i, "10.0.0.1", "192.0.2.44", 40001, 443, flags=A if i else S) for i in range(40)
+    ]
+    answer = dns_answer(
+        100.0, "10.0.0.1", "10.0.0.53", "long.example", [("long.example", "A", 60, "192.0.2.44")]
+    )
+    table.add([*keepalives[:4], answer, *keepalives[4:]])
+    table.finish("eos", 2000.0)
+    events = [e for e in table.take() if e["dport"] == 443]
+    assert [e["ev"] for e in events] == ["start", "end"]
+    start, end = events
+    assert start["name"] == ""  # not named before the answer
+    assert end["last"] - 100.0 > 1000  # the answer had expired long before the end
+    assert (end["name"], end["name_src"]) == ("long.example", "dns")
+    # a flow that starts after the answer expired is not named by it
+    table.add([rec(3000.0, "10.0.0.1", "192.0.2.44", 40002, 443, flags=S)])
+    table.finish("eos", 3100.0)
+    (late,) = [e for e in table.take() if e["ev"] == "end" and e["sport"] == 40002]
+    assert late["name"] == ""

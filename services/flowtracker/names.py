@@ -212,14 +212,24 @@ class DnsNames:
         if len(hist) > HISTORY:
             del hist[0]
 
-    def lookup(self, addr: str, ts: float) -> str:
-        """The name ``addr`` had at packet time ``ts`` ("" when none was known and fresh)."""
+    def lookup(self, addr: str, ts: float, since: float | None = None) -> str:
+        """The name ``addr`` had at packet time ``ts`` ("" when none was known and fresh).
+
+        With ``since`` (a flow's first packet time), an answer that was fresh at any moment
+        between ``since`` and ``ts`` counts too, the newest first: a flow keeps the name its
+        peer had while it ran, even if the answer expired before the event that asks (an end
+        event an hour later, when periodic updates are off).
+        """
         hist = self.cache.get(addr)
         if hist is None:
             return ""
         for learned, expires, name in reversed(hist):
             if learned <= ts:
-                return name if ts < expires else ""
+                if ts < expires:
+                    return name
+                if since is not None and since < expires:
+                    return name
+                return ""
         return ""
 
     def __len__(self) -> int:

@@ -461,7 +461,7 @@ class FlowTable:
         lookup = self.names.lookup
         for ts, _key, _n, row, st in ready:
             if not row[R_NAME]:
-                name = st[DNS_NAME] or lookup(st[DST], ts)
+                name = st[DNS_NAME] or lookup(st[DST], ts, st[FIRST])
                 if name:
                     st[DNS_NAME] = name
                     row[R_NAME] = name
