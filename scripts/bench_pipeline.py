@@ -90,8 +90,9 @@ def saved_stats(state_dir: Path) -> tuple[dict[str, float], dict[str, int]]:
         keys = Keys()
         out: dict[str, float] = {}
         for name in r.smembers(keys.services()):
-            cpu, at_ready = r.hmget(keys.stats(name), "cpu_seconds", "cpu_at_ready")
+            cpu, at_ready, rss = r.hmget(keys.stats(name), "cpu_seconds", "cpu_at_ready", "max_rss_kb")
             stage = name.split("-")[0]
+            out[stage + ":rss_mb"] = max(out.get(stage + ":rss_mb", 0.0), float(rss or 0) / 1024)
             out[stage] = out.get(stage, 0.0) + float(cpu or 0)
             # the same without start-up (imports, connecting): the stage's work on the packets
             out[stage + ":work"] = out.get(stage + ":work", 0.0) + float(cpu or 0) - float(at_ready or 0)
@@ -176,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         cpu = stages.get(stage, 0.0)
         if cpu:
             work = stages.get(stage + ":work", 0.0)
+            rss = stages.get(stage + ":rss_mb", 0.0)
             print(
                 f"  {stage:12} {cpu:6.2f} CPU s ({work:.2f} s after start-up) = "
-                f"{packets / work if work > 0 else 0:>10,.0f} packets per work CPU second"
+                f"{packets / work if work > 0 else 0:>10,.0f} packets per work CPU second; "
+                f"peak RSS {rss:.0f} MB per process"
             )
     result = {
         "packets": packets,

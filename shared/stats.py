@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -58,6 +59,7 @@ class ServiceStats:
         mapping["heartbeat"] = time.time()
         mapping["run_id"] = RUN_ID
         mapping["cpu_seconds"] = round(time.process_time(), 4)  # per-stage cost in scripts/bench
+        mapping["max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak memory
         mapping["redis_errors"] = self.redis_errors
         try:
             key = self.keys.stats(self.service)
