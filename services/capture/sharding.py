@@ -42,13 +42,7 @@ def ip_hash(d: bytes, o: int, depth: int = 0) -> int:
             return _mix(a, b, 0, 0)
         p = d[o + 9]
         if p == 6 or p == 17 or p == 132:
-            l4 = o + ((d[o] & 15) << 2)
-            x, y = _U16X2(d, l4)
-            if y in VXLAN_PORTS and p == 17:
-                inner = _vxlan_inner(d, l4 + 8, depth)
-                if inner is not None:
-                    return inner
-            return _mix(a, b, x, y)
+            return _transport_hash(d, o + ((d[o] & 15) << 2), p, a, b, depth)
         return _mix(a, b, 0, 0)
     if v == 6:
         a1, a2 = _U64X2(d, o + 8)
@@ -57,16 +51,21 @@ def ip_hash(d: bytes, o: int, depth: int = 0) -> int:
     return 0
 
 
+def _transport_hash(d: bytes, l4: int, p: int, a: int, b: int, depth: int) -> int:
+    """Addresses and ports; for VXLAN the inner frame's hash instead."""
+    x, y = _U16X2(d, l4)
+    if y in VXLAN_PORTS and p == 17:
+        inner = _vxlan_inner(d, l4 + 8, depth)
+        if inner is not None:
+            return inner
+    return _mix(a, b, x, y)
+
+
 def _ip6_hash(d: bytes, o: int, p: int, a: int, b: int, depth: int = 0) -> int:
     """IPv6 from its first next-header ``p`` at ``o``, addresses folded to ``a`` and ``b``."""
     for _ in range(8):  # walk extension headers as the decoder does, so both agree on the flow
         if p == 6 or p == 17:
-            x, y = _U16X2(d, o)
-            if y in VXLAN_PORTS and p == 17:
-                inner = _vxlan_inner(d, o + 8, depth)
-                if inner is not None:
-                    return inner
-            return _mix(a, b, x, y)
+            return _transport_hash(d, o, p, a, b, depth)
         if p == 44:
             if (d[o + 2] << 8 | d[o + 3]) != 0:  # a real fragment: the whole datagram by addresses
                 return _mix(a, b, 0, 0)
