@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterator
 
 import pcap
 
+# Live capture: the kernel hands packets over in blocks (not one wake-up per packet; a block is
+# handed over after at most timeout_ms even when not full, so alerts stay prompt), into a
+# buffer big enough to ride out the moments the capture process is not scheduled.
+LIVE_BUFFER_BYTES = 32 << 20
+
 
 class CaptureError(Exception):
     """A source that cannot be opened or read; the message says what to do about it."""
@@ -58,7 +63,8 @@ class LiveSource:
                 snaplen=snaplen,
                 promisc=promisc,
                 timeout_ms=50,
-                immediate=True,
+                immediate=False,
+                buffer_size=LIVE_BUFFER_BYTES,
                 timestamp_in_ns=False,
             )
         except OSError as exc:
