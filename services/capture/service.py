@@ -107,7 +107,7 @@ class Capture:
                 log.warning("decoder-%d did not take the end-of-stream marker", i)
 
     def _wait_for_downstream(self) -> None:
-        """A replay starts once the decoders, flow-tracker and detector are up (or after a while)."""
+        """Start once the decoders, flow-tracker and detector are up (or after a while)."""
         if self.stats.r is None:
             return
         names = [f"decoder-{i}" for i in range(self.n)] + ["flowtracker", "detector"]
@@ -157,6 +157,9 @@ class Capture:
         self.stats.flush(eos=1, error=source.error or "", finished=time.time())
 
     def run_live(self, source: LiveSource) -> None:
+        # The interface is open: what arrives while the other services start waits in the
+        # kernel buffer instead of being dropped for want of a connected decoder.
+        self._wait_for_downstream()
         shard = make_sharder(source.linktype, self.n)
         lt = source.linktype
         batches = self.batches
