@@ -46,11 +46,16 @@ class LocalNets:
 
 
 def interface_addresses(ifname: str) -> list[str]:
-    """The addresses of a live interface, as /32 or /128 networks (empty when unknown)."""
+    """The addresses of a live interface, as /32 or /128 networks (empty when unknown).
+
+    ``any`` (libpcap's every-interface capture) gives the addresses of every interface.
+    """
     import psutil
 
+    table = psutil.net_if_addrs()
+    nics = [n for addrs in table.values() for n in addrs] if ifname == "any" else table.get(ifname, ())
     out = []
-    for snic in psutil.net_if_addrs().get(ifname, ()):
+    for snic in nics:
         addr = snic.address.split("%", 1)[0]
         try:
             ip = ipaddress.ip_address(addr)

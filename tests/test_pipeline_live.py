@@ -38,12 +38,12 @@ BASH = os.path.realpath(shutil.which("bash") or "/bin/bash")
 class LivePipeline:
     """`pktscope run --interface lo` in the background, with a SUB socket on its alerts."""
 
-    def __init__(self, tmp: Path, bpf: str, decoders: int = 1) -> None:
+    def __init__(self, tmp: Path, bpf: str, decoders: int = 1, interface: str = "lo") -> None:
         self.run_dir = tmp / "live"
         self.proc = start_pktscope(
             "run",
             "--interface",
-            "lo",
+            interface,
             "--bpf",
             bpf,
             "--decoders",
@@ -231,5 +231,22 @@ def test_detector_restart_does_not_raise_an_alert_twice(short_tmp, server):
         child.wait()
         egress = [a for a in pipe.stream() if a["kind"] == "new_process_egress" and a["entity"] == BASH]
         assert len(egress) == 1
+    finally:
+        assert pipe.stop() == 0
+
+
+def test_capture_on_any_interface_sees_the_connection_once(short_tmp, server):
+    """libpcap's `any` (Linux cooked headers, SLL2): the flow is found, attributed, counted once."""
+    pipe = LivePipeline(short_tmp, f"tcp port {server.port}", decoders=2, interface="any")
+    try:
+        child = connect_with(BASH, server.port, hold=0.5)
+        alerts = pipe.alerts_for(BASH, timeout=5)
+        child.wait()
+        assert [a["kind"] for a in alerts] == ["new_process_egress"]
+        assert alerts[0]["detail"].get("pid") == child.pid
+        assert pipe.stats("capture").get("linktype") in ("113", "276")  # SLL or SLL2
+        wait_for(lambda: int(pipe.stats("flowtracker").get("flows_started", 0)) >= 1, 10, what="the flow")
+        time.sleep(1.5)  # a duplicate would show by now
+        assert int(pipe.stats("flowtracker")["flows_started"]) == 1  # one connection, one flow
     finally:
         assert pipe.stop() == 0

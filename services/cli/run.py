@@ -198,9 +198,11 @@ def _check_source(cfg: PipelineConfig) -> None:
         except CaptureError as exc:
             raise CliError(str(exc)) from None
     else:
-        if not Path("/sys/class/net", cfg.interface).exists():
+        # "any" is libpcap's pseudo-interface for every interface at once (Linux cooked headers)
+        if cfg.interface != "any" and not Path("/sys/class/net", cfg.interface).exists():
             raise CliError(
-                f"cannot capture on interface {cfg.interface!r}: no such interface (see `ip link`)"
+                f"cannot capture on interface {cfg.interface!r}: no such interface "
+                "(see `ip link`; `any` captures on every interface)"
             )
         if os.geteuid() != 0:
             print("pktscope: warning: live capture usually needs root or CAP_NET_RAW", file=sys.stderr)
