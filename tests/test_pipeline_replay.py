@@ -152,6 +152,7 @@ def test_truncated_capture_yields_what_it_held_and_an_error(short_tmp):
         (["--read", str(BENCH_PCAP), "--decoders", "0"], "--decoders must be >= 1"),
         (["--read", str(BENCH_PCAP), "--local-net", "10.0.0.300/8"], "write it like"),
         (["--interface", "nosuchif0"], "cannot capture on interface"),
+        (["--interface", "lo", "--bpf", "tcp porrt 80"], "bad BPF filter 'tcp porrt 80'"),
     ],
 )
 def test_bad_flags_exit_nonzero_and_say_how_to_fix(short_tmp, args, message):

@@ -76,7 +76,7 @@ class LiveSource:
             try:
                 self._pc.setfilter(bpf)
             except OSError as exc:
-                raise CaptureError(f"bad BPF filter {bpf!r}: {exc} (see `man pcap-filter`)") from None
+                raise CaptureError(f"bad BPF filter {bpf!r}: {_text(exc)} (see `man pcap-filter`)") from None
         self._pc.setnonblock(True)
         self.linktype: int = self._pc.datalink()
         self.error: str | None = None
@@ -93,3 +93,16 @@ class LiveSource:
             return tuple(self._pc.stats())  # type: ignore[return-value]
         except OSError:
             return (0, 0, 0)
+
+
+def check_bpf(expression: str, linktype: int = 1) -> None:
+    """Compile a BPF filter without opening an interface; CaptureError says what is wrong."""
+    try:
+        pcap.bpf(expression.encode(), linktype)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CaptureError(f"bad BPF filter {expression!r}: {_text(exc)} (see `man pcap-filter`)") from None
+
+
+def _text(exc: BaseException) -> str:
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode("utf-8", "replace") if isinstance(arg, bytes) else str(arg)

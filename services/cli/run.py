@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from services.capture.sources import CaptureError, OfflineSource
+from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import pipeline_stats
 from services.cli.common import CliError
 from services.cli.supervisor import Supervisor, render_config, running_pid
@@ -204,6 +204,11 @@ def _check_source(cfg: PipelineConfig) -> None:
                 f"cannot capture on interface {cfg.interface!r}: no such interface "
                 "(see `ip link`; `any` captures on every interface)"
             )
+        if cfg.bpf:
+            try:
+                check_bpf(cfg.bpf)
+            except CaptureError as exc:
+                raise CliError(str(exc)) from None
         if os.geteuid() != 0:
             print("pktscope: warning: live capture usually needs root or CAP_NET_RAW", file=sys.stderr)
 
