@@ -25,7 +25,7 @@ import pcap
 
 from services.decoder.fastpath import decode_batch
 from services.decoder.service import load_app_inspector
-from services.detector.events import parse
+from services.detector.events import inbound_time, parse
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.service import local_nets
 from services.flowtracker.table import FlowTable
@@ -98,7 +98,8 @@ def stages(packets: list[tuple], batch: int) -> list[tuple[str, Callable[[dict],
     def unpack_parse_events(s: dict) -> None:
         for b in s["ev_bufs"]:
             for row in frames.decode(b).body:
-                parse(row)
+                if inbound_time(row) is None:  # as the engine does: inbound events are skipped
+                    parse(row)
 
     return [
         ("capture: pack packet frames", pack_packets),

@@ -34,7 +34,7 @@ import redis
 
 from services.detector import alerts, lua
 from services.detector.enrichment import Enrichers
-from services.detector.events import FlowEvent, parse
+from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
@@ -154,12 +154,19 @@ class DetectorEngine:
         touched: dict[str, float] = {}
         interval = self.det.volume_interval
         pending = self.pending
+        counters = self.c
         for raw in raw_events:
+            ts = inbound_time(raw)
+            if ts is not None:  # an inbound flow's event: only its time matters here
+                counters["events_in"] += 1
+                if pending and pending[0][0] < ts:
+                    self._expire_pending(batch, final=False, before=ts)
+                continue
             ev = parse(raw)
             if ev is None:
-                self.c["bad_events"] += 1
+                counters["bad_events"] += 1
                 continue
-            self.c["events_in"] += 1
+            counters["events_in"] += 1
             if pending and pending[0][0] < ev.ts:
                 self._expire_pending(batch, final=False, before=ev.ts)
             if not ev.outbound:
