@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 
 import msgpack
 import pytest
@@ -249,12 +248,10 @@ def test_not_tls_is_no(data):
     assert tls.parse_client(data) == ({}, "no")
 
 
-def test_non_tls_rejected_from_first_bytes_quickly():
+def test_non_tls_rejected_from_first_bytes():
     junk = b"\x00" * (1 << 20)
-    start = time.perf_counter()
-    for _ in range(1000):
-        assert tls.parse_client(junk)[1] == "no"
-    assert time.perf_counter() - start < 0.1  # 1 MiB each, looked at only its first bytes
+    assert tls.parse_client(junk)[1] == "no"
+    assert tls.parse_client(b"\x00" * 5 + b"\x16\x03\x01" * 1000)[1] == "no"  # a record header first
 
 
 def test_truncated_hello_inside_complete_record_is_no():

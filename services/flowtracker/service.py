@@ -34,7 +34,6 @@ log = logging.getLogger("pktscope.flowtracker")
 SENDER = "flowtracker"
 POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
 FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
-GC_THRESHOLDS = (50_000, 20, 100)  # flows are long-lived lists: scan young objects less often
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
 COUNTERS = (
     "frames_in",
