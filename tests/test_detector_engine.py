@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.detector.alerts import KINDS, SEVERITIES, from_entry
 from services.detector.baseline_store import BaselineStore
@@ -22,6 +24,7 @@ from services.detector.enrich.identity import BinaryIdentity
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
 from shared.config import PipelineConfig
+from shared.flowevents import FIELDS
 
 LEARN = 1000.0  # learning window of these tests (packet seconds)
 T0 = 1_700_000_000.0  # first packet time
@@ -648,3 +651,27 @@ def test_a_flow_deferred_by_the_attributor_is_attributed_on_its_next_event(rdb, 
             proc.wait()
             proc.stdout.close()
         listener.close()
+
+
+# --- hostile rows ----------------------------------------------------------------------------------
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=300),
+    st.binary(max_size=40),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(*([_ANY] * len(FIELDS))), min_size=1, max_size=20), outbound=st.booleans())
+def test_rows_of_any_shape_never_stop_the_engine(engine, rows, outbound):
+    """Flow events come from packets: whatever a row holds, the engine counts it and goes on."""
+    out = FIELDS.index("outbound")
+    rows = [(*r[:out], outbound or r[out], *r[out + 1 :]) for r in rows]
+    before = engine.c["events_in"] + engine.c["bad_events"]
+    engine.process(rows)
+    assert engine.c["events_in"] + engine.c["bad_events"] == before + len(rows)

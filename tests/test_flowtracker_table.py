@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.names import DnsNames
 from services.flowtracker.table import FlowTable
@@ -291,3 +294,29 @@ def test_a_long_flow_keeps_the_name_its_peer_had_while_it_ran_with_updates_off()
     table.finish("eos", 3100.0)
     (late,) = [e for e in table.take() if e["ev"] == "end" and e["sport"] == 40002]
     assert late["name"] == ""
+
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.binary(max_size=20),
+    st.sampled_from([b"\x0a\x00\x00\x01", b"\xc0\x00\x02\x07", bytes(16)]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(st.tuples(*([_ANY] * 13)), max_size=30))
+def test_records_of_any_shape_never_stop_the_table(records):
+    """Records come from a decoder over a socket: a bad one is counted, never raised."""
+    table = FlowTable()
+    table.add(records)
+    table.add([rec(5.0, "10.0.0.1", "192.0.2.1", 40000, 443, flags=S)])  # and it goes on
+    table.advance(10.0)
+    table.finish("eos", 20.0)
+    assert table.records + table.bad_records >= len(records) + 1
+    assert any(e["dport"] == 443 and e["ev"] == "end" for e in table.take())
