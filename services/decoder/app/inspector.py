@@ -154,6 +154,9 @@ class AppInspector:
         self.sweep_interval = sweep_interval
         self.pool = ReassemblyPool(self.counters, gap_wait=gap_wait, max_total=max_held_total)
         self._table: dict = {}  # directional key -> None (done) | (flow, from_client)
+        # for the fast path: ``state_of(key, False) is None`` means inspect() would return None
+        # at once (the flow is finished), so the packet need not be handed over
+        self.state_of = self._table.get
         self._active: OrderedDict = OrderedDict()  # client key -> flow, oldest first
         self._next_sweep = 0.0
 
@@ -452,7 +455,8 @@ class AppInspector:
                 continue
             kept[k] = v
         self.counters["done_forgotten"] += len(table) - len(kept)
-        self._table = kept
+        table.clear()  # in place: the fast path holds ``state_of``, this dict's get
+        table.update(kept)
 
     def expire(self, now_ts: float) -> None:
         """Drop flows idle for ``idle_timeout`` seconds of packet time (checked every few seconds).
