@@ -87,10 +87,9 @@ def decode_batch(
     ext_headers = EXTENSION_HEADERS
     errors = DECODE_ERRORS
     inspect = app.inspect if app is not None else None
-    # The inspector's flow states: a finished flow (None) is not handed over again, saving the
-    # payload copy and the call for 50,708 of sv-merged.pcap's 67,154 calls (~0.05 CPU s of the
-    # app layers' 0.34 s, scripts/bench_stages.py). A new SYN on a finished 5-tuple still goes
-    # in (a new connection).
+    # The inspector's flow states: a finished flow (None) is not handed over again. That saves
+    # the payload copy and the call, 422 -> 156 ns a packet (timeit), for 50,708 of
+    # sv-merged.pcap's 67,154 calls: 0.014 CPU s. A new SYN on a finished 5-tuple still goes in.
     state_of = getattr(app, "state_of", None) or _NO_STATES.get
     count = malformed = non_ip = app_errors = 0
     ts = None
