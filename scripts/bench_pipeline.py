@@ -154,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.enrich:
             country_db, asn_db = build_synthetic_dbs(mmdb_dir)
             extra += ["--geoip-country-db", str(country_db), "--geoip-asn-db", str(asn_db)]
-        runs = [run_pipeline(args.capture, args.decoders, extra) for _ in range(args.runs)]
+        # pktscope and nfstream take turns, so that both see the machine in the same moods
+        # (its speed drifts by 20% within minutes); the ratio is of the two medians
+        runs, nf = [], []
+        for _ in range(args.runs):
+            runs.append(run_pipeline(args.capture, args.decoders, extra))
+            if not args.no_nfstream:
+                nf.append(run_nfstream(args.capture, args.nfstream_meters))
     finally:
         shutil.rmtree(mmdb_dir, ignore_errors=True)
     packets = runs[0]["packets"]
@@ -195,16 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         "alert_kinds": kinds,
         "load_before": load_before,
     }
-    if not args.no_nfstream:
-        nf = [run_nfstream(args.capture, args.nfstream_meters) for _ in range(args.runs)]
-        if all(nf):
-            nf_s = statistics.median(n[0] for n in nf)  # type: ignore[index]
-            print(
-                f"nfstream ({args.nfstream_meters} meter): {nf_s:.2f} s = {packets / nf_s:,.0f} packets/s, "
-                f"{nf[0][1]:,} flows"
-            )  # type: ignore[index]
-            print(f"ratio pktscope/nfstream: {nf_s / e2e:.2f}")
-            result.update(nfstream_seconds=nf_s, nfstream_pps=packets / nf_s, ratio=nf_s / e2e)
+    if not args.no_nfstream and all(nf):
+        nf_s = statistics.median(n[0] for n in nf)  # type: ignore[index]
+        print(
+            f"nfstream ({args.nfstream_meters} meter): {nf_s:.2f} s = {packets / nf_s:,.0f} packets/s, "
+            f"{nf[0][1]:,} flows"
+        )  # type: ignore[index]
+        print(f"ratio pktscope/nfstream: {nf_s / e2e:.2f}")
+        result.update(nfstream_seconds=nf_s, nfstream_pps=packets / nf_s, ratio=nf_s / e2e)
     result["load_after"] = _load()
     print(f"load average after: {result['load_after']}")
     if args.json:
