@@ -637,3 +637,12 @@ def test_tls_and_quic_client_hellos():
     quic = json_lines(read(quic_pcap, "--json", "-Y", 'quic.sni matches "BLOGGER" and udp.dstport == 443'))
     assert quic and all(p["quic"]["sni"] == "www.blogger.com" for p in quic)
     assert "Initial, Client Hello SNI=www.blogger.com" in read(quic_pcap, "-c", "1").stdout
+
+
+def test_flows_local_net_decides_outbound_as_run_does():
+    (default,) = json_lines(read(DNS_PCAP, "--json", "--flows"))
+    (custom,) = json_lines(read(DNS_PCAP, "--json", "--flows", "--local-net", "203.0.113.0/24"))
+    assert default["outbound"] is True  # a private client asking its resolver
+    assert custom["outbound"] is False  # its network is not a local one now
+    bad = read(DNS_PCAP, "--flows", "--local-net", "10.0.0.300/8")
+    assert bad.returncode == 2 and "write it like 10.1.0.0/16" in bad.stderr

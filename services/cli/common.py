@@ -105,3 +105,15 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
 
     atexit.register(stop)
     return url
+
+
+def local_net_list(values: list[str]) -> list[str]:
+    """``--local-net`` values, checked: a ValueError says how to write a network."""
+    import ipaddress
+
+    for cidr in values:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"--local-net {cidr!r} is not a network; write it like 10.1.0.0/16") from None
+    return list(values)

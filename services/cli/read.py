@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from services.capture.sources import CaptureError, OfflineSource
 from services.decoder.dissect import dissect
 
+from .common import local_net_list
 from .filter import FilterError, compile_filter
 from .packetview import merge_app, summary_line
 from .read_flows import ReadFlows
@@ -52,6 +53,7 @@ def read_capture(
     expr: str = "",
     count: int = 0,
     flows: bool = False,
+    local_nets: list[str] | None = None,
 ) -> tuple[int, str | None]:
     """Decode ``path`` and print one line per matching packet (or per flow).
 
@@ -62,7 +64,7 @@ def read_capture(
     source = OfflineSource(path)
     linktype = source.linktype
     inspector = _app_inspector()
-    table = ReadFlows() if flows else None
+    table = ReadFlows(local_nets=local_nets) if flows else None
     write = out.write
     matched = 0
     t0: float | None = None
@@ -107,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         print("pktscope read: --count must be 0 or more", file=sys.stderr)
         return 2
     try:
+        local_nets = local_net_list(args.local_net or [])
+    except ValueError as exc:
+        print(f"pktscope read: {exc}", file=sys.stderr)
+        return 2
+    try:
         _, error = read_capture(
             args.capture,
             sys.stdout,
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             expr=args.filter or "",
             count=args.count or 0,
             flows=args.flows,
+            local_nets=local_nets or None,
         )
     except FilterError as err:
         print(filter_error_text(args.filter or "", err), file=sys.stderr)
@@ -145,6 +153,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--filter", "-Y", metavar="EXPR", help="Wireshark-style display filter")
     p.add_argument("--count", "-c", type=int, metavar="N", help="stop after N matching packets")
     p.add_argument("--flows", action="store_true", help="one record per flow instead of per packet")
+    p.add_argument(
+        "--local-net",
+        action="append",
+        metavar="CIDR",
+        help="with --flows: a local network, for `outbound` (repeatable; default as `pktscope run`)",
+    )
     p.set_defaults(func=run)
 
 

@@ -135,15 +135,16 @@ def flow_line(event: dict[str, Any], t0: float) -> str:
 class ReadFlows:
     """Packets of one capture in, its ended flows out, through the flow-tracker's FlowTable.
 
-    Settings and local networks are the pipeline's defaults, so ``outbound`` means what it means
-    in the flow log. Periodic updates stay on although only "end" events are printed: a flow's
-    DNS name is looked up as of its first event after the answer and then kept, so with updates
-    off a flow that idles out after the answer's TTL would end unnamed where the flow log names it.
+    Settings are the pipeline's defaults, and the local networks too unless given (``pktscope
+    read --local-net``, as `run` takes it), so ``outbound`` means what it means in the flow log.
+    Periodic updates stay on, as in the pipeline, although only "end" events are printed.
     """
 
-    def __init__(self, max_shown: int = MAX_SHOWN, batch: int = BATCH) -> None:
+    def __init__(
+        self, max_shown: int = MAX_SHOWN, batch: int = BATCH, local_nets: list[str] | None = None
+    ) -> None:
         cfg = PipelineConfig()
-        self.table = FlowTable(cfg.flow, LocalMatcher(cfg.local_nets))
+        self.table = FlowTable(cfg.flow, LocalMatcher(local_nets or cfg.local_nets))
         self.batch: list[tuple] = []
         self.batch_size = max(1, batch)
         self.watermark = -math.inf  # as the flow-tracker's clock: the latest batch-end time

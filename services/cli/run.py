@@ -15,7 +15,7 @@ import redis
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import pipeline_stats
-from services.cli.common import CliError
+from services.cli.common import CliError, local_net_list
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.redis_conn import connect
@@ -146,14 +146,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         _positive("--batch-size", args.batch_size, 1)
         cfg.batch_size = args.batch_size
     if args.local_net:
-        import ipaddress
-
-        for cidr in args.local_net:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise CliError(f"--local-net {cidr!r} is not a network; write it like 10.1.0.0/16") from None
-        cfg.local_nets = list(args.local_net)
+        try:
+            cfg.local_nets = local_net_list(args.local_net)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     if args.flow_log is not None:
         cfg.flow.flow_log = str(Path(args.flow_log).resolve())
     if args.max_flows is not None:

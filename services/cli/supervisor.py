@@ -65,7 +65,8 @@ class Supervisor:
     def rpc(self):
         """A fresh proxy per use: a failed call leaves supervisor's transport unusable."""
         return xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", SupervisorTransport(None, None, serverurl=f"unix://{self.run_dir}/supervisor.sock")
+            "http://127.0.0.1",
+            SupervisorTransport(None, None, serverurl=f"unix://{self.run_dir}/supervisor.sock"),
         ).supervisor
 
     def start(self, config_text: str) -> None:
