@@ -8,10 +8,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dpkt
+import msgpack
+import zmq
+
+from shared.config import PipelineConfig
+from shared.redis_conn import connect
+from shared.redis_keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PKTSCOPE = [sys.executable, "-m", "services.cli.main"]
@@ -123,3 +130,100 @@ def service_pid(run_dir: Path, name: str) -> int:
     from services.cli.supervisor import Supervisor
 
     return Supervisor(run_dir).rpc.getProcessInfo(name)["pid"]
+
+
+class LivePipeline:
+    """`pktscope run --interface lo` in the background, with a SUB socket on its alerts."""
+
+    def __init__(self, tmp: Path, bpf: str, decoders: int = 1, interface: str = "lo") -> None:
+        self.run_dir = tmp / "live"
+        self.proc = start_pktscope(
+            "run",
+            "--interface",
+            interface,
+            "--bpf",
+            bpf,
+            "--decoders",
+            str(decoders),
+            "--run-dir",
+            str(self.run_dir),
+            "--state-dir",
+            str(tmp / "state"),
+            "--learning",
+            "0",
+            log=tmp / "pktscope.log",
+        )
+        self.log = tmp / "pktscope.log"
+        wait_for(lambda: (self.run_dir / "pipeline.json").exists(), 20, what="pipeline.json")
+        self.cfg = PipelineConfig.load(self.run_dir / "pipeline.json")
+        self.keys = Keys(self.cfg.redis_prefix)
+        self.r = wait_for(self._redis, 20, what="the private redis")
+        services = {"capture", "flowtracker", "detector", *(f"decoder-{i}" for i in range(decoders))}
+        wait_for(lambda: services <= self._reporting(), 30, what=f"services {services} to report")
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(self.cfg.alerts_pub_endpoint)
+        time.sleep(0.3)  # let the subscription reach the PUB socket
+
+    def _redis(self):
+        try:
+            r = connect(self.cfg.effective_redis_url)
+            r.ping()
+            return r
+        except Exception:
+            return None
+
+    def _reporting(self) -> set[str]:
+        names = self.r.smembers(self.keys.services())
+        return {n for n in names if self.r.hget(self.keys.stats(n), "run_id") == self.cfg.run_id}
+
+    def stats(self, service: str) -> dict:
+        return self.r.hgetall(self.keys.stats(service))
+
+    def next_alert(self, timeout: float) -> dict | None:
+        if self.sub.poll(int(timeout * 1000)):
+            kind, body = self.sub.recv_multipart()
+            alert = msgpack.unpackb(body, raw=False)
+            assert alert["kind"] == kind.decode()
+            return alert
+        return None
+
+    def alerts_for(self, entity: str, timeout: float) -> list[dict]:
+        found, deadline = [], time.time() + timeout
+        while time.time() < deadline:
+            alert = self.next_alert(deadline - time.time())
+            if alert and alert["entity"] == entity:
+                found.append(alert)
+        return found
+
+    def stream(self) -> list[dict]:
+        return [json.loads(f["alert"]) for _id, f in self.r.xrange(self.keys.alerts())]
+
+    def stop(self) -> int:
+        self.sub.close(linger=0)
+        return stop_pktscope(self.proc)
+
+
+class Server:
+    """A TCP server on lo that accepts and holds connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_helpers import pktscope, wait_for
-from tests.test_pipeline_live import LivePipeline, Server
+from tests.pipeline_helpers import LivePipeline, Server, pktscope, wait_for
 
 pytestmark = [
     pytest.mark.live,
