@@ -148,6 +148,7 @@ def test_truncated_capture_yields_what_it_held_and_an_error(short_tmp):
     ("args", "message"),
     [
         (["--read", "/nonexistent.pcap"], "capture file not found"),
+        (["--read", str(BENCH_PCAP.parent)], "is a directory; give one pcap or pcapng file in it"),
         (["--read", "x.pcap", "--interface", "lo"], "not allowed with argument"),
         (["--read", str(BENCH_PCAP), "--decoders", "0"], "--decoders must be >= 1"),
         (["--read", str(BENCH_PCAP), "--local-net", "10.0.0.300/8"], "write it like"),

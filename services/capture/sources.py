@@ -31,6 +31,8 @@ class OfflineSource:
     def __init__(self, path: str) -> None:
         if not os.path.exists(path):
             raise CaptureError(f"capture file not found: {path}")
+        if os.path.isdir(path):
+            raise CaptureError(f"{path} is a directory; give one pcap or pcapng file in it")
         if not os.access(path, os.R_OK):
             raise CaptureError(f"capture file not readable: {path} (check its permissions)")
         try:
