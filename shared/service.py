@@ -31,9 +31,9 @@ class StopFlag:
 
 # Young-generation threshold for the cyclic GC in service loops. Every frame unpacks hundreds
 # of tuples; with CPython's default (700) the collector ran several times per frame and walked
-# the flow table's long-lived state over and over. Measured on sv-merged.pcap, stages run
-# in one process (/tmp-style harness, median of 3): 50,000 cut unpacking records by 36%,
-# the flow table by 17%, unpacking flow events by 40%. Hot-path objects form no cycles, so
+# the flow table's long-lived state over and over. Measured on sv-merged.pcap with the stages
+# run in one process, as scripts/bench_stages.py does (median of 3): 50,000 cut unpacking
+# records by 36%, the flow table by 17%, unpacking flow events by 40%. Hot-path objects form no cycles, so
 # collections find little; this only makes them rarer.
 GC_GEN0_THRESHOLD = 50_000
 

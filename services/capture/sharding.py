@@ -159,13 +159,7 @@ def _ethernet_inlined(decoders: int) -> Callable[[bytes], int]:
                     if fragw & 0x3FFF:
                         return hash((a ^ b, a + b, 0, 0)) % decoders
                     if p == 6 or p == 17 or p == 132:
-                        l4 = 14 + ((vhl & 15) << 2)
-                        x, y = _U16X2(d, l4)
-                        if y in VXLAN_PORTS and p == 17:
-                            inner = _vxlan_inner(d, l4 + 8, 0)
-                            if inner is not None:
-                                return inner % decoders
-                        return hash((a ^ b, a + b, x ^ y, x + y)) % decoders
+                        return _transport_hash(d, 14 + ((vhl & 15) << 2), p, a, b, 0) % decoders
                     return hash((a ^ b, a + b, 0, 0)) % decoders
             elif et == ETH_IPV6:
                 v, p, a1, a2, b1, b2 = _IP6_AT_14(d, 14)

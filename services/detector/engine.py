@@ -156,20 +156,18 @@ class DetectorEngine:
         pending = self.pending
         counters = self.c
         for raw in raw_events:
-            ts = inbound_time(raw)
-            if ts is not None:  # an inbound flow's event: only its time matters here
-                counters["events_in"] += 1
-                if pending and pending[0][0] < ts:
-                    self._expire_pending(batch, final=False, before=ts)
-                continue
-            ev = parse(raw)
-            if ev is None:
-                counters["bad_events"] += 1
-                continue
+            ts = inbound_time(raw)  # an inbound flow's event: only its time matters here
+            ev = None
+            if ts is None:
+                ev = parse(raw)
+                if ev is None:
+                    counters["bad_events"] += 1
+                    continue
+                ts = ev.ts
             counters["events_in"] += 1
-            if pending and pending[0][0] < ev.ts:
-                self._expire_pending(batch, final=False, before=ev.ts)
-            if not ev.outbound:
+            if pending and pending[0][0] < ts:
+                self._expire_pending(batch, final=False, before=ts)
+            if ev is None or not ev.outbound:
                 continue
             if self.learning_end is None:
                 self._start_learning(ev.ts)
@@ -182,7 +180,11 @@ class DetectorEngine:
                 flow = self._first_event(batch, key, ev)
             else:
                 self.flows.move_to_end(key)
-                if flow.proc is None and flow.retries < ATTRIBUTION_RETRIES and self.enr.attributor is not None:
+                if (
+                    flow.proc is None
+                    and flow.retries < ATTRIBUTION_RETRIES
+                    and self.enr.attributor is not None
+                ):
                     self._attribute_late(batch, flow, ev)
             if not flow.labelled:
                 if flow.org or ev.name or ev.ev == EV_END:
@@ -550,8 +552,9 @@ class DetectorEngine:
         whatever frame either arrived in: the alerts are the same however events are framed.
         """
         pending = self.pending
-        limit = self.watermark if before is None else before
-        while pending and (final or pending[0][0] <= limit) and (before is None or pending[0][0] < before):
+        while pending and (
+            final or (pending[0][0] < before if before is not None else pending[0][0] <= self.watermark)
+        ):
             deadline, key = pending.popleft()
             flow = self.flows.get(key)
             if flow is not None and not flow.labelled:

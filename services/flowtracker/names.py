@@ -15,6 +15,7 @@ the network: they are cut to DNS length and control characters are escaped.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any
 
@@ -119,19 +120,8 @@ def _answer_fields(ans: Any) -> tuple[str, str, int, str] | None:
     return name, rtype, ttl, data
 
 
-def _first_query_name(queries: Any) -> str:
-    """The first usable name among a message's questions ("" if none)."""
-    if isinstance(queries, list | tuple):
-        for q in queries[:16]:
-            name = q.get("name") if isinstance(q, dict) else (q[0] if isinstance(q, list | tuple) and q else None)
-            name = clean_name(name)
-            if name:
-                return name
-    return ""
-
-
-def _query_names(queries: Any) -> set[str]:
-    out = set()
+def _query_name_iter(queries: Any) -> Iterator[str]:
+    """The usable names among a message's questions (at most 16 looked at), in order."""
     if isinstance(queries, list | tuple):
         for q in queries[:16]:
             name = (
@@ -141,8 +131,15 @@ def _query_names(queries: Any) -> set[str]:
             )
             name = clean_name(name)
             if name:
-                out.add(name)
-    return out
+                yield name
+
+
+def _first_query_name(queries: Any) -> str:
+    return next(_query_name_iter(queries), "")
+
+
+def _query_names(queries: Any) -> set[str]:
+    return set(_query_name_iter(queries))
 
 
 class DnsNames:
