@@ -46,7 +46,6 @@ class FlowSettings:
     icmp_idle: float = 30.0
     other_idle: float = 60.0
     update_interval: float = 60.0  # emit an "update" event for a live flow this often
-    sweep_interval: float = 1.0  # how often (packet time) idle flows are looked for
     max_flows: int = 500_000  # hard cap; the least recently seen flow is evicted (and counted)
     flow_log: str = ""  # optional path: one JSON line per ended flow
 

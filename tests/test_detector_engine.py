@@ -284,14 +284,18 @@ def test_new_country_and_new_as(geo_engine, rdb):
     geo = next(a for a in raised if a["kind"] == "new_geo")
     check_schema(geo)
     assert geo["detail"]["new"] == "asn" and geo["detail"]["asn"] == 13335
-    assert geo["title"] == "host 10.0.0.5 contacted a new network: AS13335 CLOUDFLARENET (one.one.one.one)"
+    assert geo["title"] == "host 10.0.0.5 connected to a new network: AS13335 (CLOUDFLARENET) via one.one.one.one"
     dest = next(a for a in raised if a["kind"] == "new_process_dest")
     assert dest["detail"]["label"] == "CLOUDFLARENET"  # CDN-safe: the AS, not the name
-    # new country and new AS in one flow: one alert, about the country
+    # new country and new AS in one flow: two alerts, one per new fact, each with its own title
     raised = eng.process([flow_event(ts=AFTER + 2, dst="5.9.1.1")])
-    geo = [a for a in raised if a["kind"] == "new_geo"]
-    assert len(geo) == 1 and geo[0]["detail"]["country"] == "DE" and geo[0]["detail"]["new"] == "country"
-    assert geo[0]["title"].startswith("host 10.0.0.5 contacted a new country: DE")
+    geo = {a["detail"]["new"]: a for a in raised if a["kind"] == "new_geo"}
+    assert set(geo) == {"country", "asn"}
+    assert geo["country"]["detail"]["country"] == "DE"
+    assert geo["country"]["title"].startswith("host 10.0.0.5 connected to a new country: DE")
+    assert geo["asn"]["title"].startswith("host 10.0.0.5 connected to a new network: AS24940 (Hetzner)")
+    assert geo["country"]["id"] != geo["asn"]["id"]
+    assert len(rdb.xrange("t:alerts")) >= 2
     assert eng.process([flow_event(ts=AFTER + 3, dst="5.9.2.2")]) == []
 
 
