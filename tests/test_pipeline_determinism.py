@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.pipeline_helpers import pktscope, read_summary
+from tests.pipeline_helpers import pktscope, read_summary, stream_order
 from tests.scenario_captures import SPIKER, geo_dbs, volume_spike_capture
 
 LEARNING = "1800"
@@ -43,7 +43,7 @@ def replay(tmp, name: str, capture, *extra: str, state: str | None = None) -> tu
     summary = read_summary(proc)
     listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
     alerts = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
-    alerts.sort(key=lambda a: a["id"])
+    alerts.sort(key=lambda a: stream_order(a["id"]))
     return summary, alerts
 
 

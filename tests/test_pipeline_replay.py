@@ -8,7 +8,7 @@ import pcap
 import pytest
 
 from tests.conftest import BENCH_PCAP
-from tests.pipeline_helpers import pktscope, read_summary, tcp_session, write_pcap
+from tests.pipeline_helpers import pktscope, read_summary, stream_order, tcp_session, write_pcap
 
 BENCH_PACKETS = 183_388
 
@@ -78,6 +78,22 @@ def test_bench_capture_every_packet_accounted_and_flows_identical_with_1_and_3_d
     flows1, flows3 = _flow_summary(log1), _flow_summary(log3)
     assert len(flows1) == one["flows"] > 10_000
     assert flows1 == flows3
+    alerts1, alerts3 = _alerts(short_tmp / "run1"), _alerts(short_tmp / "run3")
+    assert len(alerts1) == one["alerts"] > 900
+    assert alerts1 == alerts3
+    assert one["late_events"] == three["late_events"] == 0
+
+
+def _alerts(run_dir) -> list[tuple]:
+    """Every alert of a finished run in stream order, without its stream id."""
+    listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
+    alerts = sorted(
+        (json.loads(line) for line in listed.stdout.splitlines() if line.strip()),
+        key=lambda a: stream_order(a["id"]),
+    )
+    return [
+        (a["kind"], a["entity"], a["title"], a["ts"], json.dumps(a["detail"], sort_keys=True)) for a in alerts
+    ]
     assert one["malformed"] == three["malformed"]
     # and the same alerts, down to which flow raised each
     assert _alert_summary(short_tmp / "run1") == _alert_summary(short_tmp / "run3")

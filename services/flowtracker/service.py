@@ -76,6 +76,8 @@ class FlowTrackerService:
         c = self.stats.c
         for key in COUNTERS:
             c[key] = 0
+        if cfg.live:
+            cfg.flow.reorder_window = min(cfg.flow.reorder_window, cfg.flow.live_reorder_window)
         self.table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
         self.merge = CaptureOrderMerge(cfg.decoders)
         self.tick_sent = float("-inf")  # packet time of the last TICK to the detector
@@ -174,15 +176,15 @@ class FlowTrackerService:
             self.stats.c["records_in"] += table.records - before
         if merge.all_finished:
             return  # _finish ends every flow and sends the rest
-        mark = merge.watermark
-        table.advance(mark)
+        table.advance(merge.watermark)
         rows = table.take_rows()
         self._send_events(rows, stop)
+        horizon = table.horizon  # what the detector may take as passed: events before it are out
         if rows:
             self.tick_sent = max(self.tick_sent, rows[-1][2])
-        elif mark >= self.tick_sent + DETECTOR_TICK_EVERY:
-            self.tick_sent = mark
-            self._send(FrameType.TICK, {"ts": mark}, stop)
+        elif horizon >= self.tick_sent + DETECTOR_TICK_EVERY:
+            self.tick_sent = horizon
+            self._send(FrameType.TICK, {"ts": horizon}, stop)
 
     # --- output ------------------------------------------------------------------------------------
     def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> None:

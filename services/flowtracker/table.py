@@ -124,6 +124,8 @@ class FlowTable:
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
         self.pending: list[tuple[float, tuple, int, list, list]] = []  # heap of (ts, key, n, row, flow)
         self.pending_max = -math.inf
+        self.reorder_window = max(0.0, float(s.reorder_window))
+        self.horizon = -math.inf  # events before this packet time have been released
         self.out: list[list] = []
         self._n = itertools.count()
         self._fid = itertools.count(1)
@@ -345,7 +347,10 @@ class FlowTable:
         """
         self._sweep(watermark)
         self._run_updates(watermark)
-        self._release(watermark)
+        horizon = watermark - self.reorder_window
+        if horizon > self.horizon:
+            self.horizon = horizon
+            self._release(horizon)
 
     def _sweep(self, now: float) -> None:
         flows = self.flows
