@@ -55,7 +55,7 @@ def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple
             batches[i] = []
 
     for ts, data in source:
-        num += 1
+        num += 1  # noqa: SIM113 - as capture counts
         i = shard(data)
         batches[i].append((num, ts, lt, len(data), data))
         if len(batches[i]) >= batch_size:
