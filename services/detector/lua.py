@@ -136,8 +136,8 @@ VOLUME = (
 -- counted in it and the run that counted it), n, mean, var (EWMA over closed intervals in which the entity sent something),
 -- last_start, last_bytes.
 -- Bytes go to the interval of their own packet time. An 'add' for an interval before the open
--- one, or of events no later than what the open interval already counted (the same capture
--- replayed into the same baseline), is not added: status 4, the caller counts it.
+-- one, or from another run for events no later than what the open interval already counted
+-- (the same capture replayed into the same baseline), is not added: status 4, counted.
 -- Template placeholders: "\u0001" -> facts object, "\u0002" -> title (ARGV[15] .. tail),
 -- "\u0003" -> severity, "\u0004" -> alert ts (the end of the interval).
 local K = KEYS[1]
@@ -210,7 +210,7 @@ if op == 'add' then
   end
   local cur_ts = tonumber(redis.call('HGET', K, 'cur_ts') or '-1e300')
   local same_run = redis.call('HGET', K, 'cur_run') == ARGV[17]
-  if istart < cur or latest < cur_ts or (latest == cur_ts and not same_run) then return {4, '', ''} end
+  if istart < cur or (latest <= cur_ts and not same_run) then return {4, '', ''} end
   redis.call('HINCRBY', K, 'cur_bytes', nbytes)
   redis.call('HSET', K, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
   return {0, '', ''}
