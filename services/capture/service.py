@@ -28,9 +28,9 @@ log = logging.getLogger("capture")
 SENDER = "capture"
 TICK_EVERY_PACKETS = 4096  # offline: a watermark goes to every decoder at least this often
 TICK_EVERY_SECONDS = 1.0  # offline: and at least once a second of packet time
-LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
-LIVE_TICK_LAG = 1.0  # live: a tick's packet time trails the wall clock by this much, so packets
-#                      still in the kernel's buffer are not behind it
+LIVE_TICK_SECONDS = 0.25  # live: and this often on the wall clock, so idle decoders keep time
+LIVE_TICK_LAG = 0.1  # live: a tick's packet time trails the wall clock by this much, so packets
+#                      still in the kernel's buffer (block mode: up to 50 ms) are not behind it
 EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
 DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
 
@@ -117,7 +117,7 @@ class Capture:
         """Start once the decoders, flow-tracker and detector are up (or after a while)."""
         if self.stats.r is None:
             return
-        names = [f"decoder-{i}" for i in range(self.n)] + ["flowtracker", "detector"]
+        names = [f"decoder-{i}" for i in range(self.n)] + self.cfg.tracker_names() + self.cfg.detector_names()
         late = wait_until_ready(self.stats.r, self.stats.keys, names, DOWNSTREAM_READY_WAIT)
         if late:
             log.warning(
