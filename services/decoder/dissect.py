@@ -87,9 +87,6 @@ def _layers(
             protos.append("arp")
             out["arp"] = arp.fields(arp.parse(data, off))
         return None
-    frame = out["frame"]
-    if not depth and off + hdr.total > frame["len"]:  # an inner packet's length says nothing of the wire
-        frame["len"] = off + hdr.total
     proto, l4, l4len, frag = hdr.proto, hdr.l4, hdr.l4len, hdr.frag
     if frag != FRAG_NONE:
         out["ip" if etype == link.ETH_IP4 else "ipv6"]["fragment"] = (
