@@ -14,6 +14,7 @@ from services.capture.sources import OfflineSource
 from services.decoder.dissect import L4Tuple, dissect
 
 from .packetview import merge_app
+from .wireshark_view import WiresharkView
 
 
 def app_inspector() -> Any:
@@ -33,6 +34,7 @@ def decoded_packets(
 ) -> Iterator[tuple[dict[str, Any], L4Tuple | None, dict[str, Any] | None]]:
     """(fields, l4, raw app map) per packet, in file order; ``source.error`` is set at the end."""
     linktype = source.linktype
+    view = WiresharkView()
     t0: float | None = None
     for num, (ts, data, wirelen) in enumerate(source.records(), 1):
         fields, l4 = dissect(num, ts, linktype, wirelen, data)
@@ -45,6 +47,7 @@ def decoded_packets(
                 fields["_app_error"] = f"{type(exc).__name__}: {exc}"
             if app:
                 merge_app(fields, app)
+        view.add(fields, l4)
         if inspector is not None:
             inspector.expire(ts)  # idle flows go, as in the decoder's fast path
         if t0 is None:

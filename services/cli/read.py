@@ -23,6 +23,7 @@ from .filter import FilterError, compile_filter
 from .packetview import summary_line
 from .read_flows import ReadFlows
 from .text import json_line, safe
+from .wireshark_view import public
 
 
 def filter_error_text(expr: str, err: FilterError) -> str:
@@ -64,7 +65,7 @@ def read_capture(
         if table is not None:
             table.add(fields, l4, app)  # the raw app map: what the fast path puts in the record
         elif as_json:
-            write(json_line(fields))
+            write(json_line(public(fields)))
             write("\n")
         else:
             write(summary_line(fields, ts - t0))
