@@ -6,7 +6,8 @@ adds here what Wireshark shows on each frame:
 
 * DNS record types compare by number or mnemonic (``dns.qry.type == 28`` and ``== AAAA``);
   ``dns.a`` / ``dns.aaaa`` are the A / AAAA records' addresses of every section;
-* ``http.request`` / ``http.response`` on request and response messages, with their versions;
+* an HTTP/1 message on the frame that completes it, body included (services/cli/http_frames.py),
+  with ``http.request`` / ``http.response`` and their versions;
 * mDNS (5353) and LLMNR (5355) are their own protocols: their messages keep the ``dns.*``
   fields but the protocol atom is ``mdns`` / ``llmnr``, not ``dns``;
 * a UDP datagram to or from port 53 whose message does not decode keeps a ``dns`` layer
@@ -22,6 +23,7 @@ from services.decoder.app.dns import DnsError, parse_message
 from services.decoder.app.dns_types import TYPE_NAMES
 
 from .filter.values import Mnemonic
+from .http_frames import HttpFrames
 from .record_layers import RecordLayers
 
 _TYPE_NUMBERS = {name: num for num, name in TYPE_NAMES.items()}
@@ -75,8 +77,11 @@ class WiresharkView:
 
     def __init__(self) -> None:
         self.records = RecordLayers()
+        self.http = HttpFrames()
 
     def add(self, fields: dict[str, Any], l4: tuple | None) -> None:
+        if l4 is not None:
+            self.http.add(fields, l4)
         dns = fields.get("dns")
         for node in _each(dns):
             _dns_node(node)
