@@ -152,6 +152,9 @@ def _decap(
     """
     inner: dict[str, Any] = {"frame": out["frame"]}
     inner_protos = [name] if name != "ipip" else []
+    # layers carried by the tunnel header (GRE's ERSPAN and PPP) are protocols of their own
+    carried = {key: node.pop(key) for key in ("erspan", "ppp") if key in node}
+    inner_protos += carried
     try:
         inner_l4 = _layers(inner_data, inner_linktype, inner, inner_protos, depth + 1)
     except DECODE_ERRORS as exc:
@@ -169,6 +172,8 @@ def _decap(
     else:
         out[name] = [node, *deeper] if isinstance(deeper, list) else [node, deeper]
     out.update(inner)
+    for key, value in carried.items():
+        out.setdefault(key, value)
     protos += inner_protos
     return True, inner_l4
 
