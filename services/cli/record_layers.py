@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from services.decoder.app import tls as tls_parser
+
 MAX_FLOWS = 20_000
 MAX_BUFFER = 1 << 16
 MAX_RECORD = (1 << 14) + 2048
@@ -31,7 +33,7 @@ QUIC_VERSIONS = frozenset((0x00000001, 0x6B3343CF, 0xFF00001D, 0xFF00001C, 0xFF0
 
 
 class _TlsDirection:
-    __slots__ = ("buf", "encrypted", "next_seq", "skip", "tls")
+    __slots__ = ("buf", "carry", "encrypted", "next_seq", "peer", "seen", "skip", "tls", "tls13")
 
     def __init__(self, next_seq: int) -> None:
         self.next_seq = next_seq
@@ -39,6 +41,10 @@ class _TlsDirection:
         self.tls: bool | None = None  # None: not yet known
         self.encrypted = False  # a ChangeCipherSpec was sent: later handshake records are opaque
         self.skip = 0  # bytes of an over-long record still to pass over
+        self.seen: set[str] = set()  # tls.* keys this direction has shown
+        self.carry: dict[str, Any] = {}  # the inspector's fields, for the next frame completing a record
+        self.tls13 = False  # TLS 1.3 negotiated: application records are opaque (tls.record.opaque_type)
+        self.peer: _TlsDirection | None = None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -79,6 +85,11 @@ class RecordLayers:
             self._remember(self.tcp, key, state)
         if state.tls is False:
             return
+        # The inspector reports hello and certificate fields when its own parse completes; here
+        # they move to the frame completing a record, as Wireshark shows them (once each)
+        found = fields.pop("tls", None)
+        if isinstance(found, dict):
+            state.carry.update((k, v) for k, v in found.items() if k not in state.seen)
         end = (seq + len(payload)) & 0xFFFFFFFF
         diff = (seq - state.next_seq) & 0xFFFFFFFF
         if diff >= 0x80000000:  # older bytes: a retransmission (or an overlap): not shown again
@@ -122,6 +133,10 @@ class RecordLayers:
                 state.tls = False
                 state.buf = bytearray()
         if records:
+            if state.peer is None:
+                state.peer = self.tcp.get((key[1], key[0], key[3], key[2]))
+                if state.peer is not None:
+                    state.peer.peer = state
             self._mark_tls(fields, state, records)
 
     def _mark_tls(self, fields: dict[str, Any], state: _TlsDirection, records: list) -> None:
@@ -135,7 +150,11 @@ class RecordLayers:
         hs_types: list[int] = []
         hs_versions: list[int] = []
         for ctype, version, length, body in records:
-            rec_nodes.append({"content_type": ctype, "version": version, "length": length})
+            tls13 = state.tls13 or (state.peer is not None and state.peer.tls13)
+            if ctype == 23 and tls13:  # TLS 1.3 hides the real type: Wireshark's opaque_type
+                rec_nodes.append({"opaque_type": ctype, "version": version, "length": length})
+            else:
+                rec_nodes.append({"content_type": ctype, "version": version, "length": length})
             if ctype == CCS:
                 state.encrypted = True
             elif ctype == HANDSHAKE and not state.encrypted:
@@ -146,8 +165,29 @@ class RecordLayers:
                     hs_types.append(htype)
                     if htype in (1, 2) and pos + 6 <= len(body):
                         hs_versions.append(body[pos + 4] << 8 | body[pos + 5])
+                    if htype == 2 and pos + 4 + hlen <= len(body):
+                        try:
+                            hello_s, is_13 = tls_parser._server_hello(body[pos + 4 : pos + 4 + hlen])
+                            state.tls13 = state.tls13 or is_13
+                            node.update((k[4:], v) for k, v in hello_s.items() if k.startswith("tls."))
+                        except Exception:  # noqa: BLE001 -- a malformed ServerHello shows its record only
+                            pass
+                    if htype == 1 and pos == 0:
+                        # every ClientHello shows its fields, a repeated one too (the pipeline's
+                        # inspector reads a connection's first only)
+                        record = bytes((ctype, version >> 8, version & 0xFF, length >> 8, length & 0xFF)) + body
+                        hello, status = tls_parser.parse_client(record)
+                        if status == tls_parser.DONE:
+                            node.update((k[4:], v) for k, v in hello.items() if k.startswith("tls."))
                     pos += 4 + hlen
         node["record"] = rec_nodes
+        state.seen.update(node)
+        if state.carry:
+            for key, value in state.carry.items():
+                if key not in state.seen:
+                    node[key] = value
+                    state.seen.add(key)
+            state.carry = {}
         if hs_types:
             hs = node.setdefault("handshake", {})
             if isinstance(hs, dict):

@@ -41,6 +41,10 @@ def _type_value(name: object) -> object:
 
 
 def _dns_node(node: dict[str, Any]) -> None:
+    flags = node.get("flags")
+    if isinstance(flags, dict) and not flags.get("response") and "rcode" in node:
+        # Wireshark shows the reply code of responses only
+        del node["rcode"]
     for section in _SECTIONS:
         records = node.get(section)
         if not isinstance(records, list):
@@ -50,6 +54,8 @@ def _dns_node(node: dict[str, Any]) -> None:
                 continue
             rtype = rec.get("type")
             rec["type"] = _type_value(rtype)
+            if rtype == "OPT" and "ttl" in rec:  # EDNS: the "TTL" holds extended flags, not a TTL
+                rec["ext_flags"] = rec.pop("ttl")
             if section != "queries" and rtype in ("A", "AAAA"):
                 rec[rtype.lower()] = rec.get("data")
 
@@ -96,6 +102,10 @@ class WiresharkView:
                 fields["_not_dns"] = True
             elif dns is None and (sport == 53 or dport == 53) and l4[7]:
                 fields["dns"] = _malformed_dns(l4[7])
+        quic = fields.get("quic")
+        if isinstance(quic, dict) and ("sni" in quic or "ja4" in quic) and "tls" not in fields:
+            # Wireshark dissects the ClientHello inside QUIC's Initial packets as TLS
+            fields["tls"] = {"handshake": {"type": [1]}}
         if l4 is not None:
             self.records.add(fields, l4)
 
