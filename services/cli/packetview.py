@@ -18,7 +18,7 @@ _RECORD_KEYS = {
     "additionals": ("name", "type", "ttl", "data"),
 }
 # Application protocols, most specific first: the first present one names the packet.
-APP_PROTOCOLS = ("http2", "http", "tls", "quic", "dns", "dhcp", "ssh", "smtp", "ftp")
+APP_PROTOCOLS = ("http2", "http", "quic", "tls", "dns", "dhcp", "ssh", "smtp", "ftp")
 
 
 def _records(section: str, value: Any) -> Any:
@@ -213,8 +213,8 @@ def _hello_info(layer: dict[str, Any], client: str) -> str:
 
 _APP_INFO = (
     ("http", _http_info),
-    ("tls", lambda node: _hello_info(node, "Client Hello")),
     ("quic", lambda node: _hello_info(node, "Initial, Client Hello")),
+    ("tls", lambda node: _hello_info(node, "Client Hello")),
     ("dns", _dns_info),
 )
 

@@ -86,28 +86,32 @@ class WiresharkView:
         self.http = HttpFrames()
 
     def add(self, fields: dict[str, Any], l4: tuple | None) -> None:
-        if l4 is not None:
+        # most packets carry no application layer: each step below is one membership test then
+        if l4 is None:
+            return
+        proto = l4[0]
+        if proto == 6:
             self.http.add(fields, l4)
+        if "http" in fields:
+            for node in _each(fields["http"]):
+                _http_node(node)
         dns = fields.get("dns")
-        for node in _each(dns):
-            _dns_node(node)
-        for node in _each(fields.get("http")):
-            _http_node(node)
-        udp = fields.get("udp")
-        if l4 is not None and l4[0] == 17 and isinstance(udp, dict):
+        if dns is not None:
+            for node in _each(dns):
+                _dns_node(node)
+        if proto == 17:
             sport, dport = l4[3], l4[4]
             own = _OWN_PROTOCOL_PORTS.get(dport) or _OWN_PROTOCOL_PORTS.get(sport)
             if own is not None and dns is not None:
                 fields[own] = True
                 fields["_not_dns"] = True
-            elif dns is None and (sport == 53 or dport == 53) and l4[7]:
+            elif dns is None and (sport == 53 or dport == 53) and l4[7] and "udp" in fields:
                 fields["dns"] = _malformed_dns(l4[7])
-        quic = fields.get("quic")
-        if isinstance(quic, dict) and ("sni" in quic or "ja4" in quic) and "tls" not in fields:
-            # Wireshark dissects the ClientHello inside QUIC's Initial packets as TLS
-            fields["tls"] = {"handshake": {"type": [1]}}
-        if l4 is not None:
-            self.records.add(fields, l4)
+            quic = fields.get("quic")
+            if type(quic) is dict and ("sni" in quic or "ja4" in quic) and "tls" not in fields:
+                # Wireshark dissects the ClientHello inside QUIC's Initial packets as TLS
+                fields["tls"] = {"handshake": {"type": [1]}}
+        self.records.add(fields, l4)
 
 
 def _malformed_dns(payload: bytes) -> dict[str, Any]:
