@@ -218,10 +218,13 @@ def test_ipv4_options_are_skipped():
 def test_snaplen_truncated_packet_uses_ip_length_and_raises_wirelen():
     full = eth(0x0800, ipv4(6, tcp(payload=b"z" * 1400)))
     captured = full[:96]
-    rec, _, f, l4 = one(1, captured)
+    rec, _, f, l4 = one(1, captured, wirelen=len(full))  # the record header's original length
     assert rec[R_PAYLEN] == 1400 and rec[2] == len(full) == 14 + 20 + 20 + 1400
     assert f["frame"]["len"] == len(full) and f["frame"]["cap_len"] == 96
     assert l4[-1] == full[54:96]  # only the captured part of the payload
+    # frame.len is the record's, never the IP header's guess (a lying total length stays a lie)
+    rec, _, f, _ = one(1, captured)
+    assert f["frame"]["len"] == 96 and rec[2] == len(full)  # the pipeline's byte count still estimates
 
 
 def test_ethernet_padding_is_not_payload():

@@ -183,7 +183,7 @@ def test_synthetic_vxlan_dns_both_paths():
     assert fields["ip"]["src"] == "10.244.1.5" and fields["ip"]["dst"] == "10.244.2.9"
     assert fields["udp"]["dstport"] == 53
     node = fields["vxlan"]
-    assert node["vni"] == 0x123456 and node["flags"] == vxlan.FLAG_I
+    assert node["vni"] == 0x123456 and node["flags"] == vxlan.FLAG_I << 8
     assert set(node["outer"]) == {"eth", "ip", "udp"}
     assert node["outer"]["ip"]["src"] == "198.51.100.1" and node["outer"]["udp"]["srcport"] == 51000
 
@@ -307,7 +307,10 @@ FILTER_EXPECTATIONS = {
     "vxlan.vni == 2": True,
     "vxlan.vni == 3": False,
     "ip.src == 10.244.1.5 && udp.port == 53": True,  # plain ip/udp fields are the inner packet's
-    "ip.addr == 198.51.100.1": False,
+    "ip.addr == 198.51.100.1": True,  # as in Wireshark: a field of any layer, the outer one too
+    "ip.addr == 198.51.100.9": False,
+    "ip.src == 10.244.1.5 && ip.src == 198.51.100.1": True,
+    "ip.src === 10.244.1.5": False,  # every ip.src: the tunnel endpoints' too
     "vxlan.outer.ip.src == 198.51.100.1 && vxlan.outer.udp.dstport == 4789": True,
 }
 

@@ -34,7 +34,7 @@ DNS_PKT = {
         "id": 0x1234,
         "flags": {"response": True},
         "queries": [{"name": "example.com", "type": "A"}, {"name": "www.example.org", "type": "AAAA"}],
-        "answers": [{"name": "example.com", "type": "A", "ttl": 300, "data": "93.184.216.34"}],
+        "answers": [{"name": "example.com", "type": "A", "ttl": 300, "data": "93.184.216.34", "a": "93.184.216.34"}],
     },
 }
 SYN_PKT = {
@@ -52,7 +52,7 @@ ALL = {"tls": TLS_PKT, "dns": DNS_PKT, "syn": SYN_PKT, "arp": ARP_PKT}
 
 
 def matching(expr: str) -> set[str]:
-    pred = compile_filter(expr)
+    pred = compile_filter(expr, strict=False)  # made-up packets carry made-up keys ("raw")
     return {name for name, pkt in ALL.items() if pred(pkt)}
 
 
@@ -196,7 +196,7 @@ def test_filter_does_not_modify_packets():
 
 
 def test_filter_handles_odd_values():
-    pred = compile_filter('x.y == "a" or x.y > 3 or x.y contains "q" or x.y ~ "z"')
+    pred = compile_filter('x.y == "a" or x.y > 3 or x.y contains "q" or x.y ~ "z"', strict=False)
     for value in (None, [], [None], {"value": None}, 1.5, b"\xff", [[1, 2]], {"a": 1}, True):
         assert pred({"x": {"y": value}}) in (True, False)
     assert pred({"x": {"y": [[5]]}})  # nested lists walked
@@ -210,7 +210,7 @@ def test_filter_handles_odd_values():
         ("tcp.port ==", 12, "expected a value after '=='"),
         ("tcp.port eq", 12, "expected a value after 'eq'"),
         ("tcp.port == and udp", 13, "expected a value after '=='"),
-        ("tcp.port === 80", 10, "unknown operator '==='"),
+        ("tcp.port ==== 80", 10, "unknown operator '===='"),
         ("tcp.port => 80", 10, "unknown operator '=>'"),
         ("tcp.port equals 80", 10, "unknown operator 'equals'"),
         ("tcp.port ! 80", 10, "unknown operator '!'"),
@@ -237,11 +237,13 @@ def test_filter_handles_odd_values():
         ("tcp.port in {1..}", 14, "expected a range"),
         ('tls.sni == "abc', 12, "unterminated string"),
         ('tls.sni == "\\x4"', 13, "expected two hex digits"),
-        ("tcp $ udp", 5, "unexpected character '$'"),
+        ("tcp $ udp", 5, "unsupported: field references and macros ('$')"),
+        ("tcp ` udp", 5, "unexpected character '`'"),
         ("tcp udp", 5, "unknown operator 'udp'"),
         ("tcp.port == 80 udp", 16, "expected 'and', 'or' or the end of the filter, got 'udp'"),
         ("tcp.port == 80)", 15, "unexpected ')'"),
-        ("eth.src[0:3] == 00:01:02", 8, "slices"),
+        ("eth.src[0:x] == 00:01:02", 8, "bad slice"),
+        ("eth.src[3-1] == 00:01:02", 8, "bad slice [3-1]"),
     ],
 )
 def test_filter_errors_name_the_column(expr, column, message):

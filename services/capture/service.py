@@ -140,11 +140,11 @@ class Capture:
         self._wait_for_downstream()
         self.stats.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up, left out by the bench
         self.stats.info["started_packets"] = time.time()
-        for ts, data in source:
+        for ts, data, wirelen in source.records():
             num += 1
             i = shard(data)
             b = batches[i]
-            b.append((num, ts, lt, len(data), data))
+            b.append((num, ts, lt, wirelen, data))
             if len(b) >= bsize:
                 flush(i)
             if num >= next_tick:

@@ -1,8 +1,10 @@
 """Packet sources: a capture file or a live interface, both through pypcap (libpcap).
 
 libpcap reads pcap and pcapng alike. pypcap hands out (timestamp, bytes) only, not the
-original wire length, so packets carry ``wirelen = len(data)`` and the decoder raises it from
-the IP total length when a snaplen cut the packet short.
+original wire length, so live packets carry ``wirelen = len(data)`` and the decoder raises it
+from the IP total length when a snaplen cut the packet short. Files are read by
+``pcapfile.CaptureFileReader`` instead, which keeps each record's original length
+(``OfflineSource.records``); libpcap remains the reader of anything else it can open.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import select
 from collections.abc import Callable, Iterator
 
 import pcap
+
+from services.capture.pcapfile import CaptureFileReader, NotACaptureFile
 
 # Live capture: the kernel hands packets over in blocks (not one wake-up per packet; a block is
 # handed over after at most timeout_ms even when not full, so alerts stay prompt), into a
@@ -35,19 +39,44 @@ class OfflineSource:
             raise CaptureError(f"{path} is a directory; give one pcap or pcapng file in it")
         if not os.access(path, os.R_OK):
             raise CaptureError(f"capture file not readable: {path} (check its permissions)")
+        self.error: str | None = None
+        self._file: CaptureFileReader | None = None
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 -- read to the end by records(), closed there
+            self._file = CaptureFileReader(fh)
+            self.linktype: int = self._file.linktype
+            return
+        except NotACaptureFile:
+            fh.close()
+        except OSError as exc:
+            raise CaptureError(f"cannot read {path}: {exc}") from None
         try:
             self._pc = pcap.pcap(path, timestamp_in_ns=False)
         except OSError as exc:
             raise CaptureError(f"cannot read {path} as pcap or pcapng: {exc}") from None
-        self.linktype: int = self._pc.datalink()
-        self.error: str | None = None
+        self.linktype = self._pc.datalink()
 
-    def __iter__(self) -> Iterator[tuple[float, bytes]]:
-        yield from self._pc
+    def records(self) -> Iterator[tuple[float, bytes, int]]:
+        """(ts, captured bytes, original wire length) of every record."""
+        if self._file is not None:
+            reader = self._file
+            try:
+                for ts, data, wirelen, _lt in reader:
+                    yield ts, data, wirelen
+            finally:
+                self.error = reader.error
+                reader.close()
+            return
+        for ts, data in self._pc:
+            yield ts, data, len(data)
         # pypcap ends the iteration quietly on a truncated file; libpcap kept the reason.
         err = self._pc.geterr()
         if err:
             self.error = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
+
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        for ts, data, _wirelen in self.records():
+            yield ts, data
 
     def stats(self) -> tuple[int, int, int]:
         return (0, 0, 0)

@@ -18,7 +18,7 @@ _RECORD_KEYS = {
     "additionals": ("name", "type", "ttl", "data"),
 }
 # Application protocols, most specific first: the first present one names the packet.
-APP_PROTOCOLS = ("http2", "http", "tls", "quic", "dns", "dhcp", "ssh", "smtp", "ftp")
+APP_PROTOCOLS = ("http2", "http", "quic", "tls", "dns", "dhcp", "ssh", "smtp", "ftp")
 
 
 def _records(section: str, value: Any) -> Any:
@@ -149,7 +149,44 @@ def _http_info(http: dict[str, Any]) -> str:
     return "HTTP"
 
 
+_RECORD_NAMES = {20: "Change Cipher Spec", 21: "Alert", 23: "Application Data", 24: "Heartbeat"}
+_HANDSHAKE_NAMES = {
+    1: "Client Hello",
+    2: "Server Hello",
+    4: "New Session Ticket",
+    11: "Certificate",
+    12: "Server Key Exchange",
+    13: "Certificate Request",
+    14: "Server Hello Done",
+    15: "Certificate Verify",
+    16: "Client Key Exchange",
+    20: "Finished",
+}
+_RECORD_ONLY = frozenset(("record", "handshake", "header_form", "long", "version"))
+
+
+def _record_info(layer: dict[str, Any], quic: bool) -> str:
+    """TLS records / QUIC packets of a frame that completed no hello (services/cli/record_layers.py)."""
+    if quic:
+        forms = layer.get("header_form") or []
+        return "Protected Payload" if forms and not forms[0] else "Long Header"
+    names: list[str] = []
+    hs = layer.get("handshake")
+    types = list(hs.get("type") or []) if isinstance(hs, dict) else []
+    for rec in layer.get("record") or []:
+        ctype = rec.get("content_type") if isinstance(rec, dict) else None
+        if ctype == 22:
+            names.append(
+                _HANDSHAKE_NAMES.get(types.pop(0), "Handshake") if types else "Encrypted Handshake Message"
+            )
+        else:
+            names.append(_RECORD_NAMES.get(ctype, "Record"))
+    return ", ".join(dict.fromkeys(names)) or "TLS"
+
+
 def _hello_info(layer: dict[str, Any], client: str) -> str:
+    if not set(layer) - _RECORD_ONLY:
+        return _record_info(layer, client.startswith("Initial"))
     if "ja3s" in layer or "ja3s_hash" in layer or "cipher_suite" in layer:
         text = "Server Hello"
         if "cipher_suite" in layer:
@@ -176,8 +213,8 @@ def _hello_info(layer: dict[str, Any], client: str) -> str:
 
 _APP_INFO = (
     ("http", _http_info),
-    ("tls", lambda node: _hello_info(node, "Client Hello")),
     ("quic", lambda node: _hello_info(node, "Initial, Client Hello")),
+    ("tls", lambda node: _hello_info(node, "Client Hello")),
     ("dns", _dns_info),
 )
 

@@ -16,25 +16,14 @@ import sys
 from typing import Any, TextIO
 
 from services.capture.sources import CaptureError, OfflineSource
-from services.decoder.dissect import dissect
 
 from .common import local_net_list
+from .decode_file import app_inspector, decoded_packets
 from .filter import FilterError, compile_filter
-from .packetview import merge_app, summary_line
+from .packetview import summary_line
 from .read_flows import ReadFlows
 from .text import json_line, safe
-
-
-def _app_inspector() -> Any:
-    """One AppInspector for the whole file (it keeps TCP reassembly and QUIC state across packets)."""
-    try:
-        from services.decoder.app.inspector import AppInspector
-    except ModuleNotFoundError as exc:
-        if exc.name != "services.decoder.app.inspector":
-            raise
-        print("pktscope read: no application-layer inspector in this build", file=sys.stderr)
-        return None
-    return AppInspector()
+from .wireshark_view import public
 
 
 def filter_error_text(expr: str, err: FilterError) -> str:
@@ -62,35 +51,21 @@ def read_capture(
     """
     match = compile_filter(expr)
     source = OfflineSource(path)
-    linktype = source.linktype
-    inspector = _app_inspector()
     table = ReadFlows(local_nets=local_nets) if flows else None
     write = out.write
     matched = 0
     t0: float | None = None
-    for num, (ts, data) in enumerate(source, 1):
-        fields, l4 = dissect(num, ts, linktype, len(data), data)
-        app = None
-        if l4 is not None and inspector is not None:
-            try:
-                app = inspector.inspect(ts, *l4)
-            except Exception as exc:  # an inspector bug must not end the read; show it on the packet
-                app = None
-                fields["_app_error"] = f"{type(exc).__name__}: {exc}"
-            if app:
-                merge_app(fields, app)
-        if inspector is not None:
-            inspector.expire(ts)  # idle flows go, as in the decoder's fast path
+    for fields, l4, app in decoded_packets(source, app_inspector()):
+        ts = fields["frame"]["time_epoch"]
         if t0 is None:
             t0 = ts
-        fields["frame"]["time_relative"] = round(ts - t0, 9)
         if not match(fields):
             continue
         matched += 1
         if table is not None:
             table.add(fields, l4, app)  # the raw app map: what the fast path puts in the record
         elif as_json:
-            write(json_line(fields))
+            write(json_line(public(fields)))
             write("\n")
         else:
             write(summary_line(fields, ts - t0))

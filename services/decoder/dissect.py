@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.decoder import arp, icmp, ipv4, ipv6, link, tcp, udp, vxlan
+from services.decoder import arp, icmp, ipv4, ipv6, link, tcp, tunnels, udp, vxlan
 from services.decoder.common import DECODE_ERRORS
 from services.decoder.tcp import TH_SYN_FIN_RST
 from shared.records import FRAG_LATER, FRAG_NONE
@@ -49,7 +49,8 @@ def dissect(
         "cap_len": len(data),
         "linktype": linktype,
     }
-    fields: dict[str, Any] = {"frame": frame}
+    # "_raw": the frame's bytes for `frame contains ...` / `frame[0:4]` (left out of --json)
+    fields: dict[str, Any] = {"frame": frame, "_raw": data}
     protos: list[str] = []
     l4tuple = None
     try:
@@ -87,9 +88,6 @@ def _layers(
             protos.append("arp")
             out["arp"] = arp.fields(arp.parse(data, off))
         return None
-    frame = out["frame"]
-    if not depth and off + hdr.total > frame["len"]:  # an inner packet's length says nothing of the wire
-        frame["len"] = off + hdr.total
     proto, l4, l4len, frag = hdr.proto, hdr.l4, hdr.l4len, hdr.frag
     if frag != FRAG_NONE:
         out["ip" if etype == link.ETH_IP4 else "ipv6"]["fragment"] = (
@@ -98,6 +96,14 @@ def _layers(
     if frag == FRAG_LATER:
         protos.append("data")
         return None
+    if proto in tunnels.IP_TUNNEL_PROTOS and depth < tunnels.MAX_NESTING:
+        found_ip = tunnels.ip_inner(proto, data, l4, l4 + l4len)
+        if found_ip is not None:
+            name, (node, inner_lt, inner_data) = found_ip
+            decoded, inner_l4 = _decap(name, node, inner_lt, inner_data, out, protos, depth)
+            if decoded:
+                return inner_l4
+            return None
     protos.append(PROTO_NAMES.get(proto, str(proto)))
     if proto == 6:
         sport, dport, flags, seq, hlen = tcp.parse(data, l4, l4len, frag, out)
@@ -109,7 +115,16 @@ def _layers(
             if dport in vxlan.PORTS and depth < vxlan.MAX_NESTING:
                 found = vxlan.decapsulate(data, l4 + hlen, l4 + l4len)
                 if found is not None:
-                    decoded, inner_l4 = _vxlan(found, out, protos, depth)
+                    flags, vni, frame = found
+                    node = {"flags": flags << 8, "vni": vni}
+                    decoded, inner_l4 = _decap("vxlan", node, link.DLT_EN10MB, frame, out, protos, depth)
+                    if decoded:
+                        return inner_l4
+            elif dport == tunnels.GENEVE_PORT and depth < tunnels.MAX_NESTING:
+                found_g = tunnels.geneve_inner(data, l4 + hlen, l4 + l4len)
+                if found_g is not None:
+                    node, inner_lt, inner_data = found_g
+                    decoded, inner_l4 = _decap("geneve", node, inner_lt, inner_data, out, protos, depth)
                     if decoded:
                         return inner_l4
             return 17, hdr.src, hdr.dst, sport, dport, 0, 0, data[l4 + hlen : l4 + l4len]
@@ -118,33 +133,49 @@ def _layers(
     return None
 
 
-def _vxlan(
-    found: tuple[int, int, bytes], out: dict[str, Any], protos: list[str], depth: int
+def _decap(
+    name: str,
+    node: dict[str, Any],
+    inner_linktype: int,
+    inner_data: bytes,
+    out: dict[str, Any],
+    protos: list[str],
+    depth: int,
 ) -> tuple[bool, L4Tuple | None]:
-    """Decode the frame behind a VXLAN header into ``out``, the outer layers moving under vxlan.outer.
+    """Decode the packet behind a tunnel header into ``out``; the outer layers move under ``name.outer``.
 
-    Returns (decoded, l4 of the inner packet). When the inner frame does not decode, ``out``
-    keeps its outer layers, gains ``vxlan.inner_malformed`` and the caller goes on with the
-    datagram as plain UDP (decoded False), as the fast path does.
+    Returns (decoded, l4 of the inner packet). The outer layer group is also appended to
+    ``out["_outer"]`` (outermost first), where display filters look for a field of any layer.
+    When the inner packet does not decode, ``out`` keeps its outer layers, gains
+    ``name.inner_malformed`` and the caller goes on with the outer packet (decoded False), as
+    the fast path does.
     """
-    flags, vni, frame = found
-    node: dict[str, Any] = {"flags": flags, "vni": vni}
     inner: dict[str, Any] = {"frame": out["frame"]}
-    inner_protos = ["vxlan"]
+    inner_protos = [name] if name != "ipip" else []
+    # layers carried by the tunnel header (GRE's ERSPAN and PPP) are protocols of their own
+    carried = {key: node.pop(key) for key in ("erspan", "ppp") if key in node}
+    inner_protos += carried
     try:
-        inner_l4 = _layers(frame, link.DLT_EN10MB, inner, inner_protos, depth + 1)
+        inner_l4 = _layers(inner_data, inner_linktype, inner, inner_protos, depth + 1)
     except DECODE_ERRORS as exc:
         node["inner_malformed"] = _reason(exc)
-        out["vxlan"] = node
-        protos.append("vxlan")
+        out[name] = node
+        protos.append(name)
         return False, None
     del inner["frame"]
-    node["outer"] = {key: out.pop(key) for key in [k for k in out if k != "frame"]}
-    deeper = inner.pop("vxlan", None)  # a VXLAN header inside this one: list them outermost first
+    outer = {key: out.pop(key) for key in [k for k in out if k not in _KEPT]}
+    node["outer"] = outer
+    out["_outer"] = [*out.get("_outer", ()), outer, *inner.pop("_outer", ())]
+    deeper = inner.pop(name, None)  # the same tunnel inside this one: list them outermost first
     if deeper is None:
-        out["vxlan"] = node
+        out[name] = node
     else:
-        out["vxlan"] = [node, *deeper] if isinstance(deeper, list) else [node, deeper]
+        out[name] = [node, *deeper] if isinstance(deeper, list) else [node, deeper]
     out.update(inner)
+    for key, value in carried.items():
+        out.setdefault(key, value)
     protos += inner_protos
     return True, inner_l4
+
+
+_KEPT = frozenset(("frame", "_raw", "_outer"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
-from services.decoder import arp, icmp, ipv6, link, vxlan
+from services.decoder import arp, icmp, ipv6, link, tunnels, vxlan
 from services.decoder.common import DECODE_ERRORS, Malformed
 from services.decoder.ipv4 import IP4_FAST
 from services.decoder.ipv6 import EXTENSION_HEADERS, IP6_FAST
@@ -82,6 +82,9 @@ def decode_batch(
     tcp_unpack = TCP_FAST.unpack_from
     ports_unpack = PORTS.unpack_from
     vxlan_ports = vxlan.PORTS if depth < vxlan.MAX_NESTING else NO_PORTS
+    tunnel_ok = depth < tunnels.MAX_NESTING
+    geneve_port = tunnels.GENEVE_PORT if tunnel_ok else -1
+    ip_tunnels = tunnels.IP_TUNNEL_PROTOS if tunnel_ok else NO_PORTS
     locate = link.locate
     walk_ext = ipv6.walk_ext
     ext_headers = EXTENSION_HEADERS
@@ -189,8 +192,11 @@ def decode_batch(
                 if l4len < 8:
                     raise Malformed
                 paylen = l4len - 8
-                if dport in vxlan_ports and frag == FRAG_NONE:
-                    inner = _vxlan_inner(num, ts, data, l4 + 8, l4 + l4len, app, depth)
+                if (dport in vxlan_ports or dport == geneve_port) and frag == FRAG_NONE:
+                    if dport == geneve_port:
+                        inner = _tunnel_inner(num, ts, tunnels.geneve_inner(data, l4 + 8, l4 + l4len), app, depth)
+                    else:
+                        inner = _vxlan_inner(num, ts, data, l4 + 8, l4 + l4len, app, depth)
                     if inner is not None:
                         app_errors += inner.app_errors
                         if inner.records:
@@ -210,6 +216,15 @@ def decode_batch(
                     except Exception:  # the application layer must never stop the decoder
                         app_errors += 1
                 append((num, ts, wirelen, 17, src, dst, sport, dport, 0, paylen, frag, 0, found))
+            elif proto in ip_tunnels and frag == FRAG_NONE and (
+                inner := _tunnel_inner(num, ts, tunnels.ip_inner(proto, data, l4, l4 + l4len), app, depth)
+            ):
+                # GRE / ERSPAN / IP-in-IP: the record is the inner packet's, at the outer wire length
+                app_errors += inner.app_errors
+                if inner.records:
+                    append((num, ts, wirelen) + inner.records[0][3:])
+                else:
+                    non_ip += 1
             else:
                 # ICMP: the check icmp.parse makes, inline (77k packets of sv-merged.pcap)
                 if (proto == 1 or proto == 58) and (l4len < icmp.HDR_MIN or l4 + icmp.HDR_MIN > n):
@@ -224,6 +239,19 @@ def decode_batch(
         except Exception:  # the application layer must never stop the decoder
             app_errors += 1
     return BatchResult(records, count - malformed, malformed, non_ip, app_errors)
+
+
+def _tunnel_inner(
+    num: int, ts: float, found: tuple | None, app: AppInspectorLike | None, depth: int
+) -> BatchResult | None:
+    """The decode of the packet a tunnel header carries (``found`` from tunnels.*_inner), if it decodes."""
+    if found is None:
+        return None
+    if len(found) == 2:  # ip_inner: (layer name, inner)
+        found = found[1]
+    _fields, linktype, frame = found
+    inner = decode_batch(((num, ts, linktype, len(frame), frame),), app, depth + 1)
+    return None if inner.malformed else inner
 
 
 def _vxlan_inner(

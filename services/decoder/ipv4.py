@@ -47,7 +47,7 @@ def parse(data: bytes, off: int, out: dict[str, Any] | None = None) -> IpHeader:
         out["ip"] = {
             "version": vhl >> 4,
             "hdr_len": ihl,
-            "dsfield": tos,
+            "dsfield": {"value": tos, "dscp": tos >> 2, "ecn": tos & 3},
             "len": total,
             "id": ident,
             "flags": {

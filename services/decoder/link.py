@@ -38,7 +38,11 @@ ETH_QINQ_OLD = 0x9100
 ETH_PPPOE_SESSION = 0x8864
 ETH_MPLS = 0x8847
 ETH_MPLS_MCAST = 0x8848
+ETH_FABRICPATH = 0x8903  # Cisco FabricPath: a 2-byte tag, then the whole original Ethernet header
 VLAN_TYPES = frozenset((ETH_VLAN, ETH_QINQ, ETH_QINQ_OLD))
+# Link types above this stand for "a packet starting at a header of ethertype (value - base)":
+# what a tunnel (GRE, Geneve, IP-in-IP) carries. Not libpcap values; used inside the decoder only.
+ETHERTYPE_LINKTYPE_BASE = 0x10000
 MAX_TAGS = 8  # bound the tag walk: a frame of nothing but VLAN tags must not loop for long
 
 # BSD address families seen in DLT_NULL / DLT_LOOP headers (IPv6 differs between BSDs)
@@ -59,6 +63,11 @@ CHDLC = struct.Struct("!BBH")  # address, control, protocol
 Fields = dict[str, Any]
 
 
+def ethertype_linktype(etype: int) -> int:
+    """The pseudo link type of a packet that starts with a header of ethertype ``etype``."""
+    return ETHERTYPE_LINKTYPE_BASE + etype
+
+
 def locate(
     linktype: int, data: bytes, out: Fields | None = None, protos: list[str] | None = None
 ) -> tuple[int, int]:
@@ -69,6 +78,11 @@ def locate(
             out["eth"] = {"dst": mac_text(dst), "src": mac_text(src), "type": etype}
             protos.append("eth")
         return _ethertype(data, 14, etype, out, protos)
+    if linktype > ETHERTYPE_LINKTYPE_BASE:  # the payload of a tunnel header
+        etype = linktype - ETHERTYPE_LINKTYPE_BASE
+        if etype == ETH_IP4 or etype == ETH_IP6:
+            return etype, 0
+        return _ethertype(data, 0, etype, out, protos)
     if linktype in RAW_LINKTYPES or linktype == DLT_IPV4 or linktype == DLT_IPV6:
         if not data:
             raise Malformed("empty raw IP packet")
@@ -137,6 +151,19 @@ def _ethertype(
                 protos.append("ethertype")
                 protos.append("vlan")
             continue
+        if etype == ETH_FABRICPATH and holder is out and off == 14:
+            ftag_ttl = PPP_PROTO.unpack_from(data, off)[0]
+            idst, isrc, etype = ETH.unpack_from(data, off + 2)
+            off += 16
+            if out is not None:
+                # Wireshark shows cfp, then the original frame's eth layer: the outer one moves
+                # to the packet's outer-layer list, where eth.* filters still find it
+                outer = {"eth": out.pop("eth")}
+                out.setdefault("_outer", []).append(outer)
+                out["cfp"] = {"ftag": ftag_ttl >> 6, "ttl": ftag_ttl & 0x3F, "outer": outer}
+                out["eth"] = {"dst": mac_text(idst), "src": mac_text(isrc), "type": etype}
+                protos += ("cfp", "eth")
+            continue
         if etype == ETH_PPPOE_SESSION:
             ver_type, code, session, length = PPPOE.unpack_from(data, off)
             off += 6
@@ -171,16 +198,25 @@ def _ethertype(
 
 def _mpls(data: bytes, off: int, out: Fields | None, protos: list[str] | None) -> tuple[int, int]:
     labels = []
+    entries = []
     for _ in range(MAX_TAGS):
         entry = MPLS.unpack_from(data, off)[0]
         off += 4
         labels.append(entry >> 12)
+        entries.append(entry)
         if entry & 0x100:  # bottom of stack
             break
     else:
         raise Malformed("too many MPLS labels")
     if out is not None:
-        out["mpls"] = {"label": labels[0], "labels": labels}
+        # Wireshark: one mpls layer per label stack entry, so mpls.label matches any of them
+        out["mpls"] = {
+            "label": labels,
+            "labels": labels,
+            "exp": [(e >> 9) & 7 for e in entries],
+            "bottom": [(e >> 8) & 1 for e in entries],
+            "ttl": [e & 0xFF for e in entries],
+        }
         protos += ("ethertype", "mpls")
     version = data[off] >> 4 if off < len(data) else 0
     return {4: ETH_IP4, 6: ETH_IP6}.get(version, NON_IP), off

@@ -18,28 +18,60 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "udp.port": ("udp.srcport", "udp.dstport"),
     "eth.addr": ("eth.src", "eth.dst"),
     "arp.addr": ("arp.src.proto_ipv4", "arp.dst.proto_ipv4"),
-    # DNS: queries and answers are lists of {"name", "type", ...}
+    # the frame's bytes (`frame contains "GET"`, `frame[0:2]`)
+    "frame": ("_raw",),
+    # DNS: queries and answers are lists of {"name", "type", ...}; Wireshark's resp.* cover
+    # every resource record: answers, authorities and additionals
     "dns.qry.name": ("dns.queries.name",),
     "dns.qry.type": ("dns.queries.type",),
-    "dns.resp.name": ("dns.answers.name",),
-    "dns.resp.type": ("dns.answers.type",),
-    "dns.resp.ttl": ("dns.answers.ttl",),
-    "dns.a": ("dns.answers.data",),
-    "dns.aaaa": ("dns.answers.data",),
+    "dns.resp.name": ("dns.answers.name", "dns.authorities.name", "dns.additionals.name"),
+    "dns.resp.type": ("dns.answers.type", "dns.authorities.type", "dns.additionals.type"),
+    "dns.resp.ttl": ("dns.answers.ttl", "dns.authorities.ttl", "dns.additionals.ttl"),
+    "dns.a": ("dns.answers.a", "dns.authorities.a", "dns.additionals.a"),
+    "dns.aaaa": ("dns.answers.aaaa", "dns.authorities.aaaa", "dns.additionals.aaaa"),
     "dns.name": ("dns.queries.name", "dns.answers.name"),
     "dns.type": ("dns.queries.type", "dns.answers.type"),
+    "dns.flags.rcode": ("dns.rcode",),
+    "dns.flags.opcode": ("dns.opcode",),
     # HTTP
     "http.request.method": ("http.method",),
     "http.request.uri": ("http.uri",),
+    "http.request.version": ("http.request_version",),
+    "http.response.version": ("http.response_version",),
     "http.response.code": ("http.status",),
     "http.user-agent": ("http.user_agent",),
-    # TLS / QUIC
-    "tls.handshake.extensions_server_name": ("tls.sni",),
-    "tls.handshake.ja3": ("tls.ja3",),
+    # TLS / QUIC: Wireshark shows a QUIC ClientHello under tls.handshake.* too
+    "tls.sni": ("tls.sni", "quic.sni"),
+    "tls.handshake.extensions_server_name": ("tls.sni", "quic.sni"),
+    "ssl.handshake.extensions_server_name": ("tls.sni", "quic.sni"),
+    "tls.handshake.extensions_alpn_str": ("tls.alpn", "tls.alpn_selected", "quic.alpn"),
+    "tls.handshake.ja3": ("tls.ja3_hash",),
     "tls.handshake.ja3_full": ("tls.ja3",),
+    "tls.handshake.ja3s": ("tls.ja3s_hash",),
+    "tls.handshake.ja3s_full": ("tls.ja3s",),
     "tls.handshake.ja4": ("tls.ja4",),
-    "ssl.handshake.extensions_server_name": ("tls.sni",),
+    "tls.handshake.ciphersuite": ("tls.cipher_suites", "tls.cipher_suite"),
+    # TCP: Wireshark's flag names; the short ones stay for the docs' sake
+    "tcp.flags.reset": ("tcp.flags.rst",),
+    "tcp.flags.push": ("tcp.flags.psh",),
+    "tcp.seq_raw": ("tcp.seq",),
+    "tcp.ack_raw": ("tcp.ack",),
+    # link layers: Wireshark names its PPPoE session fields pppoe.*
+    "pppoe.version": ("pppoes.version",),
+    "pppoe.type": ("pppoes.type",),
+    "pppoe.code": ("pppoes.code",),
+    "pppoe.session_id": ("pppoes.session_id",),
+    "pppoe.payload_length": ("pppoes.payload_length",),
 }
+# QinQ: every tag is a vlan layer in Wireshark, so vlan.id matches any of them
+for _name in ("id", "priority", "dei", "etype"):
+    ALIASES["vlan." + _name] = tuple("vlan." + "inner." * depth + _name for depth in range(4))
+
+# Layers that may also sit in front of a tunnel header; their fields are then found in the
+# packet's "_outer" list too (Wireshark: a field matches any layer carrying it).
+TUNNELLED_LAYERS = frozenset(
+    ("eth", "vlan", "mpls", "pppoes", "ppp", "ip", "ipv6", "udp", "gre", "vxlan", "geneve", "erspan", "cfp")
+)
 
 MISSING = object()
 
@@ -122,7 +154,33 @@ def _path_getter(keys: tuple[str, ...]) -> Callable[[dict, list], None]:
 
 
 def getter(name: str) -> Callable[[dict], list]:
-    """A function giving the values of field ``name`` in a packet (empty list when absent)."""
+    """A function giving the values of field ``name`` in a packet (empty list when absent).
+
+    Fields of a layer that can also sit in front of a tunnel (``ip.src`` of a GRE packet) are
+    looked up in each outer layer group too, as Wireshark matches any occurrence.
+    """
+    inner = _inner_getter(name)
+    if name == "dns":  # mDNS and LLMNR messages carry dns.* fields but are not the dns protocol
+
+        def get_dns(pkt: dict) -> list:
+            return [] if "_not_dns" in pkt else inner(pkt)
+
+        return get_dns
+    if name.split(".", 1)[0].replace("[]", "") not in TUNNELLED_LAYERS:
+        return inner
+
+    def get_any_layer(pkt: dict) -> list:
+        out = inner(pkt)
+        outer = pkt.get("_outer")
+        if outer:
+            for group in outer:
+                out += inner(group)
+        return out
+
+    return get_any_layer
+
+
+def _inner_getter(name: str) -> Callable[[dict], list]:
     parts = tuple(_path_getter(keys) for keys in expand(name))
     if len(parts) == 1:
         (one,) = parts

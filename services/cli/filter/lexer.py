@@ -31,8 +31,18 @@ class Token(NamedTuple):
     col: int  # 1-based column of the first character
 
 
-OPERATORS = frozenset(("==", "!=", "<", ">", "<=", ">=", "~", "&&", "||", "!"))
-_OP_CHARS = frozenset("=!<>~&|")
+OPERATORS = frozenset(("==", "!=", "===", "!==", "<", ">", "<=", ">=", "~", "&&", "||", "!", "&"))
+# Valid in Wireshark, not evaluated here: rejected as "unsupported: ..." rather than run.
+UNSUPPORTED_CHARS = {
+    "*": "arithmetic ('*')",
+    "%": "arithmetic ('%')",
+    "$": "field references and macros ('$')",
+    "#": "layer operator ('#')",
+    "@": "raw field values ('@')",
+    "|": "bitwise or ('|')",
+    "^": "bitwise xor ('^')",
+}
+_OP_CHARS = frozenset("=!<>~&|^")
 # Characters a bare word may hold: field paths, numbers, IPv4/IPv6/MAC addresses, CIDRs, ranges.
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:/-+[]")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0", "a": "\a"}
@@ -98,6 +108,10 @@ def tokenize(text: str) -> list[Token]:
             while j < n and text[j] in _OP_CHARS:
                 j += 1
             op = text[i:j]
+            if op in ("|", "^"):
+                raise FilterError(i + 1, f"unsupported: {UNSUPPORTED_CHARS[op]}")
+            if op == "~=":
+                raise FilterError(i + 1, "unsupported: operator '~=' (any not equal)")
             if op not in OPERATORS:
                 if set(op) == {"!"}:  # "!!tcp": repeated negation
                     tokens.append(Token(OP, "!", i + 1))
@@ -112,6 +126,8 @@ def tokenize(text: str) -> list[Token]:
                 j += 1
             tokens.append(Token(WORD, text[i:j], i + 1))
             i = j
+        elif ch in UNSUPPORTED_CHARS:
+            raise FilterError(i + 1, f"unsupported: {UNSUPPORTED_CHARS[ch]}")
         else:
             raise FilterError(i + 1, f"unexpected character {ch!r}")
     tokens.append(Token(EOF, "", n + 1))

@@ -23,9 +23,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from . import operands as O
 from . import values as V
 from .fields import getter
 from .lexer import COMMA, EOF, LBRACE, LPAREN, OP, RBRACE, RPAREN, STRING, WORD, FilterError, Token, tokenize
+from .registry import PROTOCOL_ONLY, check_field, is_field_name
 
 Predicate = Callable[[dict], bool]
 
@@ -33,15 +35,20 @@ _WORD_OPS = {"eq": "==", "ne": "!=", "lt": "<", "gt": ">", "le": "<=", "ge": ">=
 _RELOPS = frozenset(("==", "!=", "<", ">", "<=", ">="))
 _KEYWORDS = frozenset(("and", "or", "not", "in", "contains", "matches", *_WORD_OPS))
 _FIELD_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\[\])?(\.[A-Za-z0-9_-]+(\[\])?)*$")
+_SLICED_RE = re.compile(r"^(.*?)\[([-0-9:,]+)\]$")
+_FUNCTIONS = frozenset(("len", "count", "upper", "lower", "string", "max", "min", "abs", "vals"))
+_ARITHMETIC = frozenset(("+", "-", "/", "*"))
 MAX_DEPTH = 64
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, strict: bool = True) -> None:
         self.text = text
         self.tokens = tokenize(text)
         self.pos = 0
         self.depth = 0
+        self.strict = strict
+        self.kinds: dict[int, str] = {}  # id(getter) -> field name, "bytes" (a slice) or "len"
 
     # -- token helpers -------------------------------------------------------------------------
     def peek(self) -> Token:
@@ -116,26 +123,111 @@ class _Parser:
             return inner
         if tok.kind == EOF:
             raise FilterError(tok.col, "expected a field or protocol name")
+        if tok.kind == WORD and tok.text in _FUNCTIONS and self.peek().kind == LPAREN:
+            left = self.function(tok)
+            return self.test(left, tok)
         if tok.kind != WORD or tok.text in _KEYWORDS:
             raise FilterError(tok.col, f"expected a field or protocol name, got {_show(tok)}")
-        if "[" in tok.text.replace("[]", ""):
-            at = tok.col + tok.text.index("[")
-            raise FilterError(at, "field slices like [0:3] are not supported")
-        if not _FIELD_RE.match(tok.text):
-            raise FilterError(
-                tok.col, f"'{tok.text}' is not a field name (values go on the right of an operator)"
-            )
-        return self.test(tok)
+        left = self.field_operand(tok, strict_field=True)
+        return self.test(left, tok)
 
-    def test(self, field: Token) -> Predicate:
-        get = getter(field.text)
+    # -- operands ------------------------------------------------------------------------------
+    def field_operand(self, tok: Token, strict_field: bool) -> Callable[[dict], list]:
+        """A field, optionally sliced (``eth.src[0:3]``), as a getter of its values."""
+        text = tok.text
+        name, spec = text, None
+        m = _SLICED_RE.match(text)
+        if m:
+            name, spec = m.group(1), m.group(2)
+        if not _FIELD_RE.match(name):
+            if "[" in name.replace("[]", ""):
+                raise FilterError(tok.col + name.index("["), f"bad slice in '{text}'")
+            raise FilterError(tok.col, f"'{text}' is not a field name (values go on the right of an operator)")
+        if strict_field:
+            check_field(name, tok.col, self.strict)
+        get = getter(name)
+        if spec is not None:
+            if name in PROTOCOL_ONLY:
+                raise FilterError(tok.col, f"unsupported: slices of the '{name}' layer (only 'frame[...]')")
+            get = O.sliced(get, O.parse_slice(spec, tok.col + len(name)))
+            self.kinds[id(get)] = "bytes"
+        else:
+            self.kinds[id(get)] = name
+        return get
+
+    def function(self, tok: Token) -> Callable[[dict], list]:
+        """``len(field)``; other Wireshark functions are rejected as unsupported."""
+        if tok.text != "len":
+            raise FilterError(tok.col, f"unsupported: function '{tok.text}()'")
+        self.next()  # (
+        arg = self.next()
+        if arg.kind != WORD or not _FIELD_RE.match(_SLICED_RE.sub(r"\1", arg.text)):
+            raise FilterError(arg.col, "expected a field inside len()")
+        inner = self.field_operand(arg, strict_field=True)
+        close = self.next()
+        if close.kind != RPAREN:
+            raise FilterError(close.col, "expected ')' to close len(")
+        get = O.length_of(inner)
+        self.kinds[id(get)] = "len"
+        return get
+
+    def masked(self, get: Callable[[dict], list]) -> Callable[[dict], list]:
+        """``field & mask`` when an '&' follows; else the getter unchanged."""
+        tok = self.peek()
+        if not (tok.kind == OP and tok.text == "&"):
+            return get
+        self.next()
+        m = self.peek()
+        if m.kind not in (WORD, STRING):
+            raise FilterError(m.col, "expected a mask value after '&'")
+        self.next()
+        lit = V.Literal(m.text, m.col, quoted=m.kind == STRING)
+        mask_int = lit.num if isinstance(lit.num, int) else None
+        if mask_int is None and lit.raw is None:
+            raise FilterError(m.col, f"'{m.text}' is not a mask")
+        return O.masked(get, mask_int, lit.raw)
+
+    def right_field(self) -> Callable[[dict], list] | None:
+        """The right side when it names a field (or len(field)), for field-to-field tests."""
+        tok = self.peek()
+        if tok.kind != WORD:
+            return None
+        if tok.text in _FUNCTIONS and self.tokens[self.pos + 1].kind == LPAREN:
+            self.next()
+            return self.function(tok)
+        name = _SLICED_RE.sub(r"\1", tok.text)
+        if not is_field_name(name) or V.Literal(tok.text, tok.col, quoted=True).num is not None:
+            return None
+        self.next()
+        return self.field_operand(tok, strict_field=True)
+
+    def test(self, get: Callable[[dict], list], field: Token) -> Predicate:
+        plain = get
+        get = self.masked(get)
         tok = self.peek()
         if tok.kind == EOF or tok.kind == RPAREN or self.at_keyword("and", "or", "&&", "||"):
+            if get is not plain:
+                return O.nonzero(get)  # field & mask alone: true when non-zero
             return lambda p: bool(get(p))
         self.next()
+        if tok.kind == WORD and tok.text in _ARITHMETIC:
+            raise FilterError(tok.col, f"unsupported: arithmetic ('{tok.text}')")
+        if tok.kind == WORD and tok.text in ("all_eq", "any_eq", "all_ne", "any_ne"):
+            tok = Token(OP, {"all_eq": "===", "any_eq": "==", "all_ne": "!=", "any_ne": "!=="}[tok.text], tok.col)
         op = _WORD_OPS.get(tok.text, tok.text) if tok.kind in (WORD, OP) else None
-        if op in _RELOPS:
+        known = op in _RELOPS or op in ("===", "!==", "contains", "matches", "~", "in")
+        if known and self.kinds.get(id(plain)) in PROTOCOL_ONLY:
+            raise FilterError(
+                field.col, f"unsupported: '{field.text} {tok.text}': only 'frame' can be tested by its bytes"
+            )
+        if op in _RELOPS or op in ("===", "!=="):
+            other = self.right_field()
+            if other is not None:
+                return _field_relation(get, op, self.masked(other))
             lit = self.value(tok)
+            nxt = self.peek()
+            if nxt.kind == WORD and nxt.text in _ARITHMETIC:
+                raise FilterError(nxt.col, f"unsupported: arithmetic ('{nxt.text}')")
             return _relation(get, op, lit)
         if op == "contains":
             lit = self.value(tok)
@@ -148,7 +240,7 @@ class _Parser:
             raise FilterError(tok.col, "unknown operator '!' after a field (did you mean '!='?)")
         raise FilterError(
             tok.col,
-            f"unknown operator {_show(tok)}: expected ==, !=, <, >, <=, >=, contains, matches, ~ or in",
+            f"unknown operator {_show(tok)}: expected ==, !=, ===, !==, <, >, <=, >=, &, contains, matches, ~ or in",
         )
 
     def value(self, op: Token) -> V.Literal:
@@ -261,8 +353,45 @@ def _no_cidr(lit: V.Literal, what: str) -> None:
         raise FilterError(lit.col, f"a CIDR network cannot be used in {what}")
 
 
+def _field_relation(get: Callable[[dict], list], op: str, other: Callable[[dict], list]) -> Predicate:
+    """Field-to-field: == any pair equal; != no pair equal; === every left value equals some right
+    value; !== some left value equals no right value; < etc. any pair."""
+    cmpv = V.compare_values
+    if op in ("!=", "===", "!=="):
+
+        def pred(p: dict) -> bool:
+            left, right = get(p), other(p)
+            if not left or not right:
+                return False
+            if op == "!=":
+                return not any(cmpv(a, b, "==") for a in left for b in right)
+            hits = [any(cmpv(a, b, "==") for b in right) for a in left]
+            return all(hits) if op == "===" else not all(hits)
+
+        return pred
+
+    def rel(p: dict) -> bool:
+        right = other(p)
+        return bool(right) and any(cmpv(a, b, op) for a in get(p) for b in right)
+
+    return rel
+
+
 def _relation(get: Callable[[dict], list], op: str, lit: V.Literal) -> Predicate:
     cmp = V.compare
+    if op == "===":
+
+        def all_eq(p: dict) -> bool:
+            vals = get(p)
+            return bool(vals) and all(cmp(v, lit, "==") for v in vals)
+
+        return all_eq
+    if op == "!==":
+
+        def any_ne(p: dict) -> bool:
+            return any(not cmp(v, lit, "==") for v in get(p))
+
+        return any_ne
     if op == "!=":
         # Wireshark >= 3.6 semantics: "a != b" is "not (a == b)" for a present field:
         # true only when no value of the field equals b; false when the field is absent.
@@ -290,8 +419,12 @@ def _show(tok: Token) -> str:
     return f"'{tok.text}'"
 
 
-def compile_filter(text: str) -> Predicate:
-    """Compile ``text`` into ``predicate(packet_dict) -> bool``; raises FilterError with a column."""
+def compile_filter(text: str, strict: bool = True) -> Predicate:
+    """Compile ``text`` into ``predicate(packet_dict) -> bool``; raises FilterError with a column.
+
+    ``strict``: a field pktscope does not decode is an error ("unsupported: ..."); tests of
+    the engine itself on made-up packets pass False.
+    """
     if not text.strip():
         return lambda p: True
-    return _Parser(text).parse()
+    return _Parser(text, strict).parse()

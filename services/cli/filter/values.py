@@ -65,8 +65,10 @@ class Literal:
         self.boolean = True if text in _TRUE else False if text in _FALSE else None
         self.mac = text.lower().replace("-", ":") if _MAC_RE.match(text) else None
         self.raw = text.encode("utf-8", "surrogatepass")
-        if not quoted and _HEXBYTES_RE.match(text):  # bare 16:03:01 is bytes; "16:03:01" is text
-            self.raw = bytes.fromhex(re.sub("[:.-]", "", text))
+        if not quoted:  # bare 16:03:01 is bytes; "16:03:01" is text
+            raw = bare_bytes(text)
+            if raw is not None:
+                self.raw = raw
         self.net: tuple[int, int, int] | None = None  # (version, network, mask)
         try:
             self.net = _parse_network(text, col)
@@ -76,6 +78,20 @@ class Literal:
 
     def __repr__(self) -> str:
         return f"Literal({self.text!r})"
+
+
+def bare_bytes(text: str) -> bytes | None:
+    """Wireshark's reading of an unquoted value as bytes: 16:03:01, 0a, 0x0a, 1 (one byte 0x01)."""
+    if _HEXBYTES_RE.match(text):
+        return bytes.fromhex(re.sub("[:.-]", "", text))
+    if text[:2].lower() == "0x" and 2 < len(text) <= 4 and all(c in _HEX for c in text[2:]):
+        return bytes((int(text, 16),))
+    if 1 <= len(text) <= 2 and all(c in _HEX for c in text):
+        return bytes((int(text, 16),))
+    return None
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def _parse_network(text: str, col: int) -> tuple[int, int, int] | None:
@@ -95,6 +111,20 @@ def _parse_network(text: str, col: int) -> tuple[int, int, int] | None:
     prefix = int(prefix_text)
     mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
     return ver, value & mask, mask
+
+
+class Mnemonic(str):
+    """A number shown by its name (a DNS record type "AAAA" = 28): compares as either.
+
+    A str subclass, so JSON output and printing show the name; ``== 28`` and ``== AAAA`` both hold.
+    """
+
+    __slots__ = ("num",)
+
+    def __new__(cls, name: str, num: int) -> Mnemonic:
+        self = super().__new__(cls, name)
+        self.num = num
+        return self
 
 
 def _scalar(value: object) -> object:
@@ -117,6 +147,10 @@ def compare(value: object, lit: Literal, op: str) -> bool:
         value = value.get("value")
         t = type(value)
     fn = _ORDER[op]
+    if t is Mnemonic:
+        if lit.num is not None:
+            return fn(value.num, lit.num)  # type: ignore[union-attr]
+        return fn(str(value), lit.text)
     if t is bool:
         return lit.boolean is not None and fn(value, lit.boolean)
     if t is int or t is float:
@@ -145,6 +179,36 @@ def compare(value: object, lit: Literal, op: str) -> bool:
     if t is bytes or t is bytearray:
         return fn(bytes(value), lit.raw)
     return False
+
+
+def _comparable(value: object) -> tuple[int, object] | None:
+    """A value reduced to (kind, key) so two packet values can be ordered: numbers, addresses, text."""
+    t = type(value)
+    if t is dict:
+        value = value.get("value")  # type: ignore[union-attr]
+        t = type(value)
+    if t is Mnemonic:
+        return 0, value.num  # type: ignore[union-attr]
+    if t is bool or t is int or t is float:
+        return 0, value
+    if t is str:
+        addr = parse_address(value)  # type: ignore[arg-type]
+        if addr is not None:
+            return addr[0], addr[1]
+        if _MAC_RE.match(value):  # type: ignore[arg-type]
+            return 1, value.lower().replace("-", ":")  # type: ignore[union-attr]
+        return 2, value
+    if t is bytes or t is bytearray:
+        return 3, bytes(value)  # type: ignore[arg-type]
+    return None
+
+
+def compare_values(a: object, b: object, op: str) -> bool:
+    """``a op b`` for two values found in the packet (field-to-field comparisons)."""
+    ka, kb = _comparable(a), _comparable(b)
+    if ka is None or kb is None or ka[0] != kb[0]:
+        return False
+    return _ORDER[op](ka[1], kb[1])
 
 
 def contains(value: object, lit: Literal) -> bool:

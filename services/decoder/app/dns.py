@@ -174,9 +174,14 @@ def parse_message(msg: bytes, counters=None) -> dict:
         queries.append([name, TYPE_NAMES.get(qtype) or type_name(qtype)])
     fields = {
         "dns.id": ident,
+        "dns.flags.value": flags,
         "dns.flags.response": bool(flags & 0x8000),
         "dns.opcode": (flags >> 11) & 0xF,
         "dns.rcode": flags & 0xF,
+        "dns.count.queries": qd,
+        "dns.count.answers": an,
+        "dns.count.auth_rr": ns,
+        "dns.count.add_rr": ar,
         "dns.queries": queries,
     }
     budget = MAX_RECORDS
