@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from services.cli import pipeline_stats
+from services.cli import attribution_mode, pipeline_stats
 from services.cli.common import CliError, add_common, resolve_redis
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
         extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    mode = attribution_mode.from_stats(stats, args.pipeline.live if args.pipeline is not None else None)
+    if mode:
+        print(f"attribution: {mode}")
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))

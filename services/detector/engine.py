@@ -62,6 +62,11 @@ _PROC_FACTS = (
     ("username", "username"),
     ("parent_exe", "parent_exe"),
     ("exe_deleted", "exe_deleted"),
+    ("ppid", "ppid"),
+    ("argv", "argv"),
+    ("cgroup", "cgroup"),
+    ("container_id", "container_id"),
+    ("source", "attribution"),
 )
 VOL_FACTS, VOL_TITLE, VOL_SEVERITY, VOL_TS = "\u0001", "\u0002", "\u0003", "\u0004"
 
@@ -336,7 +341,7 @@ class DetectorEngine:
         identity, country and AS), and the destination is labelled for it by this or a later event.
         """
         flow.retries += 1
-        entity, proc = self._entity(ev, count_miss=False)
+        entity, proc = self._entity(ev, count_miss=False, at=flow.started)
         if proc is None:
             return
         self.c["unattributed"] -= 1
@@ -350,11 +355,20 @@ class DetectorEngine:
         if flow.cc or flow.asn:
             self._check_geo(batch, flow, ev, learning)
 
-    def _entity(self, ev: FlowEvent, count_miss: bool = True) -> tuple[str, Any | None]:
-        """The local executable when attribution works, else the host (its local address)."""
+    def _entity(
+        self, ev: FlowEvent, count_miss: bool = True, at: float | None = None
+    ) -> tuple[str, Any | None]:
+        """The local executable when attribution works, else the host (its local address).
+
+        ``at``: the flow's first packet time, so the kernel-event join picks the socket's owner
+        of that moment (a port reused later belongs to another process)."""
         if self.enr.attributor is not None:
             try:
-                proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
+                at = ev.ts if at is None else at
+                try:
+                    proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport, at=at)
+                except TypeError:  # an attributor without the time parameter
+                    proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
             except Exception:
                 proc = None
             if proc is not None and getattr(proc, "exe", ""):
@@ -470,7 +484,8 @@ class DetectorEngine:
     def _check_identity(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
         proc = flow.proc
         try:
-            ident = self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
+            # the kernel-event path hashed the binary at exec, while the process lived
+            ident = getattr(proc, "sha256", "") or self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
         except Exception:
             ident = None
         if not ident:

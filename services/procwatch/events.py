@@ -75,16 +75,35 @@ def parse(buf: bytes) -> SockEvent | ProcEvent | None:
         return None
     kind = _KIND.unpack_from(buf)[1]
     if kind in (EV_SOCK, EV_LISTEN) and len(buf) >= _SOCK.size:
-        kt, kind, fam, proto, pid, tgid, ppid, uid, cg, comm, lport, rport, state, la, ra = _SOCK.unpack_from(buf)
+        kt, kind, fam, proto, pid, tgid, ppid, uid, cg, comm, lport, rport, state, la, ra = _SOCK.unpack_from(
+            buf
+        )
         raddr = _addr(fam, ra)
         return SockEvent(
             kt, kind, proto, pid, tgid, ppid, uid, cg, _text(comm), _addr(fam, la), lport,
             raddr, rport if raddr else 0, state,
         )  # fmt: skip
     if kind in (EV_EXEC, EV_FORK, EV_EXIT) and len(buf) >= _PROC.size:
-        (kt, kind, other, pid, tgid, ppid, uid, cg, comm, ino, size, msec, dev, mnsec, alen, _pad, fn, args) = (
-            _PROC.unpack_from(buf)
-        )
+        (
+            kt,
+            kind,
+            other,
+            pid,
+            tgid,
+            ppid,
+            uid,
+            cg,
+            comm,
+            ino,
+            size,
+            msec,
+            dev,
+            mnsec,
+            alen,
+            _pad,
+            fn,
+            args,
+        ) = _PROC.unpack_from(buf)
         argv = tuple(
             a.decode("utf-8", "surrogateescape") for a in args[: min(alen, len(args))].split(b"\0") if a
         )[:ARGV_MAX]

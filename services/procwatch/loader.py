@@ -134,7 +134,9 @@ class BpfProgram:
         lib.libbpf_set_print(_quiet)
         self.obj = lib.bpf_object__open_file(str(obj_path).encode(), None)
         if not self.obj:
-            raise BpfUnavailable(f"libbpf could not open {obj_path}: {os.strerror(ctypes.get_errno() or errno.EINVAL)}")
+            raise BpfUnavailable(
+                f"libbpf could not open {obj_path}: {os.strerror(ctypes.get_errno() or errno.EINVAL)}"
+            )
         self.links: list[int] = []
         self.attached: list[str] = []
         self.missing: list[str] = []

@@ -83,7 +83,9 @@ class ProcessTable:
         child = ev.other_pid
         if os.path.exists(f"/proc/{ev.tgid}/task/{child}"):
             return  # a new thread of the parent, not a process
-        parent = self._procs.get(ev.tgid) or self._from_proc(ev.tgid, ev.ppid, ev.uid, ev.comm, ev.cgroup_id, wall)
+        parent = self._procs.get(ev.tgid) or self._from_proc(
+            ev.tgid, ev.ppid, ev.uid, ev.comm, ev.cgroup_id, wall
+        )
         rec = dict(parent)
         rec.update(pid=child, ppid=ev.tgid, parent_exe=parent.get("exe", ""), started=wall, exited=0.0)
         rec["source"] = "fork"
@@ -111,7 +113,9 @@ class ProcessTable:
     # --- building records -------------------------------------------------------------------
     def _base(self, tgid: int, ppid: int, uid: int, comm: str, cgroup_id: int, wall: float) -> dict[str, Any]:
         parent = self._procs.get(ppid)
-        parent_exe = parent["exe"] if parent else (_readlink(f"/proc/{ppid}/exe") or "").removesuffix(_DELETED)
+        parent_exe = (
+            parent["exe"] if parent else (_readlink(f"/proc/{ppid}/exe") or "").removesuffix(_DELETED)
+        )
         cgroup = self._cgroup(tgid, cgroup_id)
         return {
             "pid": tgid,
@@ -127,7 +131,9 @@ class ProcessTable:
             "exited": 0.0,
         }
 
-    def _from_proc(self, tgid: int, ppid: int, uid: int, comm: str, cgroup_id: int, wall: float) -> dict[str, Any]:
+    def _from_proc(
+        self, tgid: int, ppid: int, uid: int, comm: str, cgroup_id: int, wall: float
+    ) -> dict[str, Any]:
         """A process that was running before procwatch (or whose exec event was lost)."""
         rec = self._base(tgid, ppid, uid, comm, cgroup_id, wall)
         link = _readlink(f"/proc/{tgid}/exe")
