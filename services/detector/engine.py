@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from services.detector import alerts, lua
+from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
@@ -74,7 +75,7 @@ VOL_FACTS, VOL_TITLE, VOL_SEVERITY, VOL_TS = "\u0001", "\u0002", "\u0003", "\u00
 class FlowState:
     """What the engine remembers about one flow between its events."""
 
-    __slots__ = ("entity", "who", "started", "labelled", "proc", "cc", "asn", "org", "retries")
+    __slots__ = ("entity", "who", "started", "labelled", "proc", "cc", "asn", "org", "retries", "label")
 
     def __init__(self, entity: str, started: float, proc: Any | None) -> None:
         self.entity = entity
@@ -84,6 +85,7 @@ class FlowState:
         self.proc = proc
         self.cc, self.asn, self.org = "", 0, ""
         self.retries = 0  # later events that asked the attributor again
+        self.label = ""  # the destination label, once final (connection history)
 
 
 class _Batch:
@@ -143,6 +145,7 @@ class DetectorEngine:
         self.learning_start: float | None = None
         self.learning_end: float | None = None
         self._sha: dict[str, str] = {}
+        self.history = ConnectionHistory(self.keys.prefix)  # `pktscope connections`
         self._scripts = {
             "novel": lua.CHECK_NOVEL,
             "identity": lua.CHECK_IDENTITY,
@@ -203,6 +206,7 @@ class DetectorEngine:
                 volume[slot] = volume.get(slot, 0) + ev.d_bytes_out
             if touched.get(flow.entity, 0.0) < ev.ts:
                 touched[flow.entity] = ev.ts
+            self.history.add(key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END)
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
         self._expire_pending(batch, final=False)
@@ -218,6 +222,7 @@ class DetectorEngine:
                     last_touch.clear()
                 last_touch[entity] = ts
                 self._touch(batch, entity, ts)
+        self.history.flush(batch)
         if extra is not None:
             extra(batch)
         return self._run(batch)
@@ -275,6 +280,10 @@ class DetectorEngine:
         else:
             self.learning_start, self.learning_end = float(start), float(end)
         self.enforce_entity_cap()
+        try:
+            self.c["connections_evicted"] += self.history.trim(self.r)
+        except redis.RedisError:
+            self.redis_errors += 1
 
     def enforce_entity_cap(self, limit: int = MAX_ENTITIES) -> int:
         """Forget the least recently seen entities beyond ``limit``; return how many."""
@@ -449,6 +458,7 @@ class DetectorEngine:
             except Exception:
                 label = ""
         label = alerts.clean_text(label or ev.dst, limit=253)
+        flow.label = label
         if self._known((flow.entity, SET_DEST, label)):
             return
         dest = self._destination(ev, name)

@@ -17,6 +17,7 @@ import zmq
 
 from services.flowtracker.clock import Watermarks
 from services.flowtracker.flowlog import FlowLog
+from services.flowtracker.flowlog_process import flow_process_lookup
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.table import FlowTable
 from shared import frames
@@ -75,7 +76,7 @@ class FlowTrackerService:
         self.clock = Watermarks(cfg.decoders)
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
-        self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
+        self.flow_log = FlowLog(cfg.flow.flow_log, flow_process_lookup(cfg)) if cfg.flow.flow_log else None
         self.seq = 0
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()

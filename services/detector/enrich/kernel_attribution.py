@@ -206,3 +206,20 @@ class KernelAttributor:
         if self.fallback is not None:
             out.update({f"psutil.{k}": v for k, v in self.fallback.counters.items()})
         return out
+
+
+def process_facts(info: ProcessInfo) -> dict[str, Any]:
+    """What a flow-log line says about its process (alerts carry the same under their names)."""
+    return {
+        "pid": info.pid,
+        "ppid": info.ppid,
+        "exe": info.exe,
+        "argv": list(info.argv),
+        "cmdline": info.cmdline,
+        "user": info.username,
+        "parent_exe": info.parent_exe,
+        "cgroup": info.cgroup,
+        "container_id": info.container_id,
+        "sha256": info.sha256,
+        "attribution": info.source,
+    }
