@@ -9,7 +9,7 @@ import time
 # A container runtime names the container's cgroup with its 64-hex id: docker-<id>.scope,
 # /docker/<id>, libpod-<id>.scope (podman), cri-containerd-<id>.scope, crio-<id>.scope,
 # /kubepods/.../<id>. Kubernetes pods add pod<uid>.
-_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+_CONTAINER = re.compile(r"(?:^|[/:-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 _POD = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 MAX_PATHS = 65536
 
