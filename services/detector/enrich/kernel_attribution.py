@@ -152,7 +152,7 @@ class KernelAttributor:
         at: float | None = None,
     ) -> ProcessInfo | None:
         self.drain()
-        fact = self.owners.lookup(proto, local_ip, local_port, remote_ip, remote_port, at)
+        fact = self._find(proto, local_ip, local_port, remote_ip, remote_port, at)
         if fact is None and self._may_wait(at):
             fact = self._wait_for(proto, local_ip, local_port, remote_ip, remote_port, at)
         if fact is not None:
@@ -167,6 +167,15 @@ class KernelAttributor:
         info = self.fallback.lookup(proto, local_ip, local_port, remote_ip, remote_port)
         self._c["fallback_attributed" if info is not None else "unattributed"] += 1
         return info
+
+    def _find(self, proto: int, lip: str, lport: int, rip: str, rport: int, at: float | None) -> dict | None:
+        fact = self.owners.lookup(proto, lip, lport, rip, rport, at)
+        if fact is None and proto not in (6, 17):
+            # ICMP has no ports: a flow's first packet may be the peer's (an ICMPv6 neighbour
+            # advertisement ahead of the echo request), so its initiator is the other end
+            fact = self.owners.lookup(proto, rip, rport, lip, lport, at)
+            self._c["reversed"] += fact is not None
+        return fact
 
     def _may_wait(self, at: float | None) -> bool:
         if at is None or time.time() - at > RECENT or self.mode() != "bpf":
@@ -187,7 +196,7 @@ class KernelAttributor:
             if left <= 0 or not self.sub.poll(int(left * 1000) + 1):
                 break
             if self.drain():
-                fact = self.owners.lookup(proto, lip, lport, rip, rport, at)
+                fact = self._find(proto, lip, lport, rip, rport, at)
         waited = time.monotonic() - start
         self._credit -= waited
         self._c["waits"] += 1
