@@ -189,7 +189,17 @@ class Pipeline(LivePipeline):
     def __init__(self, tmp: Path, bpf: str, *extra: str, interface: str = "lo") -> None:
         self.run_dir = tmp / "live"
         self.log = tmp / "pktscope.log"
-        args = ["run", "--interface", interface, "--bpf", bpf, "--decoders", "1", "--run-dir", str(self.run_dir)]
+        args = [
+            "run",
+            "--interface",
+            interface,
+            "--bpf",
+            bpf,
+            "--decoders",
+            "1",
+            "--run-dir",
+            str(self.run_dir),
+        ]
         args += ["--state-dir", str(tmp / "state"), "--learning", "0", *extra]
         self.proc = start_pktscope(*args, log=self.log)
         wait_for(lambda: (self.run_dir / "pipeline.json").exists(), 20, what="pipeline.json")

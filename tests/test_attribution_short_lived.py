@@ -53,9 +53,7 @@ def test_sixty_short_lived_programs_each_named_with_exact_path_and_pid(short_tmp
     udp = copies(build(short_tmp, "udpsend"), short_tmp / "bin", "udp", 20)
     curl = copies(Path(shutil.which("curl") or "/usr/bin/curl").resolve(), short_tmp / "bin", "curl", 20)
     flow_log = short_tmp / "flows.jsonl"
-    pipe = Pipeline(
-        short_tmp, f"tcp port {http.port} or udp port {sink.port}", "--flow-log", str(flow_log)
-    )
+    pipe = Pipeline(short_tmp, f"tcp port {http.port} or udp port {sink.port}", "--flow-log", str(flow_log))
     try:
         pids: dict[str, int] = {}
         for exe in tcp:
@@ -102,4 +100,3 @@ def _logged(path: Path, exes: set[str]) -> dict[str, dict] | None:
         if proc and proc.get("exe") in exes:
             seen[proc["exe"]] = proc
     return seen if set(seen) == exes else None
-

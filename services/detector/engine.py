@@ -494,8 +494,12 @@ class DetectorEngine:
     def _check_identity(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
         proc = flow.proc
         try:
-            # the kernel-event path hashed the binary at exec, while the process lived
-            ident = getattr(proc, "sha256", "") or self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
+            if getattr(proc, "source", "") == "bpf":
+                # hashed at exec while the process lived; none when that could not be verified
+                # (hashing the path now could name a binary put there since)
+                ident = proc.sha256 or None
+            else:
+                ident = self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
         except Exception:
             ident = None
         if not ident:

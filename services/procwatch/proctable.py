@@ -83,9 +83,10 @@ class ProcessTable:
         child = ev.other_pid
         if os.path.exists(f"/proc/{ev.tgid}/task/{child}"):
             return  # a new thread of the parent, not a process
-        parent = self._procs.get(ev.tgid) or self._from_proc(
-            ev.tgid, ev.ppid, ev.uid, ev.comm, ev.cgroup_id, wall
-        )
+        parent = self._procs.get(ev.tgid)
+        if parent is None:  # started before procwatch: read once, then kept
+            parent = self._from_proc(ev.tgid, ev.ppid, ev.uid, ev.comm, ev.cgroup_id, wall)
+            self._put(ev.tgid, parent)
         rec = dict(parent)
         rec.update(pid=child, ppid=ev.tgid, parent_exe=parent.get("exe", ""), started=wall, exited=0.0)
         rec["source"] = "fork"
@@ -104,7 +105,12 @@ class ProcessTable:
         if rec is None:
             rec = self._from_proc(ev.tgid, ev.ppid, ev.uid, ev.comm, ev.cgroup_id, wall)
             self._put(ev.tgid, rec)
-        elif ev.cgroup_id and ev.cgroup_id != rec.get("cgroup_id"):
+        if not rec.get("exe_deleted") and rec.get("exe"):
+            # a program that deletes its own binary after starting is worth reporting
+            link = _readlink(f"/proc/{ev.tgid}/exe")
+            if link is not None and link.endswith(_DELETED) and link[: -len(_DELETED)] == rec["exe"]:
+                rec["exe_deleted"] = True
+        if ev.cgroup_id and ev.cgroup_id != rec.get("cgroup_id"):
             rec["cgroup_id"] = ev.cgroup_id  # moved to another cgroup since its exec
             rec["cgroup"] = self._cgroup(ev.tgid, ev.cgroup_id)
             rec["container_id"] = cgroups.container_id(rec["cgroup"])
