@@ -22,6 +22,10 @@ import redis
 MAX_PAIRS = 100_000
 MAX_OPEN = 200_000  # flows whose bytes wait for their label
 SEP = "\x1f"
+_LOWER_FIRST = (
+    "local f = tonumber(redis.call('HGET', KEYS[1], 'first')) "
+    "if f == nil or tonumber(ARGV[1]) < f then redis.call('HSET', KEYS[1], 'first', ARGV[1]) end return 0"
+)
 
 
 def index_key(prefix: str) -> str:
@@ -43,8 +47,19 @@ class ConnectionHistory:
         # (entity, label) -> [first ts, last ts, new flows, bytes out, bytes in] for this frame
         self._frame: dict[tuple[str, str], list] = {}
 
-    def add(self, key: tuple, entity: str, label: str, ts: float, d_out: int, d_in: int, ended: bool) -> None:
-        """One outbound flow event; ``label`` is "" while the flow waits for its name."""
+    def add(
+        self,
+        key: tuple,
+        entity: str,
+        label: str,
+        ts: float,
+        d_out: int,
+        d_in: int,
+        ended: bool,
+        started: float,
+    ) -> None:
+        """One outbound flow event; ``label`` is "" while the flow waits for its name;
+        ``started``: the flow's first packet time (the pair's first seen)."""
         state = self._open.get(key)
         if state is None:
             state = self._open[key] = [0, 0, False]
@@ -55,7 +70,8 @@ class ConnectionHistory:
         if label:
             pair = self._frame.get((entity, label))
             if pair is None:
-                pair = self._frame[(entity, label)] = [ts, ts, 0, 0, 0]
+                pair = self._frame[(entity, label)] = [started, ts, 0, 0, 0]
+            pair[0] = min(pair[0], started)
             pair[1] = max(pair[1], ts)
             if not state[2]:
                 pair[2] += 1
@@ -71,7 +87,8 @@ class ConnectionHistory:
         index = index_key(self.prefix)
         for (entity, label), (first, last, flows, b_out, b_in) in self._frame.items():
             key = pair_key(self.prefix, entity, label)
-            batch.command("hsetnx", key, "first", repr(first))
+            # first seen: the smallest first-packet time of the pair's flows
+            batch.command("eval", _LOWER_FIRST, 1, key, repr(first))
             batch.command("hset", key, mapping={"entity": entity, "label": label, "last": repr(last)})
             if flows:
                 batch.command("hincrby", key, "flows", flows)

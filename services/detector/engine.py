@@ -206,7 +206,9 @@ class DetectorEngine:
                 volume[slot] = volume.get(slot, 0) + ev.d_bytes_out
             if touched.get(flow.entity, 0.0) < ev.ts:
                 touched[flow.entity] = ev.ts
-            self.history.add(key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END)
+            self.history.add(
+                key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END, flow.started
+            )
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
         self._expire_pending(batch, final=False)
