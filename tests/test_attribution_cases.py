@@ -163,6 +163,35 @@ def test_veth_into_a_namespace_tcp_udp_ping_v4_and_v6(short_tmp):
         net.close()
 
 
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_inbound_connection_is_attributed_to_the_listening_server(short_tmp):
+    """A flow from outside (the namespace is not a local network here) to a server on this host:
+    its flow-log line names the server that listened and accepted it."""
+    net = Netns()
+    flow_log = short_tmp / "flows.jsonl"
+    tcp = build(short_tmp, "tcpsend")
+    # only loopback is local: the namespace's address is "outside"; the veth's own address is local
+    pipe = Pipeline(
+        short_tmp, "tcp", "--local-net", "127.0.0.0/8", "--flow-log", str(flow_log), interface=net.host_if
+    )
+    server = HttpResponder(net.host4)  # listens after procwatch started: its listen is seen
+    try:
+        run(net.cmd(tcp, net.host4, server.port, 100))
+
+        def line():
+            return [f for f in flow_log_lines(flow_log) if f["dport"] == server.port and f["process"]]
+
+        [flow] = wait_for(line, TIMEOUT, what="the inbound flow's line")
+        assert flow["outbound"] is False and flow["src"] == net.ns4
+        me = os.path.realpath(f"/proc/{os.getpid()}/exe")
+        assert flow["process"]["pid"] == os.getpid() and flow["process"]["exe"] == me
+        assert flow["process"]["attribution"] == "bpf"
+    finally:
+        assert pipe.stop() == 0
+        server.close()
+        net.close()
+
+
 def test_forked_child_and_cgroup_path_are_in_the_alert(short_tmp):
     server = HttpResponder()
     forker = build(short_tmp, "forker")

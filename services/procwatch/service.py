@@ -121,7 +121,8 @@ class ProcwatchService:
             return
         info.update(
             mode="bpf",
-            reason="kernel events (eBPF tracepoints)",
+            reason=f"kernel events: {len(self.prog.attached)} eBPF tracepoint programs attached"
+            + (f", missing {', '.join(self.prog.missing)}" if self.prog.missing else ""),
             attached=",".join(self.prog.attached),
             missing=",".join(self.prog.missing),
         )
