@@ -15,6 +15,7 @@ socket when procwatch runs in psutil mode (BPF could not load; see its stats' ``
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -31,7 +32,7 @@ from shared.redis_keys import Keys
 TOPIC = b"facts"
 RECENT = 10.0  # seconds: a flow this young may still have its fact in flight
 MODE_EVERY = 2.0  # seconds between two reads of procwatch's mode from its stats
-RCVHWM = 100_000
+RCVHWM = 10_000  # messages (each one poll round's facts); the reader thread keeps the queue short
 
 
 def info_from_fact(fact: dict[str, Any]) -> ProcessInfo | None:
@@ -93,6 +94,11 @@ class KernelAttributor:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
         self.sub.connect(endpoint)
+        # A thread takes facts off the socket as they come, so they are never stale or dropped
+        # for want of lookups in a quiet period; lookups and it share the table under a lock.
+        self._lock = threading.Condition()
+        self._closing = False
+        self._reader = threading.Thread(target=self._read_loop, name="procwatch-facts", daemon=True)
         self._redis = connect(redis_url) if redis_url else None
         self._stats_key = Keys(redis_prefix).stats("procwatch")
         self._mode = ""
@@ -100,15 +106,27 @@ class KernelAttributor:
         self._next_seq: int | None = None
         self._credit = max_wait
         self._credit_at = time.monotonic()
+        self._reader.start()
 
     # --- facts in -------------------------------------------------------------------------------
-    def drain(self) -> int:
+    def _read_loop(self) -> None:
+        while not self._closing:
+            try:
+                if not self.sub.poll(200):
+                    continue
+            except zmq.ZMQError:
+                return
+            with self._lock:
+                if self._drain():
+                    self._lock.notify_all()
+
+    def _drain(self) -> int:
         """Take every fact message waiting on the socket; returns how many facts were added."""
         added = 0
         while True:
             try:
                 _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            except (zmq.Again, zmq.ZMQError):
                 return added
             except ValueError:
                 self._c["bad_messages"] += 1
@@ -151,10 +169,10 @@ class KernelAttributor:
         remote_port: int = 0,
         at: float | None = None,
     ) -> ProcessInfo | None:
-        self.drain()
-        fact = self._find(proto, local_ip, local_port, remote_ip, remote_port, at)
-        if fact is None and self._may_wait(at):
-            fact = self._wait_for(proto, local_ip, local_port, remote_ip, remote_port, at)
+        with self._lock:
+            fact = self._find(proto, local_ip, local_port, remote_ip, remote_port, at)
+            if fact is None and self._may_wait(at):
+                fact = self._wait_for(proto, local_ip, local_port, remote_ip, remote_port, at)
         if fact is not None:
             info = info_from_fact(fact)
             if info is not None:
@@ -188,22 +206,25 @@ class KernelAttributor:
     def _wait_for(
         self, proto: int, lip: str, lport: int, rip: str, rport: int, at: float | None
     ) -> dict[str, Any] | None:
+        """Wait (lock held, released while waiting) for the reader thread to bring the fact."""
         start = time.monotonic()
-        deadline = start + min(self._credit, self.max_wait)
-        fact = None
-        while fact is None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sub.poll(int(left * 1000) + 1):
-                break
-            if self.drain():
-                fact = self._find(proto, lip, lport, rip, rport, at)
-        waited = time.monotonic() - start
-        self._credit -= waited
+        found: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            fact = self._find(proto, lip, lport, rip, rport, at)
+            if fact is not None:
+                found.append(fact)
+            return fact is not None
+
+        self._lock.wait_for(arrived, timeout=min(self._credit, self.max_wait))
+        self._credit -= time.monotonic() - start
         self._c["waits"] += 1
-        self._c["found_after_wait" if fact is not None else "waited_in_vain"] += 1
-        return fact
+        self._c["found_after_wait" if found else "waited_in_vain"] += 1
+        return found[0] if found else None
 
     def close(self) -> None:
+        self._closing = True
+        self._reader.join(timeout=1)
         self.sub.close(linger=0)
 
     @property
