@@ -166,6 +166,7 @@ class UdpSink:
 
     def __init__(self, host: str = "127.0.0.1", family: int = socket.AF_INET) -> None:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.bind((host, 0))
         self.port = self.sock.getsockname()[1]
         self.received = 0
