@@ -38,12 +38,14 @@ def describe(cfg: PipelineConfig) -> str:
 def from_stats(stats: dict[str, dict], cfg_live: bool | None = None) -> str:
     """The mode a running (or finished) pipeline reports: procwatch's own word, else the detector's."""
     pw = stats.get("procwatch")
+    det = stats.get("detector", {})
     if pw and pw.get("mode"):
         mode, reason = pw.get("mode"), pw.get("reason", "")
-        return f"{mode} ({reason})" if reason else str(mode)
-    det = stats.get("detector", {})
+        text = f"{mode} ({reason})" if reason else str(mode)
+        lost = _count(pw.get("sock_lost")) + _count(pw.get("proc_lost")) + _count(pw.get("facts_dropped"))
+        return text + _figures(det) + (f"; {lost:,} kernel events lost" if lost else "")
     if any(k.startswith("attribution.") for k in det):
-        return "psutil (socket-table polling)"
+        return "psutil (socket-table polling)" + _figures(det)
     if cfg_live is False:
         return "off (offline replay: flows are attributed to hosts)"
     return ""
@@ -60,3 +62,17 @@ def tell_fallback(r: redis.Redis, keys: Keys, run_id: str) -> bool:
     if mode != "bpf":
         print(f"pktscope: attribution fell back to psutil: {reason}", file=sys.stderr)
     return True
+
+
+def _count(value) -> int:
+    try:
+        return int(float(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _figures(det: dict) -> str:
+    """How many first lookups found their process, and how many did not (counted, never silent)."""
+    found = _count(det.get("attribution.attributed")) + _count(det.get("attribution.fallback_attributed"))
+    missed = _count(det.get("unattributed"))
+    return f"; {found:,} lookups attributed, {missed:,} flows unattributed" if found or missed else ""
