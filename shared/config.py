@@ -69,6 +69,9 @@ class DetectorSettings:
     geoip_country_db: str = ""
     geoip_asn_db: str = ""
     attribute_processes: bool = True  # psutil attribution of local sockets (live mode on this host)
+    # "auto": kernel events (services/procwatch, eBPF) when they load, else psutil; "bpf": kernel
+    # events or refuse to start; "psutil": socket-table polling only
+    attribution: str = "auto"
     alert_stream_max: int = 100_000  # approximate cap of the Redis alert stream
 
 
@@ -148,6 +151,15 @@ class PipelineConfig:
 
     def alerts_pub_endpoints(self) -> list[str]:
         return [self.alerts_pub_endpoint_of(k) for k in range(max(1, self.detectors))]
+
+    @property
+    def procwatch_endpoint(self) -> str:
+        return self._ipc("procwatch.ipc")
+
+    @property
+    def procwatch_enabled(self) -> bool:
+        """procwatch runs on live captures that attribute processes, unless psutil is asked for."""
+        return self.live and self.detector.attribute_processes and self.detector.attribution != "psutil"
 
     @property
     def alerts_pub_endpoint(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import pipeline_stats
+from services.cli import attribution_mode, pipeline_stats
 from services.cli.common import CliError, local_net_list
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
@@ -110,6 +110,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 512)")
+    p.add_argument(
+        "--attribution",
+        choices=("auto", "bpf", "psutil"),
+        default=None,
+        help="live: how flows are tied to programs: kernel events (eBPF, short-lived programs too) "
+        "with psutil for what they miss (auto, the default), kernel events or fail (bpf), "
+        "or socket-table polling only (psutil)",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -203,6 +211,12 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
                 )
             setattr(det, flag, str(Path(value).resolve()))
     det.attribute_processes = cfg.live
+    if args.attribution is not None:
+        det.attribution = args.attribution
+    if cfg.live and det.attribution == "bpf":
+        reason = attribution_mode.bpf_unavailable()
+        if reason:
+            raise CliError(f"--attribution bpf: {reason}; use --attribution auto to fall back to psutil")
     return cfg
 
 
@@ -314,6 +328,8 @@ def run(args: argparse.Namespace) -> int:
                 f"alerts on {cfg.alerts_pub_endpoint}; Ctrl-C stops",
                 file=sys.stderr,
             )
+            print(f"pktscope: attribution: {attribution_mode.describe(cfg)}", file=sys.stderr)
+        fallback_told = not cfg.procwatch_enabled
         restarts: dict[str, set[int]] = {}
         started = time.time()
         while not interrupt.hit:
@@ -322,6 +338,8 @@ def run(args: argparse.Namespace) -> int:
                 for det in (r.hgetall(keys.stats(name)) for name in cfg.detector_names())
             ):
                 break
+            if not fallback_told:
+                fallback_told = attribution_mode.tell_fallback(r, keys, cfg.run_id)
             crashed = _crash_looping(sup, restarts)
             if crashed:
                 log = run_dir / "logs" / f"{crashed}.log"
@@ -354,5 +372,5 @@ def run(args: argparse.Namespace) -> int:
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:
-        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "redis"))
+        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "procwatch", "redis"))
     return exit_code

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from services.cli import pipeline_stats
+from services.cli import attribution_mode, pipeline_stats
 from services.cli.common import CliError, add_common, resolve_redis
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
             f"detector: {int(det.get('late_events', 0) or 0):,} late events, "
             f"{int(det.get('volume_behind', 0) or 0):,} volume counts behind their entity's open interval"
         )
+    mode = attribution_mode.from_stats(stats, args.pipeline.live if args.pipeline is not None else None)
+    if mode:
+        print(f"attribution: {mode}")
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))

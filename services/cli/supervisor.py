@@ -35,6 +35,11 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         redis_program = Template((COMPOSE / "redis-program.conf.tmpl").read_text()).substitute(
             redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir
         )
+    procwatch_program = ""
+    if cfg.procwatch_enabled:
+        procwatch_program = Template((COMPOSE / "procwatch-program.conf.tmpl").read_text()).substitute(
+            python=python, run_dir=cfg.run_dir
+        )
     return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
         run_dir=cfg.run_dir,
         python=python,
@@ -45,6 +50,7 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         tracker_process="flowtracker" if cfg.flowtrackers <= 1 else "flowtracker-%(process_num)d",
         detector_process="detector" if cfg.detectors <= 1 else "detector-%(process_num)d",
         redis_program=redis_program,
+        procwatch_program=procwatch_program,
     )
 
 

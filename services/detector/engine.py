@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from services.detector import alerts, lua
+from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
@@ -63,6 +64,11 @@ _PROC_FACTS = (
     ("username", "username"),
     ("parent_exe", "parent_exe"),
     ("exe_deleted", "exe_deleted"),
+    ("ppid", "ppid"),
+    ("argv", "argv"),
+    ("cgroup", "cgroup"),
+    ("container_id", "container_id"),
+    ("source", "attribution"),
 )
 VOL_FACTS, VOL_TITLE, VOL_SEVERITY, VOL_TS = "\u0001", "\u0002", "\u0003", "\u0004"
 
@@ -70,7 +76,7 @@ VOL_FACTS, VOL_TITLE, VOL_SEVERITY, VOL_TS = "\u0001", "\u0002", "\u0003", "\u00
 class FlowState:
     """What the engine remembers about one flow between its events."""
 
-    __slots__ = ("entity", "who", "started", "labelled", "proc", "cc", "asn", "org", "retries")
+    __slots__ = ("entity", "who", "started", "labelled", "proc", "cc", "asn", "org", "retries", "label")
 
     def __init__(self, entity: str, started: float, proc: Any | None) -> None:
         self.entity = entity
@@ -80,6 +86,7 @@ class FlowState:
         self.proc = proc
         self.cc, self.asn, self.org = "", 0, ""
         self.retries = 0  # later events that asked the attributor again
+        self.label = ""  # the destination label, once final (connection history)
 
 
 class _Batch:
@@ -140,6 +147,7 @@ class DetectorEngine:
         self.learning_start: float | None = None
         self.learning_end: float | None = None
         self._sha: dict[str, str] = {}
+        self.history = ConnectionHistory(self.keys.prefix)  # `pktscope connections`
         self._scripts = {
             "novel": lua.CHECK_NOVEL,
             "identity": lua.CHECK_IDENTITY,
@@ -211,6 +219,9 @@ class DetectorEngine:
                         acc[1] = ev.ts
             if touched.get(flow.entity, 0.0) < ev.ts:
                 touched[flow.entity] = ev.ts
+            self.history.add(
+                key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END, flow.started
+            )
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
         self._expire_pending(batch, final=False)
@@ -228,6 +239,7 @@ class DetectorEngine:
                     last_touch.clear()
                 last_touch[entity] = ts
                 self._touch(batch, entity, ts)
+        self.history.flush(batch)
         if extra is not None:
             extra(batch)
         return self._run(batch)
@@ -285,6 +297,10 @@ class DetectorEngine:
         else:
             self.learning_start, self.learning_end = float(start), float(end)
         self.enforce_entity_cap()
+        try:
+            self.c["connections_evicted"] += self.history.trim(self.r)
+        except redis.RedisError:
+            self.redis_errors += 1
 
     def enforce_entity_cap(self, limit: int = MAX_ENTITIES) -> int:
         """Forget the least recently seen entities beyond ``limit``; return how many."""
@@ -349,7 +365,7 @@ class DetectorEngine:
         identity, country and AS), and the destination is labelled for it by this or a later event.
         """
         flow.retries += 1
-        entity, proc = self._entity(ev, count_miss=False)
+        entity, proc = self._entity(ev, count_miss=False, at=flow.started)
         if proc is None:
             return
         self.c["unattributed"] -= 1
@@ -363,11 +379,20 @@ class DetectorEngine:
         if flow.cc or flow.asn:
             self._check_geo(batch, flow, ev, learning)
 
-    def _entity(self, ev: FlowEvent, count_miss: bool = True) -> tuple[str, Any | None]:
-        """The local executable when attribution works, else the host (its local address)."""
+    def _entity(
+        self, ev: FlowEvent, count_miss: bool = True, at: float | None = None
+    ) -> tuple[str, Any | None]:
+        """The local executable when attribution works, else the host (its local address).
+
+        ``at``: the flow's first packet time, so the kernel-event join picks the socket's owner
+        of that moment (a port reused later belongs to another process)."""
         if self.enr.attributor is not None:
             try:
-                proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
+                at = ev.ts if at is None else at
+                try:
+                    proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport, at=at)
+                except TypeError:  # an attributor without the time parameter
+                    proc = self.enr.attributor.lookup(ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
             except Exception:
                 proc = None
             if proc is not None and getattr(proc, "exe", ""):
@@ -448,6 +473,7 @@ class DetectorEngine:
             except Exception:
                 label = ""
         label = alerts.clean_text(label or ev.dst, limit=253)
+        flow.label = label
         if self._known((flow.entity, SET_DEST, label)):
             return
         dest = self._destination(ev, name)
@@ -483,7 +509,12 @@ class DetectorEngine:
     def _check_identity(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
         proc = flow.proc
         try:
-            ident = self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
+            if getattr(proc, "source", "") == "bpf":
+                # hashed at exec while the process lived; none when that could not be verified
+                # (hashing the path now could name a binary put there since)
+                ident = proc.sha256 or None
+            else:
+                ident = self.enr.identity.identity(proc.exe, getattr(proc, "pid", None))
         except Exception:
             ident = None
         if not ident:

@@ -59,6 +59,11 @@ class Enrichers:
             attribution = _module("attribution")
             if attribution is not None:
                 out.attributor = attribution.ProcessAttributor()
+            kernel = _module("kernel_attribution") if cfg.procwatch_enabled else None
+            if kernel is not None:  # kernel events first, the psutil poll for what they miss
+                out.attributor = kernel.KernelAttributor(
+                    cfg.procwatch_endpoint, cfg.effective_redis_url, cfg.redis_prefix, fallback=out.attributor
+                )
             identity = _module("identity")
             if identity is not None:
                 out.identity = identity.BinaryIdentity()

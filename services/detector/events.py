@@ -23,13 +23,14 @@ class FlowEvent(NamedTuple):
     d_bytes_out: int
     name: str
     name_src: str
+    d_bytes_in: int = 0
 
 
 _EVENTS = (EV_START, EV_UPDATE, EV_END)
 
 
 _ROW_LEN = len(FIELDS)
-_EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SRC = (
+_EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SRC, _D_IN = (
     INDEX[k]
     for k in (
         "ev",
@@ -43,6 +44,7 @@ _EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SR
         "d_bytes_out",
         "name",
         "name_src",
+        "d_bytes_in",
     )
 )
 
@@ -68,6 +70,7 @@ def parse(raw: Any) -> FlowEvent | None:
             return None
         ev, ts, proto, sport, dport = raw[_EV], raw[_TS], raw[_PROTO], raw[_SPORT], raw[_DPORT]
         src, dst, d_out, outbound = raw[_SRC], raw[_DST], raw[_D_OUT], raw[_OUTBOUND]
+        d_in = raw[_D_IN]
         name, name_src = raw[_NAME] or "", raw[_NAME_SRC] or ""
     elif isinstance(raw, dict):
         try:
@@ -76,6 +79,7 @@ def parse(raw: Any) -> FlowEvent | None:
             proto, sport, dport = raw["proto"], raw.get("sport", 0), raw.get("dport", 0)
             src, dst = raw["src"], raw["dst"]
             d_out = raw.get("d_bytes_out", 0)
+            d_in = raw.get("d_bytes_in", 0)
             outbound = raw.get("outbound")
             name = raw.get("name") or ""
             name_src = raw.get("name_src") or ""
@@ -91,6 +95,8 @@ def parse(raw: Any) -> FlowEvent | None:
         return None
     if not isinstance(d_out, int) or d_out < 0:
         d_out = 0
+    if not isinstance(d_in, int) or d_in < 0:
+        d_in = 0
     if not isinstance(name, str):
         name = ""
     if not isinstance(name_src, str):
@@ -107,4 +113,5 @@ def parse(raw: Any) -> FlowEvent | None:
         d_out,
         name[:MAX_NAME].lower(),
         name_src[:32],
+        d_in,
     )

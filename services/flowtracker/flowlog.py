@@ -8,16 +8,22 @@ escapes their control characters.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shared.flowevents import EV_END, from_row
 
 
 class FlowLog:
-    def __init__(self, path: str | Path) -> None:
+    """``process_of``: live runs pass the flow's local process facts (a map, or None when no
+    process is known) for a ``process`` field on every line; replays have no such field."""
+
+    def __init__(
+        self, path: str | Path, process_of: Callable[[dict], dict[str, Any] | None] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.process_of = process_of
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
         self.lines = 0
@@ -28,7 +34,11 @@ class FlowLog:
         if f is None:
             return 0
         dumps = json.dumps
-        lines = [dumps(from_row(row), separators=(",", ":")) for row in events if row[0] == EV_END]
+        ended = [from_row(row) for row in events if row[0] == EV_END]
+        if self.process_of is not None:
+            for event in ended:
+                event["process"] = self.process_of(event)
+        lines = [dumps(event, separators=(",", ":")) for event in ended]
         if lines:
             f.write("\n".join(lines) + "\n")
             f.flush()

@@ -19,6 +19,7 @@ import redis
 import zmq
 
 from services.flowtracker.flowlog import FlowLog
+from services.flowtracker.flowlog_process import flow_process_lookup
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.table import FlowTable
@@ -90,7 +91,7 @@ class FlowTrackerService:
         self.tick_sent = [float("-inf")] * self.detectors  # packet time of the last TICK to each
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
-        self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
+        self.flow_log = FlowLog(cfg.flow.flow_log, flow_process_lookup(cfg)) if cfg.flow.flow_log else None
         self.seqs = [0] * self.detectors
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()

@@ -49,6 +49,8 @@ from typing import NamedTuple
 
 import psutil
 
+from services.procwatch.cgroups import container_id
+
 TCP, UDP = 6, 17
 _PROTO_OF_TYPE = {socket.SOCK_STREAM: TCP, socket.SOCK_DGRAM: UDP}
 _WILDCARDS = {4: ("0.0.0.0", "::"), 6: ("::",)}
@@ -67,6 +69,12 @@ class ProcessInfo(NamedTuple):
     parent_exe: str
     exe_deleted: bool  # the running executable was deleted (or replaced) on disk
     create_time: float = 0.0  # process start, seconds since the epoch: (pid, create_time) is unique
+    ppid: int = 0
+    cgroup: str = ""  # cgroup v2 path ("0::" line of /proc/PID/cgroup), "" when unknown
+    container_id: str = ""  # the container (or pod) the cgroup path names, "" when none
+    argv: tuple[str, ...] = ()  # the arguments as the kernel had them (cmdline is their shell form)
+    sha256: str = ""  # the executable as it ran, hashed at exec (kernel-event path only)
+    source: str = "psutil"  # which path found the owner: psutil or kernel events ("bpf")
 
 
 _Key = tuple[int, str, int]  # proto, local ip, local port
@@ -154,9 +162,19 @@ class ProcessAttributor:
 
     # --- public -----------------------------------------------------------------------------
     def lookup(
-        self, proto: int, local_ip: str, local_port: int, remote_ip: str = "", remote_port: int = 0
+        self,
+        proto: int,
+        local_ip: str,
+        local_port: int,
+        remote_ip: str = "",
+        remote_port: int = 0,
+        at: float | None = None,
     ) -> ProcessInfo | None:
-        """The process owning the local end of a TCP (6) or UDP (17) flow, or None."""
+        """The process owning the local end of a TCP (6) or UDP (17) flow, or None.
+
+        ``at`` (the flow's first packet time) is accepted for the kernel-event attributor's
+        interface; a socket-table poll only knows the present.
+        """
         if proto not in (TCP, UDP):
             self.counters["unattributed"] += 1
             return None
@@ -318,7 +336,24 @@ class ProcessAttributor:
                 parent_exe = psutil.Process(ppid).exe()
             except psutil.Error:
                 parent_exe = ""
-        return ProcessInfo(pid, exe, name, cmdline, username, parent_exe, exe_deleted(pid), created)
+        argv = tuple(_safe(proc.cmdline, [])[:_CMDLINE_MAX_ARGS])
+        cgroup = _cgroup_of(pid)
+        return ProcessInfo(
+            pid, exe, name, cmdline, username, parent_exe, exe_deleted(pid), created,
+            ppid, cgroup, container_id(cgroup), argv,
+        )  # fmt: skip
+
+
+def _cgroup_of(pid: int) -> str:
+    """The v2 cgroup path of a live process ("" when unknown)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except OSError:
+        pass
+    return ""
 
 
 def _owned_then(cached: tuple[ProcessInfo, int, float], seen_wall: float) -> bool:
