@@ -42,30 +42,35 @@ class FuzzFinding(AssertionError):
 
 # --- targets: each one_input(data) raises on a finding --------------------------------------------
 def decoder_target():
+    """Up to 8 packets of one link type (split at 0xff 0xfe), through a fresh inspector.
+
+    A fresh inspector per input makes every finding reproducible from its input alone; the
+    packets of one input still reach the stateful parts (reassembly, QUIC, HTTP) in order.
+    """
     from services.decoder.app.inspector import AppInspector
     from services.decoder.dissect import dissect
     from services.decoder.fastpath import decode_batch
-
-    app = AppInspector(max_flows=256, max_done=1024)
-    state = {"n": 0}
 
     def one_input(data: bytes) -> None:
         if len(data) < 2:
             return
         linktype = LINKTYPES[data[0] % len(LINKTYPES)]
-        pkt = data[1:]
-        state["n"] += 1
-        packet = (state["n"], 1_700_000_000.0 + state["n"] * 0.001, linktype, len(pkt), pkt)
-        res = decode_batch([packet], app)
-        if res.decoded + res.malformed != 1:
-            raise FuzzFinding(f"decoded {res.decoded} + malformed {res.malformed} != 1")
+        app = AppInspector(max_flows=2, max_done=4)  # tiny: eviction paths run too
+        packets = [
+            (i + 1, 1_700_000_000.0 + i * 0.001, linktype, len(p), p)
+            for i, p in enumerate(data[1:].split(b"\xff\xfe", 7))
+        ]
+        res = decode_batch(packets, app)
+        if res.decoded + res.malformed != len(packets):
+            raise FuzzFinding(f"decoded {res.decoded} + malformed {res.malformed} != {len(packets)}")
         if res.app_errors:
             raise FuzzFinding("an application-layer parser raised (app_errors)")
         _no_exception_counters(app.all_counters())
-        fields, _l4 = dissect(*packet)
-        reason = fields.get("_malformed")
-        if isinstance(reason, str) and reason.startswith("decoder error"):
-            raise FuzzFinding(reason)
+        for packet in packets:
+            fields, _l4 = dissect(*packet)
+            reason = fields.get("_malformed")
+            if isinstance(reason, str) and reason.startswith("decoder error"):
+                raise FuzzFinding(reason)
 
     return one_input
 
