@@ -128,7 +128,11 @@ class PipelineConfig:
     def save(self, path: Path | None = None) -> Path:
         path = path or Path(self.run_dir) / "pipeline.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
+        tmp.unlink(missing_ok=True)
+        # owner-only: it may hold a Redis password
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
         tmp.replace(path)
         return path
 

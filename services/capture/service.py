@@ -153,8 +153,10 @@ class Capture:
         self.stats.c["packets"] = num
         if source.error:
             log.error("capture file ended early after %d packets: %s", num, source.error)
-        self._eos(source.error, source.stats())
+        self._flush_all()
+        # final stats first: once the end of stream is out, `pktscope run` may read them any moment
         self.stats.flush(eos=1, error=source.error or "", finished=time.time())
+        self._eos(source.error, source.stats())
 
     def run_live(self, source: LiveSource) -> None:
         # The interface is open: what arrives while the other services start waits in the
@@ -192,9 +194,10 @@ class Capture:
                 self._tick()
                 self._publish_live_stats(source, state["num"])
         self.count = state["num"]
-        self._eos(None, source.stats())
+        self._flush_all()
         self._publish_live_stats(source, self.count)
         self.stats.flush(eos=1, finished=time.time())
+        self._eos(None, source.stats())
 
     def _publish_live_stats(self, source: LiveSource, num: int) -> None:
         recv, drop, ifdrop = source.stats()

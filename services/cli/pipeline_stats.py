@@ -84,10 +84,27 @@ def summarize(stats: dict[str, dict]) -> dict:
     }
 
 
-def format_summary(s: dict, source: str) -> str:
+def stream_position(r: redis.Redis, keys: Keys) -> str:
+    """The id of the alert stream's newest entry ("0-0" when empty): alerts after it are this run's."""
+    last = r.xrevrange(keys.alerts(), count=1)
+    return last[0][0] if last else "0-0"
+
+
+def alerts_since(r: redis.Redis, keys: Keys, after: str, chunk: int = 10_000) -> int:
+    """How many alerts the stream holds after entry ``after`` (read in chunks: bounded memory)."""
+    count, start = 0, f"({after}"
+    while True:
+        entries = r.xrange(keys.alerts(), min=start, max="+", count=chunk)
+        count += len(entries)
+        if len(entries) < chunk:
+            return count
+        start = f"({entries[-1][0]}"
+
+
+def format_summary(s: dict, source: str, outcome: str = "done") -> str:
     drops = s["drops"]
     lines = [
-        f"pktscope: {source}: done"
+        f"pktscope: {source}: {outcome}"
         + (
             f" in {s['elapsed']:.2f} s ({s['packets_per_second']:,} packets/s end to end)"
             if s["elapsed"]

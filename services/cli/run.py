@@ -16,6 +16,7 @@ import redis
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import pipeline_stats
 from services.cli.common import CliError, local_net_list
+from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.redis_conn import connect
@@ -210,6 +211,7 @@ def _check_source(cfg: PipelineConfig) -> None:
 
 
 def _prepare_dirs(cfg: PipelineConfig) -> Path:
+    """The run directory, ready; the caller holds its lock already."""
     run_dir = Path(cfg.run_dir)
     pid = running_pid(run_dir)
     if pid is not None:
@@ -217,12 +219,6 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
             f"a pipeline is already running in {run_dir} (supervisord pid {pid}); "
             "stop it first or pass another --run-dir"
         )
-    if len(str(run_dir)) > 80:
-        raise CliError(
-            f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
-        )
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o700)
     for stale in run_dir.glob("*.ipc"):
         stale.unlink(missing_ok=True)
     (run_dir / "redis.sock").unlink(missing_ok=True)
@@ -276,6 +272,25 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     _check_source(cfg)
+    run_dir = Path(cfg.run_dir)
+    if len(str(run_dir)) > 80:
+        raise CliError(
+            f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
+        )
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunDirBusy as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return _run_locked(args, cfg)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     run_dir = _prepare_dirs(cfg)
     cfg.save()
     sup = Supervisor(run_dir)
@@ -295,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
                 f"alerts on {cfg.alerts_pub_endpoint}; Ctrl-C stops",
                 file=sys.stderr,
             )
+        alerts_from = pipeline_stats.stream_position(r, keys)
         restarts: dict[str, set[int]] = {}
         started = time.time()
         while not interrupt.hit:
@@ -322,15 +338,22 @@ def run(args: argparse.Namespace) -> int:
                 exit_code = 1
                 break
             time.sleep(0.1)
-        if cfg.live or exit_code:
+        interrupted = interrupt.hit and not cfg.live
+        if cfg.live or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
         stats = pipeline_stats.read_all(r, keys, cfg.run_id)
         summary = pipeline_stats.summarize(stats)
+        # the durable record, not a counter a restarted detector may have lost part of
+        summary["alerts"] = max(summary["alerts"], pipeline_stats.alerts_since(r, keys, alerts_from))
+        outcome = "stopped" if cfg.live else "done"
+        if interrupted:
+            outcome, exit_code = "interrupted", 130
+        summary["outcome"] = outcome
         if args.json:
             print(json.dumps(summary, sort_keys=True))
         else:
-            print(pipeline_stats.format_summary(summary, source))
+            print(pipeline_stats.format_summary(summary, source, outcome))
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:

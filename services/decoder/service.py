@@ -180,8 +180,8 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
+        self.stats.flush(eos=1)  # before the end of stream: downstream may finish the run at once
         self._send(FrameType.EOS, body, stop)
-        self.stats.flush(eos=1)
 
     def _send(self, ftype: str, body: Any, stop: Any) -> bool:
         """Send with backpressure (block while the tracker is behind) but keep noticing SIGTERM."""

@@ -189,8 +189,8 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
+            self.stats.flush(eos=1)  # before the end of stream: the detector may end the run at once
             self._send(FrameType.EOS, body, stop, deadline)
-            self.stats.flush(eos=1)
         else:
             self.stats.flush()
 
