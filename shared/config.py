@@ -86,6 +86,8 @@ class PipelineConfig:
     redis_url: str = ""  # empty: the private redis-server in the run directory
     redis_prefix: str = "pktscope"
     alerts_endpoint: str = ""  # empty: ipc://<run_dir>/alerts.ipc
+    alerts_curve_dir: str = ""  # CURVE keys (`pktscope keys`) for an alerts endpoint beyond loopback
+    insecure_listen: bool = False  # accepted: alerts beyond loopback without CURVE (warned at every start)
     local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from shared.config import PipelineConfig, default_run_dir
+from shared.rundir import UnsafeRunDir, check_private_dir, check_trusted_file
 
 
 class CliError(Exception):
@@ -34,6 +36,12 @@ def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
     path = (run_dir or default_run_dir()) / "pipeline.json"
     if not path.exists():
         return None
+    try:
+        # another user's directory (made first under /tmp) could point us at their Redis
+        check_private_dir(path.parent, trusted=(os.geteuid(), 0), fix_mode=False)
+        check_trusted_file(path)
+    except UnsafeRunDir as exc:
+        raise CliError(str(exc)) from None
     try:
         return PipelineConfig.load(path)
     except (OSError, ValueError) as exc:

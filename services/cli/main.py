@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "services.cli.status",
     "services.cli.baseline",
     "services.cli.stop",
+    "services.cli.keys",
 )
 
 

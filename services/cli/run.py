@@ -19,8 +19,10 @@ from services.cli.common import CliError, local_net_list
 from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
-from shared.redis_conn import connect
+from shared.curve import has_server_keys, is_local_endpoint
+from shared.redis_conn import connect, redact
 from shared.redis_keys import Keys
+from shared.rundir import UnsafeRunDir, ensure_private_dir
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
 MAX_RESTARTS = 5  # a service restarted more often than this in one run is crash-looping
@@ -61,7 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--state-dir", type=Path, default=None, help=f"private Redis data (default {default_state_dir()})"
     )
     p.add_argument(
-        "--redis-url", default="", help="use this Redis instead of starting a private redis-server"
+        "--redis-url",
+        default="",
+        help="use this Redis instead of starting a private redis-server: redis://[:PASSWORD@]HOST:PORT/DB, "
+        "rediss://... for TLS (?ssl_ca_certs=CA.pem), unix:///PATH",
     )
     p.add_argument("--redis-prefix", default="pktscope", help="prefix of every Redis key (default pktscope)")
     p.add_argument("--config", type=Path, default=None, help="JSON file of pipeline settings (see docs)")
@@ -97,6 +102,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ZeroMQ endpoint of the alert PUB socket "
         "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
+    )
+    p.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        help="CURVE keys (`pktscope keys`) for an --alerts-endpoint beyond loopback "
+        f"(default {default_state_dir() / 'curve'} when it holds keys)",
+    )
+    p.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow an --alerts-endpoint beyond loopback without CURVE: anyone who can connect reads alerts",
     )
     p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 512)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -143,6 +160,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     cfg.redis_prefix = args.redis_prefix
     if args.alerts_endpoint:
         cfg.alerts_endpoint = args.alerts_endpoint
+    _secure_alerts_endpoint(cfg, args)
     if args.batch_size is not None:
         _positive("--batch-size", args.batch_size, 1)
         cfg.batch_size = args.batch_size
@@ -188,6 +206,26 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg
 
 
+def _secure_alerts_endpoint(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """An alerts endpoint others can reach needs CURVE keys, or an explicit --insecure-listen."""
+    endpoint = cfg.alerts_endpoint
+    if not endpoint or is_local_endpoint(endpoint):
+        return
+    keys_dir = args.curve_keys or Path(cfg.state_dir) / "curve"
+    if args.curve_keys is not None and not has_server_keys(keys_dir):
+        raise CliError(f"--curve-keys {keys_dir}: no server.key_secret there; make keys with `pktscope keys`")
+    if has_server_keys(keys_dir) and not args.insecure_listen:
+        cfg.alerts_curve_dir = str(keys_dir.resolve())
+        return
+    if not args.insecure_listen:
+        raise CliError(
+            f"--alerts-endpoint {endpoint} can be reached from other machines: make CURVE keys with "
+            "`pktscope keys` (encrypted, only authorized subscribers), bind tcp://127.0.0.1:PORT, "
+            "or pass --insecure-listen to send alerts in the clear to anyone who connects"
+        )
+    cfg.insecure_listen = True
+
+
 def _check_source(cfg: PipelineConfig) -> None:
     if cfg.read_path:
         try:
@@ -228,16 +266,27 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
 
 
 def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
-    r = connect(cfg.effective_redis_url)
+    r = connect(cfg.effective_redis_url, socket_timeout=5)
     deadline = time.time() + timeout
     while True:
         try:
             r.ping()
             return r
-        except redis.RedisError as exc:
+        except redis.AuthenticationError as exc:
+            raise CliError(
+                f"Redis at {redact(cfg.effective_redis_url)} refused the password: {exc} "
+                "(write it in the URL: redis://:PASSWORD@HOST:PORT/0 or rediss:// for TLS)"
+            ) from None
+        except (redis.RedisError, ValueError) as exc:
             if time.time() > deadline:
-                raise CliError(f"Redis at {cfg.effective_redis_url} did not answer: {exc}") from None
+                raise CliError(f"Redis at {redact(cfg.effective_redis_url)} did not answer: {exc}") from None
             time.sleep(0.05)
+
+
+def _check_external_redis(cfg: PipelineConfig) -> None:
+    """A --redis-url is tried before anything starts: a wrong password or address fails at once."""
+    if cfg.redis_url:
+        _wait_redis(cfg, timeout=5.0).close()
 
 
 class _Interrupt:
@@ -272,13 +321,16 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     _check_source(cfg)
+    _check_external_redis(cfg)
     run_dir = Path(cfg.run_dir)
     if len(str(run_dir)) > 80:
         raise CliError(
             f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
         )
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o700)
+    try:
+        ensure_private_dir(run_dir)
+    except UnsafeRunDir as exc:
+        raise CliError(str(exc)) from None
     lock = RunLock(run_dir)
     try:
         lock.acquire()
@@ -304,6 +356,12 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     try:
         r = _wait_redis(cfg)
         source = cfg.read_path or f"live on {cfg.interface}"
+        if cfg.insecure_listen:
+            print(
+                f"pktscope: warning: alerts on {cfg.alerts_pub_endpoint} are sent unencrypted and "
+                "unauthenticated to anyone who connects (--insecure-listen)",
+                file=sys.stderr,
+            )
         if cfg.live:
             print(
                 f"pktscope: capturing on {cfg.interface} with {cfg.decoders} decoder(s); "

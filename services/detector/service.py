@@ -17,9 +17,10 @@ from services.detector.keys import DetectorKeys
 from shared import frames
 from shared import stats as stats_module
 from shared.config import PipelineConfig
+from shared.curve import bind_alerts_pub
 from shared.redis_conn import connect
 from shared.service import StopFlag, loop_starting
-from shared.sockets import bind_pub, bind_pull
+from shared.sockets import bind_pull
 from shared.stats import ServiceStats
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class DetectorService:
         self.keys = DetectorKeys(cfg.redis_prefix)
         self.ctx = zmq.Context()
         self.pull = bind_pull(self.ctx, cfg.detector_endpoint, cfg.hwm)
-        self.pub = bind_pub(self.ctx, cfg.alerts_pub_endpoint, cfg.hwm)
+        self.pub, self.auth = bind_alerts_pub(
+            self.ctx, cfg.alerts_pub_endpoint, cfg.hwm, cfg.alerts_curve_dir, cfg.insecure_listen
+        )
         self.r = None
         self.stats: ServiceStats | None = None
         self.engine: DetectorEngine | None = None
@@ -167,6 +170,8 @@ class DetectorService:
             self.stats.flush()
         self.pull.close()
         self.pub.close(linger=500)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         return 0
 
