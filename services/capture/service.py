@@ -45,7 +45,7 @@ class Capture:
         self.batches: list[list[tuple]] = [[] for _ in range(self.n)]
         self.drops = [0] * self.n
         try:
-            r = connect(cfg.effective_redis_url)
+            r = connect(cfg.effective_redis_url, socket_timeout=1)  # stats must not hold capture up
         except Exception:  # stats are best effort; redis-py raises several types here
             r = None
         self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
@@ -155,7 +155,7 @@ class Capture:
             log.error("capture file ended early after %d packets: %s", num, source.error)
         self._flush_all()
         # final stats first: once the end of stream is out, `pktscope run` may read them any moment
-        self.stats.flush(eos=1, error=source.error or "", finished=time.time())
+        self.stats.flush_final(eos=1, error=source.error or "", finished=time.time())
         self._eos(source.error, source.stats())
 
     def run_live(self, source: LiveSource) -> None:
@@ -196,7 +196,7 @@ class Capture:
         self.count = state["num"]
         self._flush_all()
         self._publish_live_stats(source, self.count)
-        self.stats.flush(eos=1, finished=time.time())
+        self.stats.flush_final(eos=1, finished=time.time())
         self._eos(None, source.stats())
 
     def _publish_live_stats(self, source: LiveSource, num: int) -> None:

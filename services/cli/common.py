@@ -88,12 +88,13 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
     import subprocess
     import tempfile
 
-    from shared.redis_server import RedisServerError, start_redis_server
+    from shared.redis_server import RedisServerError, migrate_to_aof, start_redis_server
 
     tmp = Path(tempfile.mkdtemp(prefix="pktscope-redis-"))
     Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        proc, url = start_redis_server(tmp / "redis.sock", Path(cfg.state_dir), "pktscope.rdb")
+        migrate_to_aof(Path(cfg.state_dir))
+        proc, url = start_redis_server(tmp / "redis.sock", Path(cfg.state_dir), "pktscope.rdb", aof=True)
     except RedisServerError as exc:
         raise CliError(f"{exc}; could not serve the saved data in {cfg.state_dir}") from None
 

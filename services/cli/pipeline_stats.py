@@ -84,6 +84,20 @@ def summarize(stats: dict[str, dict]) -> dict:
     }
 
 
+def outages(stats: dict[str, dict], own: dict | None = None) -> dict[str, dict]:
+    """who -> {count, total_s, longest_s} for every service (and ``run`` itself) that saw Redis out."""
+    out = {}
+    for name, s in sorted([*stats.items(), *([("run", own)] if own else [])]):
+        count = int(s.get("redis_outages", 0) or 0)
+        if count:
+            out[name] = {
+                "count": count,
+                "total_s": round(int(s.get("redis_outage_ms", 0) or 0) / 1000, 1),
+                "longest_s": round(int(s.get("redis_outage_longest_ms", 0) or 0) / 1000, 1),
+            }
+    return out
+
+
 def stream_position(r: redis.Redis, keys: Keys) -> str:
     """The id of the alert stream's newest entry ("0-0" when empty): alerts after it are this run's."""
     last = r.xrevrange(keys.alerts(), count=1)
@@ -99,6 +113,13 @@ def alerts_since(r: redis.Redis, keys: Keys, after: str, chunk: int = 10_000) ->
         if len(entries) < chunk:
             return count
         start = f"({entries[-1][0]}"
+
+
+def format_outages(outages: dict[str, dict]) -> str:
+    return ", ".join(
+        f"{name} {o['count']}x (longest {o['longest_s']:.1f} s, total {o['total_s']:.1f} s)"
+        for name, o in outages.items()
+    )
 
 
 def format_summary(s: dict, source: str, outcome: str = "done") -> str:
@@ -119,6 +140,8 @@ def format_summary(s: dict, source: str, outcome: str = "done") -> str:
     ]
     if s["restarts"]:
         lines.append("  restarts     " + ", ".join(f"{k} {v:,}" for k, v in s["restarts"].items()))
+    if s.get("redis_outages"):
+        lines.append("  redis out    " + format_outages(s["redis_outages"]))
     if s["capture_error"]:
         lines.append(f"  capture error: {s['capture_error']}")
     return "\n".join(lines)

@@ -16,12 +16,14 @@ import redis
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import pipeline_stats
 from services.cli.common import CliError, local_net_list
+from services.cli.redis_wait import PatientRedis
 from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.curve import has_server_keys, is_local_endpoint
 from shared.redis_conn import connect, redact
 from shared.redis_keys import Keys
+from shared.redis_server import RedisServerError, migrate_to_aof
 from shared.rundir import UnsafeRunDir, ensure_private_dir
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
@@ -262,6 +264,10 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
     (run_dir / "redis.sock").unlink(missing_ok=True)
     if not cfg.redis_url:
         Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            migrate_to_aof(Path(cfg.state_dir))  # a state directory from before AOF keeps its data
+        except (RedisServerError, redis.RedisError) as exc:
+            raise CliError(f"cannot prepare the Redis data in {cfg.state_dir}: {exc}") from None
     return run_dir
 
 
@@ -368,12 +374,13 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
                 f"alerts on {cfg.alerts_pub_endpoint}; Ctrl-C stops",
                 file=sys.stderr,
             )
-        alerts_from = pipeline_stats.stream_position(r, keys)
+        patient = PatientRedis(r, redact(cfg.effective_redis_url), lambda: interrupt.hit)
+        alerts_from = patient.call(lambda r: pipeline_stats.stream_position(r, keys)) or "0-0"
         restarts: dict[str, set[int]] = {}
         started = time.time()
         while not interrupt.hit:
             if not cfg.live:
-                det = r.hgetall(keys.stats("detector"))
+                det = patient.call(lambda r: r.hgetall(keys.stats("detector"))) or {}
                 if det.get("run_id") == cfg.run_id and det.get("eos") == "1":
                     break
             crashed = _crash_looping(sup, restarts)
@@ -400,10 +407,15 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         if cfg.live or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
-        stats = pipeline_stats.read_all(r, keys, cfg.run_id)
+        # the final figures: waited for through an outage, but not past a second Ctrl-C
+        patient.stopped = lambda: False
+        again = _Interrupt()
+        stats = patient.call(lambda r: pipeline_stats.read_all(r, keys, cfg.run_id), lambda: again.hit) or {}
         summary = pipeline_stats.summarize(stats)
         # the durable record, not a counter a restarted detector may have lost part of
-        summary["alerts"] = max(summary["alerts"], pipeline_stats.alerts_since(r, keys, alerts_from))
+        in_stream = patient.call(lambda r: pipeline_stats.alerts_since(r, keys, alerts_from), lambda: again.hit)
+        summary["alerts"] = max(summary["alerts"], in_stream or 0)
+        summary["redis_outages"] = pipeline_stats.outages(stats, patient.summary())
         outcome = "stopped" if cfg.live else "done"
         if interrupted:
             outcome, exit_code = "interrupted", 130

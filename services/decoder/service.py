@@ -58,7 +58,8 @@ def load_app_inspector() -> Any | None:
 
 
 def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
-    """Redis for stats, or None when it is unreachable: monitoring must not stop decoding."""
+    """Redis for stats. Unreachable now is no reason to give up: every write retries (and counts
+    the outage); monitoring must not stop decoding."""
     client = connect(url, socket_connect_timeout=1, socket_timeout=2)
     deadline = time.monotonic() + wait
     while True:
@@ -67,8 +68,8 @@ def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
             return client
         except redis.RedisError as exc:
             if time.monotonic() >= deadline:
-                log.warning("redis %s unreachable (%s): stats will not be published", url, exc)
-                return None
+                log.warning("redis unreachable (%s): stats are written once it answers", exc)
+                return client
             time.sleep(0.1)
 
 
@@ -180,7 +181,7 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
-        self.stats.flush(eos=1)  # before the end of stream: downstream may finish the run at once
+        self.stats.flush_final(eos=1)  # before the end of stream: downstream may finish the run at once
         self._send(FrameType.EOS, body, stop)
 
     def _send(self, ftype: str, body: Any, stop: Any) -> bool:

@@ -640,10 +640,17 @@ class DetectorEngine:
     def _run_with_retry(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` until Redis answers (backpressure), or give up when asked to stop."""
         delay = 0.05
+        outages = getattr(self, "outages", None)  # shared.outages.Outages, set by the service
         while True:
+            started = time.monotonic()
             try:
-                return fn()
+                result = fn()
+                if outages is not None:
+                    outages.slow(started)
+                return result
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if outages is not None:
+                    outages.failed()
                 self.redis_errors += 1
                 if self.stop():
                     log.error("Redis unavailable while stopping: %s", exc)

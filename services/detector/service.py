@@ -78,8 +78,12 @@ class DetectorService:
             return False
         self.stats = ServiceStats("detector", self.r, self.keys)
         seq_key = self.keys.receiver_seq("detector")
-        self.gaps = frames.SequenceGaps({k: int(v) for k, v in self.r.hgetall(seq_key).items()})
-        self._continue_run(self.r.hgetall(self.keys.stats("detector")))
+        last_seqs = self._until_answered(lambda: self.r.hgetall(seq_key))
+        previous = self._until_answered(lambda: self.r.hgetall(self.keys.stats("detector")))
+        if last_seqs is None or previous is None:
+            return False
+        self.gaps = frames.SequenceGaps({k: int(v) for k, v in last_seqs.items()})
+        self._until_answered(lambda: self._continue_run(previous) or True)
         self.engine = DetectorEngine(
             self.r,
             self.cfg,
@@ -88,12 +92,25 @@ class DetectorService:
             counters=self.stats.c,
             stop=lambda: bool(self.stop),
         )
+        self.engine.outages = self.stats.outages  # its retries and slow answers count as outages
         self.stats.sources.append(self._enrichment_counters)
         for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
             self.stats.c[name] += 0
         self._gauges()
         self.stats.flush()
         return True
+
+    def _until_answered(self, fn):
+        """``fn()`` retried with backoff while Redis is out (paused, restarting); None if stopped."""
+        delay = 0.1
+        while not self.stop:
+            try:
+                return fn()
+            except redis.RedisError as exc:
+                log.warning("Redis not answering (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return None
 
     def _continue_run(self, previous: dict[str, str]) -> None:
         """Take over the counters of a predecessor killed or stopped in this same run.
@@ -165,7 +182,7 @@ class DetectorService:
         self.publish(self.engine.finish())
         self._gauges()
         if eos_body is not None:
-            self.stats.flush(eos=1, eos_body=json.dumps(eos_body, default=str))
+            self.stats.flush_final(eos=1, eos_body=json.dumps(eos_body, default=str))
         else:
             self.stats.flush()
         self.pull.close()

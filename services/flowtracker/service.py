@@ -189,7 +189,7 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
-            self.stats.flush(eos=1)  # before the end of stream: the detector may end the run at once
+            self.stats.flush_final(eos=1)  # before the end of stream: the detector may end the run at once
             self._send(FrameType.EOS, body, stop, deadline)
         else:
             self.stats.flush()
