@@ -7,15 +7,18 @@ per decoder, and libpcap's own drop counters are reported beside them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
+import redis
 import zmq
 
 from services.capture.sharding import make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource
 from shared.config import PipelineConfig
-from shared.frames import FrameType, encode
+from shared.continuity import Continuity
+from shared.frames import FrameType, SequenceGaps, encode
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import StopFlag, tune_gc
@@ -51,9 +54,51 @@ class Capture:
         self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
         self.count = 0
         self.last_ts = 0.0
+        # offline: packets up to ``position`` were handed out (or lost with a dead predecessor)
+        self.position = 0
+        self.resume_after = 0  # restarted within the run: skip what the predecessor handed out
+        if not cfg.live:
+            self._resume()
+
+    # --- restarts ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """A capture restarted within its run carries on where its predecessor got to.
+
+        Every frame's last packet number (and its sequence number) is written *before* the frame
+        is sent, so nothing is ever sent twice; what the predecessor had read but not sent (its
+        other decoders' partial batches, frames still queued) is lost, and counted downstream
+        (captured minus decoded: `pktscope run` says "incomplete").
+        """
+        cont = Continuity(self.stats, SequenceGaps(), ("frames_out",))
+        cont.resume()
+        if not cont.restarted:
+            return
+        prev = cont.previous
+        self.resume_after = self.position = int(float(prev.get("position", 0) or 0))
+        for i in range(self.n):
+            seq = prev.get(f"out_seq.{i}")
+            if seq is not None:
+                self.seq[i] = int(seq) + 1
+        self.stats.info["resumed_after"] = self.resume_after
+        log.warning("capture: restarted within the run; resuming after packet %d", self.resume_after)
+
+    def _checkpoint(self, i: int, body) -> None:
+        """Before frame ``self.seq[i]`` goes to decoder i: how far the replay has got."""
+        st = self.stats
+        if self.cfg.live or st.r is None or st.outages.down:
+            return
+        if isinstance(body, list) and body:
+            self.position = max(self.position, body[-1][0])
+        try:
+            st.r.hset(st.keys.stats(SENDER), mapping={"position": self.position, f"out_seq.{i}": self.seq[i]})
+        except redis.RedisError:
+            st.redis_errors += 1
+            st.outages.failed()
 
     # --- sending --------------------------------------------------------------------------
     def _send(self, i: int, ftype: str, body, block: bool) -> bool:
+        if block:  # offline
+            self._checkpoint(i, body)
         frame = encode(ftype, SENDER, self.seq[i], body)
         self.seq[i] += 1
         try:
@@ -131,7 +176,12 @@ class Capture:
         self._wait_for_downstream()
         self.stats.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up, left out by the bench
         self.stats.info["started_packets"] = time.time()
-        for ts, data in source:
+        packets = iter(source)
+        ts = self.last_ts
+        if self.resume_after:  # what a dead predecessor handed out is read past, not sent again
+            for _ in itertools.islice(packets, self.resume_after):
+                num += 1
+        for ts, data in packets:
             num += 1
             i = shard(data)
             b = batches[i]

@@ -44,6 +44,41 @@ def restarts(stats: dict[str, dict]) -> dict[str, int]:
     return {name: int(s.get("restarts", 0) or 0) for name, s in sorted(stats.items()) if s.get("restarts")}
 
 
+def losses(stats: dict[str, dict]) -> dict[str, int]:
+    """What never made it through, by conservation between the stages and by the gap counters.
+
+    packets: captured, less those dropped on purpose (live, full queue), less those the decoders
+    took; records: sent by decoders, less taken by the flow-tracker; flows: held by a flow-tracker
+    that died; frames: sequence gaps at every receiver; ends of stream lost with a dead receiver.
+    """
+    cap = stats.get("capture", {})
+    ft = stats.get("flowtracker", {})
+    decoders = [s for name, s in stats.items() if name.startswith("decoder-")]
+    out = {"packets": 0, "records": 0, "flows": 0, "frames": 0, "eos": 0}
+    if cap and decoders:
+        taken = sum(int(s.get("packets_in", 0) or 0) for s in decoders)
+        out["packets"] = max(0, int(cap.get("packets", 0) or 0) - int(cap.get("dropped", 0) or 0) - taken)
+    if ft and decoders:
+        sent = sum(int(s.get("records_out", 0) or 0) for s in decoders)
+        out["records"] = max(0, sent - int(ft.get("records_in", 0) or 0))
+    out["flows"] = int(ft.get("flows_lost", 0) or 0)
+    for s in stats.values():
+        out["frames"] += int(s.get("frames_lost", 0) or 0) + int(s.get("bad_frames", 0) or 0)
+        out["eos"] += int(s.get("eos_lost", 0) or 0)
+    return out
+
+
+def format_losses(lost: dict[str, int]) -> str:
+    names = {
+        "packets": "packets",
+        "records": "records",
+        "flows": "flows",
+        "frames": "frames",
+        "eos": "ends of stream",
+    }
+    return ", ".join(f"{names[k]} {v:,}" for k, v in lost.items() if v)
+
+
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
     cap = stats.get("capture", {})
@@ -74,6 +109,7 @@ def summarize(stats: dict[str, dict]) -> dict:
             "detector_bad_frames": int(det.get("bad_frames", 0) or 0),
         },
         "restarts": restarts(stats),
+        "lost": losses(stats),
         "per_decoder": {
             name: {k: int(s.get(k, 0) or 0) for k in ("packets_in", "decoded", "malformed")}
             for name, s in sorted(stats.items())
@@ -140,6 +176,8 @@ def format_summary(s: dict, source: str, outcome: str = "done") -> str:
     ]
     if s["restarts"]:
         lines.append("  restarts     " + ", ".join(f"{k} {v:,}" for k, v in s["restarts"].items()))
+    if any(s.get("lost", {}).values()):
+        lines.append("  LOST         " + format_losses(s["lost"]))
     if s.get("redis_outages"):
         lines.append("  redis out    " + format_outages(s["redis_outages"]))
     if s["capture_error"]:

@@ -27,6 +27,7 @@ from shared.redis_server import RedisServerError, migrate_to_aof
 from shared.rundir import UnsafeRunDir, ensure_private_dir
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
+EXIT_INCOMPLETE = 3  # a replay finished but lost something on the way (see the summary's "lost")
 MAX_RESTARTS = 5  # a service restarted more often than this in one run is crash-looping
 
 
@@ -419,6 +420,19 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         outcome = "stopped" if cfg.live else "done"
         if interrupted:
             outcome, exit_code = "interrupted", 130
+        elif not cfg.live and any(summary["lost"].values()):
+            # a replay that lost anything must not look like a clean one
+            outcome = "incomplete"
+            exit_code = exit_code or EXIT_INCOMPLETE
+            print(
+                f"pktscope: incomplete: lost {pipeline_stats.format_losses(summary['lost'])}"
+                + (
+                    " (restarted: " + ", ".join(f"{k} {v}x" for k, v in summary["restarts"].items()) + ")"
+                    if summary["restarts"]
+                    else ""
+                ),
+                file=sys.stderr,
+            )
         summary["outcome"] = outcome
         if args.json:
             print(json.dumps(summary, sort_keys=True))

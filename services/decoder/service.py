@@ -16,6 +16,7 @@ import zmq
 from services.decoder.fastpath import decode_batch
 from shared import frames
 from shared.config import PipelineConfig
+from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -89,6 +90,9 @@ class DecoderService:
             c[key] = 0
         self.gaps = SequenceGaps()
         self.seq = 0
+        # restarted within the run: carry on the counters and the numbering, count what was lost
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        self.seq = self.continuity.resume() or 0
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
@@ -107,6 +111,7 @@ class DecoderService:
         )
         pull = self.pull
         loop_starting(self.stats)
+        idle_since = time.monotonic()
         try:
             while not stop:
                 try:
@@ -114,16 +119,33 @@ class DecoderService:
                 except zmq.Again:
                     self.stats.maybe_flush()
                     self.poller.poll(POLL_MS)
+                    if self._upstream_ended_while_away(idle_since, stop):
+                        return 0
                     continue
+                idle_since = time.monotonic()
                 if self.handle(buf, stop):
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0
+                self.continuity.progress(self.seq)
                 self.stats.maybe_flush()
             log.info("%s: stopping on signal", self.name)
             self.stats.flush()
             return 0
         finally:
             self.close()
+
+    def _upstream_ended_while_away(self, idle_since: float, stop: Any) -> bool:
+        """Restarted, idle, and capture says it ended: its end of stream went with our predecessor."""
+        now = time.monotonic()
+        if not self.continuity.restarted or now - idle_since < EOS_LOST_AFTER:
+            return False
+        if not ended_upstream(self.stats, ["capture"]):
+            return False
+        log.warning("%s: capture ended while we were down; its end of stream was lost", self.name)
+        self.stats.c["eos_lost"] += 1
+        self._eos({"origin": "capture", "eos_lost": True}, stop)
+        self.ended = not stop
+        return True
 
     def handle(self, buf: bytes, stop: Any = False) -> bool:
         """Process one received frame; return True at end of stream."""

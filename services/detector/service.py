@@ -17,6 +17,7 @@ from services.detector.keys import DetectorKeys
 from shared import frames
 from shared import stats as stats_module
 from shared.config import PipelineConfig
+from shared.continuity import EOS_LOST_AFTER, ended_upstream
 from shared.curve import bind_alerts_pub
 from shared.redis_conn import connect
 from shared.service import StopFlag, loop_starting
@@ -169,11 +170,16 @@ class DetectorService:
         next_maintenance = time.monotonic() + MAINTENANCE_EVERY
         eos_body = None
         loop_starting(self.stats)
+        idle_since = time.monotonic()
         while not self.stop:
             if poller.poll(POLL_MS):
+                idle_since = time.monotonic()
                 eos_body = self.handle(self.pull.recv())
                 if eos_body is not None:
                     break
+            elif self._tracker_ended_while_away(idle_since):
+                eos_body = {"origin": "flowtracker", "eos_lost": True}
+                break
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + MAINTENANCE_EVERY
                 self.engine.maintenance()
@@ -191,6 +197,18 @@ class DetectorService:
             self.auth.stop()
         self.ctx.term()
         return 0
+
+    def _tracker_ended_while_away(self, idle_since: float) -> bool:
+        """Restarted, idle, and the flow-tracker says it ended: its end of stream was lost with our
+        predecessor, and waiting for it would hang the run."""
+        assert self.stats is not None
+        if not self.stats.c["restarts"] or time.monotonic() - idle_since < EOS_LOST_AFTER:
+            return False
+        if not ended_upstream(self.stats, ["flowtracker"]):
+            return False
+        log.warning("detector: the flow-tracker ended while we were down; its end of stream was lost")
+        self.stats.c["eos_lost"] += 1
+        return True
 
     def _report_gap(self, sender: str, seq: int, missing: int) -> None:
         """Log and publish a loss at once: it is rare, and the next flush may never come."""
