@@ -83,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
     out = pipeline_stats.outages(stats)
     if out:
         print("redis outages seen: " + pipeline_stats.format_outages(out))
+    if det.get("late_events") or det.get("volume_behind"):
+        print(
+            f"detector: {int(det.get('late_events', 0) or 0):,} late events, "
+            f"{int(det.get('volume_behind', 0) or 0):,} volume counts behind their entity's open interval"
+        )
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))
