@@ -56,7 +56,7 @@ def test_ctrl_c_during_a_replay_says_interrupted_with_the_counts_and_exits_130(s
     assert replay.proc.wait(timeout=60) == 130
     summary = replay.summary()
     assert summary["outcome"] == "interrupted"
-    assert 4096 <= summary["packets"] < LONG_PACKETS
+    assert 4096 <= summary["packets"] < LONG_PACKETS, replay.output()
     assert summary["decoded"] + summary["malformed"] <= summary["packets"]
 
 

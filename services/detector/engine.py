@@ -604,6 +604,10 @@ class DetectorEngine:
                 self.redis_errors += 1
                 continue
             status = result[0]
+            end = len(result)
+            if end % 2 == 0:  # a trailing count: members/cooldowns a cap pushed out (lua.CHECK_NOVEL)
+                end -= 1
+                self.c["caps_hit"] += int(result[end])
             if fact is not None and status in (lua.KNOWN, lua.LEARNED) and len(self.known) < KNOWN_CAP:
                 self.known.add(fact)
             if status == lua.COOLDOWN:
@@ -611,7 +615,7 @@ class DetectorEngine:
             elif status == lua.BEHIND:
                 self.c["volume_behind"] += 1
             elif status == lua.ALERTED:
-                for i in range(1, len(result) - 1, 2):  # one (stream id, alert) pair per new fact
+                for i in range(1, end - 1, 2):  # one (stream id, alert) pair per new fact
                     entry_id, text = result[i], result[i + 1]
                     alert = json.loads(text)
                     alert["id"] = entry_id
