@@ -64,12 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench_memory", description=__doc__)
     ap.add_argument("--flows", type=int, default=FlowSettings().max_flows)
     ap.add_argument("--dns", type=int, default=DnsNames().max_addresses)
+    ap.add_argument(
+        "--max-bytes-per-flow",
+        type=float,
+        default=0,
+        help="exit 1 when a flow costs more than this at the cap (issue 10's bound: 1024)",
+    )
     ap.add_argument("--child", choices=("flows", "dns"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         result = fill_flow_table(args.flows) if args.child == "flows" else fill_dns_names(args.dns)
         print(json.dumps(result))
         return 0
+    over = False
     for what in ("flows", "dns"):
         out = subprocess.run(
             [
@@ -91,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['table']:10} {r['entries']:>9,} entries: +{r['mb']:.0f} MB peak RSS = {r['bytes_each']:,.0f} bytes each"
         )
-    return 0
+        if what == "flows" and args.max_bytes_per_flow and r["bytes_each"] > args.max_bytes_per_flow:
+            print(f"flow table: {r['bytes_each']:,.0f} bytes per flow, over {args.max_bytes_per_flow:,.0f}")
+            over = True
+    return 1 if over else 0
 
 
 if __name__ == "__main__":
