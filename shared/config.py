@@ -95,6 +95,8 @@ class PipelineConfig:
     redis_url: str = ""  # empty: the private redis-server in the run directory
     redis_prefix: str = "pktscope"
     alerts_endpoint: str = ""  # empty: ipc://<run_dir>/alerts.ipc
+    alerts_curve_dir: str = ""  # CURVE keys (`pktscope keys`) for an alerts endpoint beyond loopback
+    insecure_listen: bool = False  # accepted: alerts beyond loopback without CURVE (warned at every start)
     local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
@@ -180,7 +182,11 @@ class PipelineConfig:
     def save(self, path: Path | None = None) -> Path:
         path = path or Path(self.run_dir) / "pipeline.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
+        tmp.unlink(missing_ok=True)
+        # owner-only: it may hold a Redis password
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
         tmp.replace(path)
         return path
 

@@ -53,3 +53,11 @@ class Keys:
     def receiver_seq(self, receiver: str) -> str:
         """Hash: sender -> last frame sequence number processed by a receiver (gap counting)."""
         return f"{self.prefix}:seq:{receiver}"
+
+
+_GLOB_SPECIAL = frozenset("*?[]\\")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis SCAN/KEYS pattern: a prefix like ``pkt*`` is a name, never a wildcard."""
+    return "".join("\\" + ch if ch in _GLOB_SPECIAL else ch for ch in text)

@@ -14,10 +14,58 @@ class RedisServerError(RuntimeError):
     """redis-server is missing or did not come up."""
 
 
+# The private Redis's persistence (compose/redis-program.conf.tmpl says the same): an append-only
+# file fsynced every second, so a kill loses about a second at most.
+AOF_ARGS = (
+    "--appendonly", "yes", "--appendfsync", "everysec",
+    "--appenddirname", "pktscope-aof", "--appendfilename", "pktscope.aof",
+)  # fmt: skip
+
+
+def has_aof(data_dir: Path) -> bool:
+    return (data_dir / "pktscope-aof" / "pktscope.aof.manifest").exists()
+
+
+def migrate_to_aof(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
+    """A state directory from before AOF (an RDB file only) gets its AOF made from that data.
+
+    Started with ``--appendonly yes`` and no AOF yet, redis-server would begin *empty* and
+    ignore the RDB file; switching AOF on in a running server (CONFIG SET) writes the AOF from
+    what it loaded instead. True when a migration ran.
+    """
+    if has_aof(data_dir) or not (data_dir / dbfilename).exists():
+        return False
+    sock = data_dir / "migrate.sock"
+    proc, url = start_redis_server(sock, data_dir, dbfilename, aof=False)
+    try:
+        r = redis.Redis.from_url(url)
+        r.config_set("appendonly", "yes")
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            info = r.info("persistence")
+            if info.get("aof_enabled") and not info.get("aof_rewrite_in_progress") and not info.get(
+                "aof_rewrite_scheduled"
+            ):
+                break
+            time.sleep(0.05)
+        r.shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # shutdown closes the connection: that is success
+    finally:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return True
+
+
 def start_redis_server(
-    sock: Path, data_dir: Path, dbfilename: str = "dump.rdb", timeout: float = 10.0
+    sock: Path, data_dir: Path, dbfilename: str = "dump.rdb", timeout: float = 10.0, aof: bool = False
 ) -> tuple[subprocess.Popen, str]:
-    """Start redis-server on ``sock`` (no TCP port, no periodic saves); return (process, url) once it answers."""
+    """Start redis-server on ``sock`` (no TCP port, no periodic saves); return (process, url) once it answers.
+
+    ``aof``: read and write the private Redis's append-only file in ``data_dir`` (AOF_ARGS).
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise RedisServerError(
@@ -38,8 +86,7 @@ def start_redis_server(
             dbfilename,
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(AOF_ARGS if aof else ("--appenddirname", "pktscope-aof", "--appendfilename", "pktscope.aof", "--appendonly", "no")),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from shared.config import PipelineConfig
+from shared.parent_watch import die_with_parent
 from shared.stats import ServiceStats
 
 
@@ -85,6 +86,8 @@ def service_args(name: str, with_index: bool = False, argv: list[str] | None = N
         parser.add_argument("--index", type=int, default=0, help="which instance of the stage this is (0-based)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # under supervisord: if it is killed (even -9), stop instead of running on unsupervised
+    die_with_parent(signal.SIGTERM, expected_parent=os.getppid())
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s {name}%(process)d %(levelname)s %(message)s",

@@ -10,8 +10,11 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from shared.outages import Outages
 from shared.redis_keys import Keys
 
+OUTAGE_RETRY = 5.0  # seconds between stats writes while Redis is out
+OUTAGE_FIELDS = ("redis_outages", "redis_outage_ms", "redis_outage_longest_ms")
 RUN_ID = ""  # set once per process by shared.service.service_args from the pipeline config
 
 
@@ -33,6 +36,7 @@ class ServiceStats:
         self._next = 0.0
         self.redis_errors = 0
         self._own_hash = False  # the hash holds this run's figures (an older run's is deleted first)
+        self.outages = Outages(self.c)  # shared with any other Redis user of this process
         # more counters, read only when flushing (e.g. the decoder's application-layer counters)
         self.sources: list[Callable[[], Mapping[str, int | float]]] = []
 
@@ -45,12 +49,27 @@ class ServiceStats:
     def maybe_flush(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         if now >= self._next:
-            self._next = now + self.interval
+            # while Redis is out, try less often: a paused server holds each try for the timeout
+            self._next = now + (self.interval if not self.outages.down else OUTAGE_RETRY)
             self.flush()
 
-    def flush(self, **extra: str | int | float) -> None:
+    def flush_final(self, wait: float = 300.0, **extra: str | int | float) -> bool:
+        """The last write (``eos`` and the final counters): retried with backoff through a Redis
+        outage, up to ``wait`` seconds, because `pktscope run` ends on it. True once written."""
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            if self.flush(**extra):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def flush(self, **extra: str | int | float) -> bool:
+        """Write the counters now; False if Redis did not take them (counted, never raised)."""
         if self.r is None:
-            return
+            return False
         mapping: dict[str, str | int | float] = dict(self.c)
         for source in self.sources:
             mapping.update(source())
@@ -68,12 +87,19 @@ class ServiceStats:
                 if self.r.hget(key, "run_id") not in (RUN_ID, RUN_ID.encode()):
                     self.r.delete(key)
                 self._own_hash = True
+            if self.outages.down:  # this write ends an outage: its length goes in with it
+                self.r.ping()
+                self.outages.ok()
+                mapping.update({k: self.c[k] for k in OUTAGE_FIELDS})
             pipe = self.r.pipeline(transaction=False)
             pipe.hset(key, mapping=mapping)
             pipe.sadd(self.keys.services(), self.service)
             pipe.execute()
         except redis.RedisError:
             self.redis_errors += 1
+            self.outages.failed()
+            return False
+        return True
 
 
 def wait_until_ready(r: redis.Redis, keys: Keys, services: list[str], timeout: float) -> list[str]:

@@ -47,3 +47,11 @@ def short_tmp():
     d = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def long_capture(tmp_path_factory) -> Path:
+    """sv-merged.pcap five times over (916,940 packets): a replay long enough to interrupt, kill or fault."""
+    from tests.fault_helpers import amplified
+
+    return amplified(tmp_path_factory.mktemp("amplified") / "sv-x5.pcap", 5)

@@ -161,7 +161,7 @@ def test_detector_killed_mid_replay_keeps_alerts_repeats_none_and_counts_the_los
             what="the restarted detector to listen and report",
         )
         os.kill(tracker_pid, signal.SIGCONT)
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=300) == 3, log.read_text()[-3000:]  # frames lost: "incomplete"
     finally:
         if tracker_pid:
             with contextlib.suppress(ProcessLookupError):
@@ -171,6 +171,8 @@ def test_detector_killed_mid_replay_keeps_alerts_repeats_none_and_counts_the_los
     summary = json.loads(log.read_text().strip().splitlines()[-1])
     assert summary["packets"] == 183_388
     assert summary["restarts"] == {"detector": 1}
+    assert summary["outcome"] == "incomplete" and summary["lost"]["frames"] > 0
+    assert "pktscope: incomplete: lost" in log.read_text()
 
     # The stream: everything raised before the kill is still there, nothing is there twice.
     listed = pktscope("alerts", "list", "--json", "--run-dir", str(run_dir))
@@ -197,6 +199,7 @@ def test_detector_killed_mid_replay_keeps_alerts_repeats_none_and_counts_the_los
     assert summary["drops"]["detector_frames_lost"] == lost
     # the restarted detector counted on from its predecessor's last report
     assert 0 < det["alerts"] <= len(alerts)
+    assert summary["alerts"] == len(alerts)  # the summary counts the stream, not a counter
     assert ft["frames_lost"] == 0  # nothing else was lost
 
     # `pktscope status` shows it in the detector's own "frames lost" column.

@@ -7,15 +7,18 @@ per decoder, and libpcap's own drop counters are reported beside them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
+import redis
 import zmq
 
 from services.capture.sharding import make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource
 from shared.config import PipelineConfig
-from shared.frames import FrameType, encode
+from shared.continuity import Continuity
+from shared.frames import FrameType, SequenceGaps, encode
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import StopFlag, tune_gc
@@ -51,15 +54,57 @@ class Capture:
         self.batches: list[list[tuple]] = [[] for _ in range(self.n)]
         self.drops = [0] * self.n
         try:
-            r = connect(cfg.effective_redis_url)
+            r = connect(cfg.effective_redis_url, socket_timeout=1)  # stats must not hold capture up
         except Exception:  # stats are best effort; redis-py raises several types here
             r = None
         self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
         self.count = 0
         self.last_ts = 0.0
+        # offline: packets up to ``position`` were handed out (or lost with a dead predecessor)
+        self.position = 0
+        self.resume_after = 0  # restarted within the run: skip what the predecessor handed out
+        if not cfg.live:
+            self._resume()
+
+    # --- restarts ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """A capture restarted within its run carries on where its predecessor got to.
+
+        Every frame's last packet number (and its sequence number) is written *before* the frame
+        is sent, so nothing is ever sent twice; what the predecessor had read but not sent (its
+        other decoders' partial batches, frames still queued) is lost, and counted downstream
+        (captured minus decoded: `pktscope run` says "incomplete").
+        """
+        cont = Continuity(self.stats, SequenceGaps(), ("frames_out",))
+        cont.resume()
+        if not cont.restarted:
+            return
+        prev = cont.previous
+        self.resume_after = self.position = int(float(prev.get("position", 0) or 0))
+        for i in range(self.n):
+            seq = prev.get(f"out_seq.{i}")
+            if seq is not None:
+                self.seq[i] = int(seq) + 1
+        self.stats.info["resumed_after"] = self.resume_after
+        log.warning("capture: restarted within the run; resuming after packet %d", self.resume_after)
+
+    def _checkpoint(self, i: int, body) -> None:
+        """Before frame ``self.seq[i]`` goes to decoder i: how far the replay has got."""
+        st = self.stats
+        if self.cfg.live or st.r is None or st.outages.down:
+            return
+        if isinstance(body, list) and body:
+            self.position = max(self.position, body[-1][0])
+        try:
+            st.r.hset(st.keys.stats(SENDER), mapping={"position": self.position, f"out_seq.{i}": self.seq[i]})
+        except redis.RedisError:
+            st.redis_errors += 1
+            st.outages.failed()
 
     # --- sending --------------------------------------------------------------------------
     def _send(self, i: int, ftype: str, body, block: bool) -> bool:
+        if block:  # offline
+            self._checkpoint(i, body)
         frame = encode(ftype, SENDER, self.seq[i], body)
         self.seq[i] += 1
         try:
@@ -142,7 +187,12 @@ class Capture:
         self._wait_for_downstream()
         self.stats.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up, left out by the bench
         self.stats.info["started_packets"] = time.time()
-        for ts, data, wirelen in source.records():
+        packets = source.records()
+        ts = self.last_ts
+        if self.resume_after:  # what a dead predecessor handed out is read past, not sent again
+            for _ in itertools.islice(packets, self.resume_after):
+                num += 1
+        for ts, data, wirelen in packets:
             num += 1
             i = shard(data)
             b = batches[i]
@@ -164,8 +214,10 @@ class Capture:
         self.stats.c["packets"] = num
         if source.error:
             log.error("capture file ended early after %d packets: %s", num, source.error)
+        self._flush_all()
+        # final stats first: once the end of stream is out, `pktscope run` may read them any moment
+        self.stats.flush_final(eos=1, error=source.error or "", finished=time.time())
         self._eos(source.error, source.stats())
-        self.stats.flush(eos=1, error=source.error or "", finished=time.time())
 
     def run_live(self, source: LiveSource) -> None:
         # The interface is open: what arrives while the other services start waits in the
@@ -204,9 +256,10 @@ class Capture:
                 self._tick()
                 self._publish_live_stats(source, state["num"])
         self.count = state["num"]
-        self._eos(None, source.stats())
+        self._flush_all()
         self._publish_live_stats(source, self.count)
-        self.stats.flush(eos=1, finished=time.time())
+        self.stats.flush_final(eos=1, finished=time.time())
+        self._eos(None, source.stats())
 
     def _publish_live_stats(self, source: LiveSource, num: int) -> None:
         recv, drop, ifdrop = source.stats()

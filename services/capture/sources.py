@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 from collections.abc import Callable, Iterator
 
 import pcap
@@ -39,6 +40,7 @@ class OfflineSource:
             raise CaptureError(f"{path} is a directory; give one pcap or pcapng file in it")
         if not os.access(path, os.R_OK):
             raise CaptureError(f"capture file not readable: {path} (check its permissions)")
+        check_capture_header(path)  # a clear error for files that are no capture at all
         self.error: str | None = None
         self._file: CaptureFileReader | None = None
         try:
@@ -80,6 +82,51 @@ class OfflineSource:
 
     def stats(self) -> tuple[int, int, int]:
         return (0, 0, 0)
+
+
+PCAP_MAGICS = {
+    b"\xa1\xb2\xc3\xd4": ">",  # microseconds, big-endian
+    b"\xd4\xc3\xb2\xa1": "<",
+    b"\xa1\xb2\x3c\x4d": ">",  # nanoseconds
+    b"\x4d\x3c\xb2\xa1": "<",
+    b"\xa1\xb2\xcd\x34": ">",  # Kuznetzov's modified pcap
+    b"\x34\xcd\xb2\xa1": "<",
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+
+
+def check_capture_header(path: str) -> bool:
+    """Raise CaptureError unless the file starts like a pcap or pcapng file; True for classic pcap.
+
+    libpcap's own error for other files is misleading (pypcap then tries the name as an
+    interface: "No such device exists"), so the header is looked at first.
+    """
+    if not os.path.isfile(path):
+        return False  # a FIFO or device: let libpcap read it as it comes
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if not head:
+        raise CaptureError(f"{path} is empty: not a pcap or pcapng file")
+    magic = head[:4]
+    if magic in PCAP_MAGICS:
+        if len(head) < 24:
+            raise CaptureError(f"{path}: not a pcap or pcapng file (its pcap header is cut short)")
+        major, minor = struct.unpack(PCAP_MAGICS[magic] + "HH", head[4:8])
+        if major != 2:
+            raise CaptureError(
+                f"{path}: not a pcap or pcapng file that can be read: pcap version {major}.{minor} "
+                "(pcap files are version 2.x)"
+            )
+        return True
+    if magic == PCAPNG_MAGIC:
+        if len(head) < 12:
+            raise CaptureError(f"{path}: not a pcap or pcapng file (its pcapng header is cut short)")
+        return False
+    shown = " ".join(f"{b:02x}" for b in head[:4])
+    raise CaptureError(
+        f"{path}: not a pcap or pcapng file (it starts with bytes {shown}; "
+        "convert other formats with `editcap -F pcap` or `tshark -F pcapng`)"
+    )
 
 
 class LiveSource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import msgpack
 import redis
@@ -12,6 +13,7 @@ import zmq
 
 from services.cli.common import CliError, add_common, resolve_redis
 from services.cli.text import safe as escape  # the same escaping as `pktscope read`
+from shared.curve import CurveError, curve_client
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 
@@ -35,6 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="first replay the history after this alert id ('0' for all), then follow live",
     )
     fp.add_argument("--endpoint", default=None, help="PUB endpoint (default: the pipeline's)")
+    fp.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        help="CURVE key directory made by `pktscope keys` (default: the pipeline's, if it uses CURVE)",
+    )
+    fp.add_argument("--client", default="client", help="which client key of --curve-keys to use")
     fp.add_argument("--kind", action="append", help="only alerts of this kind (repeatable)")
     fp.add_argument("--max", type=int, default=0, help="exit after N alerts (0: run until Ctrl-C)")
     fp.set_defaults(func=run_follow)
@@ -101,6 +110,15 @@ def run_follow(args: argparse.Namespace) -> int:
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 100_000)
+    keys_dir = args.curve_keys
+    pipeline = getattr(args, "pipeline", None)
+    if keys_dir is None and pipeline is not None and pipeline.alerts_curve_dir:
+        keys_dir = Path(pipeline.alerts_curve_dir)
+    if keys_dir is not None:
+        try:
+            curve_client(sub, keys_dir, args.client)
+        except CurveError as exc:
+            raise CliError(str(exc)) from None
     for kind in args.kind or [""]:
         sub.setsockopt(zmq.SUBSCRIBE, kind.encode())
     sub.connect(endpoint)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from shared.config import PipelineConfig, default_run_dir
+from shared.rundir import UnsafeRunDir, check_private_dir, check_trusted_file
 
 
 class CliError(Exception):
@@ -34,6 +36,12 @@ def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
     path = (run_dir or default_run_dir()) / "pipeline.json"
     if not path.exists():
         return None
+    try:
+        # another user's directory (made first under /tmp) could point us at their Redis
+        check_private_dir(path.parent, trusted=(os.geteuid(), 0), fix_mode=False)
+        check_trusted_file(path)
+    except UnsafeRunDir as exc:
+        raise CliError(str(exc)) from None
     try:
         return PipelineConfig.load(path)
     except (OSError, ValueError) as exc:
@@ -80,12 +88,13 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
     import subprocess
     import tempfile
 
-    from shared.redis_server import RedisServerError, start_redis_server
+    from shared.redis_server import RedisServerError, migrate_to_aof, start_redis_server
 
     tmp = Path(tempfile.mkdtemp(prefix="pktscope-redis-"))
     Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        proc, url = start_redis_server(tmp / "redis.sock", Path(cfg.state_dir), "pktscope.rdb")
+        migrate_to_aof(Path(cfg.state_dir))
+        proc, url = start_redis_server(tmp / "redis.sock", Path(cfg.state_dir), "pktscope.rdb", aof=True)
     except RedisServerError as exc:
         raise CliError(f"{exc}; could not serve the saved data in {cfg.state_dir}") from None
 

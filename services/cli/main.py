@@ -17,6 +17,8 @@ SUBCOMMANDS = (
     "services.cli.status",
     "services.cli.baseline",
     "services.cli.connections",
+    "services.cli.stop",
+    "services.cli.keys",
 )
 
 

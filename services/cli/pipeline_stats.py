@@ -61,6 +61,41 @@ def combined(stats: dict[str, dict], stage: str) -> dict:
     return out
 
 
+def losses(stats: dict[str, dict]) -> dict[str, int]:
+    """What never made it through, by conservation between the stages and by the gap counters.
+
+    packets: captured, less those dropped on purpose (live, full queue), less those the decoders
+    took; records: sent by decoders, less taken by the flow-tracker; flows: held by a flow-tracker
+    that died; frames: sequence gaps at every receiver; ends of stream lost with a dead receiver.
+    """
+    cap = stats.get("capture", {})
+    ft = combined(stats, "flowtracker")
+    decoders = [s for name, s in stats.items() if name.startswith("decoder-")]
+    out = {"packets": 0, "records": 0, "flows": 0, "frames": 0, "eos": 0}
+    if cap and decoders:
+        taken = sum(int(s.get("packets_in", 0) or 0) for s in decoders)
+        out["packets"] = max(0, int(cap.get("packets", 0) or 0) - int(cap.get("dropped", 0) or 0) - taken)
+    if ft and decoders:
+        sent = sum(int(s.get("records_out", 0) or 0) for s in decoders)
+        out["records"] = max(0, sent - int(ft.get("records_in", 0) or 0))
+    out["flows"] = int(ft.get("flows_lost", 0) or 0)
+    for s in stats.values():
+        out["frames"] += int(s.get("frames_lost", 0) or 0) + int(s.get("bad_frames", 0) or 0)
+        out["eos"] += int(s.get("eos_lost", 0) or 0)
+    return out
+
+
+def format_losses(lost: dict[str, int]) -> str:
+    names = {
+        "packets": "packets",
+        "records": "records",
+        "flows": "flows",
+        "frames": "frames",
+        "eos": "ends of stream",
+    }
+    return ", ".join(f"{names[k]} {v:,}" for k, v in lost.items() if v)
+
+
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
     cap = stats.get("capture", {})
@@ -94,6 +129,7 @@ def summarize(stats: dict[str, dict]) -> dict:
             "detector_bad_frames": int(det.get("bad_frames", 0) or 0),
         },
         "restarts": restarts(stats),
+        "lost": losses(stats),
         "per_decoder": {
             name: {k: int(s.get(k, 0) or 0) for k in ("packets_in", "decoded", "malformed")}
             for name, s in sorted(stats.items())
@@ -104,10 +140,48 @@ def summarize(stats: dict[str, dict]) -> dict:
     }
 
 
-def format_summary(s: dict, source: str) -> str:
+def outages(stats: dict[str, dict], own: dict | None = None) -> dict[str, dict]:
+    """who -> {count, total_s, longest_s} for every service (and ``run`` itself) that saw Redis out."""
+    out = {}
+    for name, s in sorted([*stats.items(), *([("run", own)] if own else [])]):
+        count = int(s.get("redis_outages", 0) or 0)
+        if count:
+            out[name] = {
+                "count": count,
+                "total_s": round(int(s.get("redis_outage_ms", 0) or 0) / 1000, 1),
+                "longest_s": round(int(s.get("redis_outage_longest_ms", 0) or 0) / 1000, 1),
+            }
+    return out
+
+
+def stream_position(r: redis.Redis, keys: Keys) -> str:
+    """The id of the alert stream's newest entry ("0-0" when empty): alerts after it are this run's."""
+    last = r.xrevrange(keys.alerts(), count=1)
+    return last[0][0] if last else "0-0"
+
+
+def alerts_since(r: redis.Redis, keys: Keys, after: str, chunk: int = 10_000) -> int:
+    """How many alerts the stream holds after entry ``after`` (read in chunks: bounded memory)."""
+    count, start = 0, f"({after}"
+    while True:
+        entries = r.xrange(keys.alerts(), min=start, max="+", count=chunk)
+        count += len(entries)
+        if len(entries) < chunk:
+            return count
+        start = f"({entries[-1][0]}"
+
+
+def format_outages(outages: dict[str, dict]) -> str:
+    return ", ".join(
+        f"{name} {o['count']}x (longest {o['longest_s']:.1f} s, total {o['total_s']:.1f} s)"
+        for name, o in outages.items()
+    )
+
+
+def format_summary(s: dict, source: str, outcome: str = "done") -> str:
     drops = s["drops"]
     lines = [
-        f"pktscope: {source}: done"
+        f"pktscope: {source}: {outcome}"
         + (
             f" in {s['elapsed']:.2f} s ({s['packets_per_second']:,} packets/s end to end)"
             if s["elapsed"]
@@ -126,6 +200,10 @@ def format_summary(s: dict, source: str) -> str:
     ]
     if s["restarts"]:
         lines.append("  restarts     " + ", ".join(f"{k} {v:,}" for k, v in s["restarts"].items()))
+    if any(s.get("lost", {}).values()):
+        lines.append("  LOST         " + format_losses(s["lost"]))
+    if s.get("redis_outages"):
+        lines.append("  redis out    " + format_outages(s["redis_outages"]))
     if s["capture_error"]:
         lines.append(f"  capture error: {s['capture_error']}")
     return "\n".join(lines)

@@ -16,12 +16,18 @@ import redis
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import attribution_mode, pipeline_stats
 from services.cli.common import CliError, local_net_list
+from services.cli.redis_wait import PatientRedis
+from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
-from shared.redis_conn import connect
+from shared.curve import has_server_keys, is_local_endpoint
+from shared.redis_conn import connect, redact
 from shared.redis_keys import Keys
+from shared.redis_server import RedisServerError, migrate_to_aof
+from shared.rundir import UnsafeRunDir, ensure_private_dir
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
+EXIT_INCOMPLETE = 3  # a replay finished but lost something on the way (see the summary's "lost")
 MAX_RESTARTS = 5  # a service restarted more often than this in one run is crash-looping
 
 
@@ -72,7 +78,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--state-dir", type=Path, default=None, help=f"private Redis data (default {default_state_dir()})"
     )
     p.add_argument(
-        "--redis-url", default="", help="use this Redis instead of starting a private redis-server"
+        "--redis-url",
+        default="",
+        help="use this Redis instead of starting a private redis-server: redis://[:PASSWORD@]HOST:PORT/DB, "
+        "rediss://... for TLS (?ssl_ca_certs=CA.pem), unix:///PATH",
     )
     p.add_argument("--redis-prefix", default="pktscope", help="prefix of every Redis key (default pktscope)")
     p.add_argument("--config", type=Path, default=None, help="JSON file of pipeline settings (see docs)")
@@ -108,6 +117,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ZeroMQ endpoint of the alert PUB socket "
         "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
+    )
+    p.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        help="CURVE keys (`pktscope keys`) for an --alerts-endpoint beyond loopback "
+        f"(default {default_state_dir() / 'curve'} when it holds keys)",
+    )
+    p.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        help="allow an --alerts-endpoint beyond loopback without CURVE: anyone who can connect reads alerts",
     )
     p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 512)")
     p.add_argument(
@@ -169,6 +190,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     cfg.redis_prefix = args.redis_prefix
     if args.alerts_endpoint:
         cfg.alerts_endpoint = args.alerts_endpoint
+    _secure_alerts_endpoint(cfg, args)
     if args.batch_size is not None:
         _positive("--batch-size", args.batch_size, 1)
         cfg.batch_size = args.batch_size
@@ -220,6 +242,26 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg
 
 
+def _secure_alerts_endpoint(cfg: PipelineConfig, args: argparse.Namespace) -> None:
+    """An alerts endpoint others can reach needs CURVE keys, or an explicit --insecure-listen."""
+    endpoint = cfg.alerts_endpoint
+    if not endpoint or is_local_endpoint(endpoint):
+        return
+    keys_dir = args.curve_keys or Path(cfg.state_dir) / "curve"
+    if args.curve_keys is not None and not has_server_keys(keys_dir):
+        raise CliError(f"--curve-keys {keys_dir}: no server.key_secret there; make keys with `pktscope keys`")
+    if has_server_keys(keys_dir) and not args.insecure_listen:
+        cfg.alerts_curve_dir = str(keys_dir.resolve())
+        return
+    if not args.insecure_listen:
+        raise CliError(
+            f"--alerts-endpoint {endpoint} can be reached from other machines: make CURVE keys with "
+            "`pktscope keys` (encrypted, only authorized subscribers), bind tcp://127.0.0.1:PORT, "
+            "or pass --insecure-listen to send alerts in the clear to anyone who connects"
+        )
+    cfg.insecure_listen = True
+
+
 def _check_source(cfg: PipelineConfig) -> None:
     if cfg.read_path:
         try:
@@ -243,6 +285,7 @@ def _check_source(cfg: PipelineConfig) -> None:
 
 
 def _prepare_dirs(cfg: PipelineConfig) -> Path:
+    """The run directory, ready; the caller holds its lock already."""
     run_dir = Path(cfg.run_dir)
     pid = running_pid(run_dir)
     if pid is not None:
@@ -250,31 +293,40 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
             f"a pipeline is already running in {run_dir} (supervisord pid {pid}); "
             "stop it first or pass another --run-dir"
         )
-    if len(str(run_dir)) > 80:
-        raise CliError(
-            f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
-        )
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(run_dir, 0o700)
     for stale in run_dir.glob("*.ipc"):
         stale.unlink(missing_ok=True)
     (run_dir / "redis.sock").unlink(missing_ok=True)
     if not cfg.redis_url:
         Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            migrate_to_aof(Path(cfg.state_dir))  # a state directory from before AOF keeps its data
+        except (RedisServerError, redis.RedisError) as exc:
+            raise CliError(f"cannot prepare the Redis data in {cfg.state_dir}: {exc}") from None
     return run_dir
 
 
 def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
-    r = connect(cfg.effective_redis_url)
+    r = connect(cfg.effective_redis_url, socket_timeout=5)
     deadline = time.time() + timeout
     while True:
         try:
             r.ping()
             return r
-        except redis.RedisError as exc:
+        except redis.AuthenticationError as exc:
+            raise CliError(
+                f"Redis at {redact(cfg.effective_redis_url)} refused the password: {exc} "
+                "(write it in the URL: redis://:PASSWORD@HOST:PORT/0 or rediss:// for TLS)"
+            ) from None
+        except (redis.RedisError, ValueError) as exc:
             if time.time() > deadline:
-                raise CliError(f"Redis at {cfg.effective_redis_url} did not answer: {exc}") from None
+                raise CliError(f"Redis at {redact(cfg.effective_redis_url)} did not answer: {exc}") from None
             time.sleep(0.05)
+
+
+def _check_external_redis(cfg: PipelineConfig) -> None:
+    """A --redis-url is tried before anything starts: a wrong password or address fails at once."""
+    if cfg.redis_url:
+        _wait_redis(cfg, timeout=5.0).close()
 
 
 class _Interrupt:
@@ -309,6 +361,28 @@ def _tail(path: Path, lines: int = 15) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     _check_source(cfg)
+    _check_external_redis(cfg)
+    run_dir = Path(cfg.run_dir)
+    if len(str(run_dir)) > 80:
+        raise CliError(
+            f"--run-dir {run_dir} is too long for ipc:// socket paths; use a path under 80 characters"
+        )
+    try:
+        ensure_private_dir(run_dir)
+    except UnsafeRunDir as exc:
+        raise CliError(str(exc)) from None
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunDirBusy as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return _run_locked(args, cfg)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     run_dir = _prepare_dirs(cfg)
     cfg.save()
     sup = Supervisor(run_dir)
@@ -322,6 +396,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         r = _wait_redis(cfg)
         source = cfg.read_path or f"live on {cfg.interface}"
+        if cfg.insecure_listen:
+            print(
+                f"pktscope: warning: alerts on {cfg.alerts_pub_endpoint} are sent unencrypted and "
+                "unauthenticated to anyone who connects (--insecure-listen)",
+                file=sys.stderr,
+            )
         if cfg.live:
             print(
                 f"pktscope: capturing on {cfg.interface} with {cfg.decoders} decoder(s); "
@@ -330,14 +410,15 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"pktscope: attribution: {attribution_mode.describe(cfg)}", file=sys.stderr)
         fallback_told = not cfg.procwatch_enabled
+        patient = PatientRedis(r, redact(cfg.effective_redis_url), lambda: interrupt.hit)
+        alerts_from = patient.call(lambda r: pipeline_stats.stream_position(r, keys)) or "0-0"
         restarts: dict[str, set[int]] = {}
         started = time.time()
         while not interrupt.hit:
-            if not cfg.live and all(
-                det.get("run_id") == cfg.run_id and det.get("eos") == "1"
-                for det in (r.hgetall(keys.stats(name)) for name in cfg.detector_names())
-            ):
-                break
+            if not cfg.live:
+                dets = [patient.call(lambda r, n=name: r.hgetall(keys.stats(n))) or {} for name in cfg.detector_names()]
+                if all(d.get("run_id") == cfg.run_id and d.get("eos") == "1" for d in dets):
+                    break
             if not fallback_told:
                 fallback_told = attribution_mode.tell_fallback(r, keys, cfg.run_id)
             crashed = _crash_looping(sup, restarts)
@@ -360,15 +441,40 @@ def run(args: argparse.Namespace) -> int:
                 exit_code = 1
                 break
             time.sleep(0.1)
-        if cfg.live or exit_code:
+        interrupted = interrupt.hit and not cfg.live
+        if cfg.live or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
-        stats = pipeline_stats.read_all(r, keys, cfg.run_id)
+        # the final figures: waited for through an outage, but not past a second Ctrl-C
+        patient.stopped = lambda: False
+        again = _Interrupt()
+        stats = patient.call(lambda r: pipeline_stats.read_all(r, keys, cfg.run_id), lambda: again.hit) or {}
         summary = pipeline_stats.summarize(stats)
+        # the durable record, not a counter a restarted detector may have lost part of
+        in_stream = patient.call(lambda r: pipeline_stats.alerts_since(r, keys, alerts_from), lambda: again.hit)
+        summary["alerts"] = max(summary["alerts"], in_stream or 0)
+        summary["redis_outages"] = pipeline_stats.outages(stats, patient.summary())
+        outcome = "stopped" if cfg.live else "done"
+        if interrupted:
+            outcome, exit_code = "interrupted", 130
+        elif not cfg.live and any(summary["lost"].values()):
+            # a replay that lost anything must not look like a clean one
+            outcome = "incomplete"
+            exit_code = exit_code or EXIT_INCOMPLETE
+            print(
+                f"pktscope: incomplete: lost {pipeline_stats.format_losses(summary['lost'])}"
+                + (
+                    " (restarted: " + ", ".join(f"{k} {v}x" for k, v in summary["restarts"].items()) + ")"
+                    if summary["restarts"]
+                    else ""
+                ),
+                file=sys.stderr,
+            )
+        summary["outcome"] = outcome
         if args.json:
             print(json.dumps(summary, sort_keys=True))
         else:
-            print(pipeline_stats.format_summary(summary, source))
+            print(pipeline_stats.format_summary(summary, source, outcome))
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:

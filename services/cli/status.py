@@ -77,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
         extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    lost = pipeline_stats.losses(stats)
+    if any(lost.values()):
+        print("LOST: " + pipeline_stats.format_losses(lost))
+    out = pipeline_stats.outages(stats)
+    if out:
+        print("redis outages seen: " + pipeline_stats.format_outages(out))
     if det.get("late_events") or det.get("volume_behind"):
         print(
             f"detector: {int(det.get('late_events', 0) or 0):,} late events, "

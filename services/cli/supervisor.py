@@ -16,6 +16,7 @@ from string import Template
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared.config import PipelineConfig
+from shared.parent_watch import die_with_parent
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 # Installed without the source tree (a wheel), the templates ship beside this module.
@@ -33,7 +34,7 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
                 "redis-server is not installed: run scripts/setup (installs it), or pass --redis-url"
             )
         redis_program = Template((COMPOSE / "redis-program.conf.tmpl").read_text()).substitute(
-            redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir
+            redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir, python=python
         )
     procwatch_program = ""
     if cfg.procwatch_enabled:
@@ -87,9 +88,12 @@ class Supervisor:
         (self.run_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self.conf.write_text(config_text)
         # Its own session: a Ctrl-C in the terminal reaches us, and we stop the pipeline in order.
+        # It gets SIGTERM (and stops everything it runs) if we die, kill -9 included.
+        parent = os.getpid()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
             start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM, expected_parent=parent),
             stdout=subprocess.DEVNULL,
             stderr=open(self.run_dir / "supervisord.stderr", "wb"),  # noqa: SIM115 - child owns it
         )

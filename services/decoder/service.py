@@ -16,6 +16,7 @@ import zmq
 from services.decoder.fastpath import decode_batch
 from shared import frames
 from shared.config import PipelineConfig
+from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -59,7 +60,8 @@ def load_app_inspector() -> Any | None:
 
 
 def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
-    """Redis for stats, or None when it is unreachable: monitoring must not stop decoding."""
+    """Redis for stats. Unreachable now is no reason to give up: every write retries (and counts
+    the outage); monitoring must not stop decoding."""
     client = connect(url, socket_connect_timeout=1, socket_timeout=2)
     deadline = time.monotonic() + wait
     while True:
@@ -68,8 +70,8 @@ def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
             return client
         except redis.RedisError as exc:
             if time.monotonic() >= deadline:
-                log.warning("redis %s unreachable (%s): stats will not be published", url, exc)
-                return None
+                log.warning("redis unreachable (%s): stats are written once it answers", exc)
+                return client
             time.sleep(0.1)
 
 
@@ -88,13 +90,16 @@ class DecoderService:
         for key in COUNTERS:
             c[key] = 0
         self.gaps = SequenceGaps()
+        # restarted within the run: carry on the counters and the numbering, count what was lost
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        resumed = self.continuity.resume() or 0
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
         # one PUSH per flow-tracker shard, each with its own frame sequence numbers
         self.trackers = max(1, cfg.flowtrackers)
         self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)]
-        self.seqs = [0] * self.trackers
+        self.seqs = [resumed] * self.trackers
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -109,6 +114,7 @@ class DecoderService:
         )
         pull = self.pull
         loop_starting(self.stats)
+        idle_since = time.monotonic()
         try:
             while not stop:
                 try:
@@ -116,16 +122,33 @@ class DecoderService:
                 except zmq.Again:
                     self.stats.maybe_flush()
                     self.poller.poll(POLL_MS)
+                    if self._upstream_ended_while_away(idle_since, stop):
+                        return 0
                     continue
+                idle_since = time.monotonic()
                 if self.handle(buf, stop):
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0
+                self.continuity.progress(max(self.seqs))
                 self.stats.maybe_flush()
             log.info("%s: stopping on signal", self.name)
             self.stats.flush()
             return 0
         finally:
             self.close()
+
+    def _upstream_ended_while_away(self, idle_since: float, stop: Any) -> bool:
+        """Restarted, idle, and capture says it ended: its end of stream went with our predecessor."""
+        now = time.monotonic()
+        if not self.continuity.restarted or now - idle_since < EOS_LOST_AFTER:
+            return False
+        if not ended_upstream(self.stats, ["capture"]):
+            return False
+        log.warning("%s: capture ended while we were down; its end of stream was lost", self.name)
+        self.stats.c["eos_lost"] += 1
+        self._eos({"origin": "capture", "eos_lost": True}, stop)
+        self.ended = not stop
+        return True
 
     def handle(self, buf: bytes, stop: Any = False) -> bool:
         """Process one received frame; return True at end of stream."""
@@ -200,9 +223,9 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
+        self.stats.flush_final(eos=1)  # before the end of stream: downstream may finish the run at once
         for j in range(self.trackers):
             self._send(FrameType.EOS, body, stop, j)
-        self.stats.flush(eos=1)
 
     def _send(self, ftype: str, body: Any, stop: Any, tracker: int = 0) -> bool:
         """Send with backpressure (block while the tracker is behind) but keep noticing SIGTERM."""

@@ -633,6 +633,10 @@ class DetectorEngine:
                 self.redis_errors += 1
                 continue
             status = result[0]
+            end = len(result)
+            if end % 2 == 0:  # a trailing count: members/cooldowns a cap pushed out (lua.CHECK_NOVEL)
+                end -= 1
+                self.c["caps_hit"] += int(result[end])
             if fact is not None and status in (lua.KNOWN, lua.LEARNED) and len(self.known) < KNOWN_CAP:
                 self.known.add(fact)
             if status == lua.COOLDOWN:
@@ -640,7 +644,7 @@ class DetectorEngine:
             elif status == lua.BEHIND:
                 self.c["volume_behind"] += 1
             elif status == lua.ALERTED:
-                for i in range(1, len(result) - 1, 2):  # one (stream id, alert) pair per new fact
+                for i in range(1, end - 1, 2):  # one (stream id, alert) pair per new fact
                     entry_id, text = result[i], result[i + 1]
                     alert = json.loads(text)
                     alert["id"] = entry_id
@@ -692,10 +696,17 @@ class DetectorEngine:
     def _run_with_retry(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` until Redis answers (backpressure), or give up when asked to stop."""
         delay = 0.05
+        outages = getattr(self, "outages", None)  # shared.outages.Outages, set by the service
         while True:
+            started = time.monotonic()
             try:
-                return fn()
+                result = fn()
+                if outages is not None:
+                    outages.slow(started)
+                return result
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if outages is not None:
+                    outages.failed()
                 self.redis_errors += 1
                 if self.stop():
                     log.error("Redis unavailable while stopping: %s", exc)

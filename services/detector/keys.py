@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.redis_keys import Keys
+from shared.redis_keys import Keys, glob_escape
 
 SET_DEST, SET_COUNTRY, SET_ASN = "dest", "cc", "asn"
 ENTITY_SETS = (SET_DEST, SET_COUNTRY, SET_ASN)
@@ -24,5 +24,9 @@ class DetectorKeys(Keys):
         return out
 
     def entity_pattern(self) -> str:
-        """SCAN pattern matching every per-entity key."""
-        return f"{self.prefix}:ent:*"
+        """SCAN pattern matching every per-entity key of this prefix, and only those.
+
+        The prefix is escaped (``pkt*`` matches itself, not ``pktscope``), and every entity key
+        starts ``P:ent:{``, so a prefix that happens to begin with ours plus ``:ent:`` is not hit.
+        """
+        return f"{glob_escape(self.prefix)}:ent:{{*"

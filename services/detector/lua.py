@@ -29,20 +29,35 @@ local function replace_plain(s, old, new)
   return string.sub(s, 1, i - 1) .. new .. string.sub(s, j + 1)
 end
 
+-- The cooldown is a sorted set: de-duplication key scored by the packet time of its last alert,
+-- so every operation is O(log n). (Before, a hash scanned whole once past its cap: 13k -> 2k
+-- alerts a minute under a flood of new destinations.) A hash left by an older version is
+-- turned into the sorted set once.
+local function cooldown_zset(cd_key)
+  if redis.call('TYPE', cd_key).ok == 'hash' then
+    local flat = redis.call('HGETALL', cd_key)
+    redis.call('DEL', cd_key)
+    for i = 1, #flat, 2 do redis.call('ZADD', cd_key, tonumber(flat[i + 1]) or 0, flat[i]) end
+  end
+  return cd_key
+end
+
 local function in_cooldown(cd_key, dedup, ts, cooldown)
-  local last = tonumber(redis.call('HGET', cd_key, dedup))
+  local last = tonumber(redis.call('ZSCORE', cooldown_zset(cd_key), dedup))
   return last ~= nil and math.abs(ts - last) < cooldown
 end
 
--- keep the cooldown hash bounded: past `cap` entries, forget the ones whose cooldown is over
+-- Stamp; past `cap` entries drop those whose cooldown is over (oldest first, O(log n) each),
+-- then, if still over (a flood: every entry in cooldown), the oldest ones. Returns how many
+-- entries the cap pushed out while still in cooldown (counted by the detector: `caps_hit`).
 local function stamp_cooldown(cd_key, dedup, ts, cooldown, cap)
-  redis.call('HSET', cd_key, dedup, string.format('%.6f', ts))
-  if redis.call('HLEN', cd_key) > cap then
-    local flat = redis.call('HGETALL', cd_key)
-    for i = 1, #flat, 2 do
-      if ts - tonumber(flat[i + 1]) >= cooldown then redis.call('HDEL', cd_key, flat[i]) end
-    end
-  end
+  redis.call('ZADD', cd_key, string.format('%.6f', ts), dedup)
+  local size = redis.call('ZCARD', cd_key)
+  if size <= cap then return 0 end
+  size = size - redis.call('ZREMRANGEBYSCORE', cd_key, '-inf', '(' .. string.format('%.6f', ts - cooldown))
+  if size <= cap then return 0 end
+  redis.call('ZPOPMIN', cd_key, size - cap)
+  return size - cap
 end
 
 local function append(stream_key, maxlen, kind, alert)
@@ -54,13 +69,14 @@ end
 CHECK_NOVEL = (
     _COMMON
     + r"""
--- KEYS[1] cooldown hash, KEYS[2..n+1] targets, KEYS[n+2] alert stream (optional)
+-- KEYS[1] cooldown sorted set, KEYS[2..n+1] targets, KEYS[n+2] alert stream (optional)
 -- ARGV: learning(0|1) ts cooldown cap maxlen kind n, then n x (mode member value dedup alert_json)
 -- mode 's': target is a set, member is new when SADD adds it (at `cap` members one random
 --           member is evicted first);  mode 'h': target is a hash, new when HSETNX sets field
 -- Every target that is new and out of cooldown raises its own alert (one flow to a new country
 -- in a new AS raises two, as each is a separate fact with its own de-duplication key and
--- cooldown). Returns {status, id1, alert1, id2, alert2, ...}.
+-- cooldown). Returns {status, id1, alert1, id2, alert2, ...} and, when a cap bit, the number of
+-- set members and cooldown entries it pushed out as one more (last) element.
 local learning = ARGV[1] == '1'
 local ts = tonumber(ARGV[2])
 local cooldown = tonumber(ARGV[3])
@@ -69,6 +85,7 @@ local n = tonumber(ARGV[7])
 local stream_key = KEYS[n + 2]
 local status = 0
 local raised = {}
+local capped = 0
 for i = 1, n do
   local key = KEYS[1 + i]
   local b = 7 + (i - 1) * 5
@@ -77,7 +94,10 @@ for i = 1, n do
   if mode == 'h' then
     added = redis.call('HSETNX', key, member, value)
   elseif redis.call('SISMEMBER', key, member) == 0 then
-    if redis.call('SCARD', key) >= cap then redis.call('SPOP', key) end
+    if redis.call('SCARD', key) >= cap then  -- O(1): one random member makes room
+      redis.call('SPOP', key)
+      capped = capped + 1
+    end
     added = redis.call('SADD', key, member)
   end
   if added == 1 then
@@ -86,7 +106,7 @@ for i = 1, n do
       if in_cooldown(KEYS[1], dedup, ts, cooldown) then
         if status < 2 then status = 2 end
       else
-        stamp_cooldown(KEYS[1], dedup, ts, cooldown, cap)
+        capped = capped + stamp_cooldown(KEYS[1], dedup, ts, cooldown, cap)
         status = 3
         local alert = ARGV[b + 5]
         raised[#raised + 1] = append(stream_key, ARGV[5], ARGV[6], alert)
@@ -95,8 +115,10 @@ for i = 1, n do
     end
   end
 end
-if #raised == 0 then return {status, '', ''} end
+if #raised == 0 then raised = {'', ''} end
 table.insert(raised, 1, status)
+-- a trailing count (the reply's length turns even) when a cap pushed something out
+if capped > 0 then raised[#raised + 1] = capped end
 return raised
 """
 )

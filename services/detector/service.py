@@ -19,9 +19,11 @@ from services.detector.merge import EventMerge
 from shared import frames
 from shared import stats as stats_module
 from shared.config import PipelineConfig
+from shared.continuity import EOS_LOST_AFTER, ended_upstream
+from shared.curve import bind_alerts_pub
 from shared.redis_conn import connect
 from shared.service import StopFlag, loop_starting
-from shared.sockets import bind_pub, bind_pull
+from shared.sockets import bind_pull
 from shared.stats import ServiceStats
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ class DetectorService:
         self.keys = DetectorKeys(cfg.redis_prefix)
         self.ctx = zmq.Context()
         self.pull = bind_pull(self.ctx, cfg.detector_endpoint_of(index), cfg.hwm)
-        self.pub = bind_pub(self.ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm)
+        self.pub, self.auth = bind_alerts_pub(
+            self.ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm, cfg.alerts_curve_dir, cfg.insecure_listen
+        )
         # several flow-tracker shards: their events are merged into one packet-time order
         self.merge = EventMerge(cfg.flowtrackers) if cfg.flowtrackers > 1 else None
         self._eos_bodies: dict[str, Any] = {}
@@ -84,8 +88,12 @@ class DetectorService:
             return False
         self.stats = ServiceStats(self.name, self.r, self.keys)
         seq_key = self.keys.receiver_seq(self.name)
-        self.gaps = frames.SequenceGaps({k: int(v) for k, v in self.r.hgetall(seq_key).items()})
-        self._continue_run(self.r.hgetall(self.keys.stats(self.name)))
+        last_seqs = self._until_answered(lambda: self.r.hgetall(seq_key))
+        previous = self._until_answered(lambda: self.r.hgetall(self.keys.stats(self.name)))
+        if last_seqs is None or previous is None:
+            return False
+        self.gaps = frames.SequenceGaps({k: int(v) for k, v in last_seqs.items()})
+        self._until_answered(lambda: self._continue_run(previous) or True)
         self.engine = DetectorEngine(
             self.r,
             self.cfg,
@@ -94,6 +102,7 @@ class DetectorService:
             counters=self.stats.c,
             stop=lambda: bool(self.stop),
         )
+        self.engine.outages = self.stats.outages  # its retries and slow answers count as outages
         self.stats.sources.append(self._enrichment_counters)
         for name in (
             "frames_in",
@@ -109,6 +118,18 @@ class DetectorService:
         self._gauges()
         self.stats.flush()
         return True
+
+    def _until_answered(self, fn):
+        """``fn()`` retried with backoff while Redis is out (paused, restarting); None if stopped."""
+        delay = 0.1
+        while not self.stop:
+            try:
+                return fn()
+            except redis.RedisError as exc:
+                log.warning("Redis not answering (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return None
 
     def _continue_run(self, previous: dict[str, str]) -> None:
         """Take over the counters of a predecessor killed or stopped in this same run.
@@ -167,11 +188,16 @@ class DetectorService:
         next_maintenance = time.monotonic() + MAINTENANCE_EVERY
         eos_body = None
         loop_starting(self.stats)
+        idle_since = time.monotonic()
         while not self.stop:
             if poller.poll(POLL_MS):
+                idle_since = time.monotonic()
                 eos_body = self.handle(self.pull.recv())
                 if eos_body is not None:
                     break
+            elif self._tracker_ended_while_away(idle_since):
+                eos_body = {"origin": "flowtracker", "eos_lost": True}
+                break
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + MAINTENANCE_EVERY
                 self.engine.maintenance()
@@ -180,13 +206,28 @@ class DetectorService:
         self.publish(self.engine.finish())
         self._gauges()
         if eos_body is not None:
-            self.stats.flush(eos=1, eos_body=json.dumps(eos_body, default=str))
+            self.stats.flush_final(eos=1, eos_body=json.dumps(eos_body, default=str))
         else:
             self.stats.flush()
         self.pull.close()
         self.pub.close(linger=500)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         return 0
+
+    def _tracker_ended_while_away(self, idle_since: float) -> bool:
+        """Restarted, idle, and the flow-tracker says it ended: its end of stream was lost with our
+        predecessor, and waiting for it would hang the run."""
+        assert self.stats is not None
+        if not self.stats.c["restarts"] or time.monotonic() - idle_since < EOS_LOST_AFTER:
+            return False
+        names = self.cfg.tracker_names()
+        if len(ended_upstream(self.stats, names)) < len(names):
+            return False
+        log.warning("detector: the flow-tracker ended while we were down; its end of stream was lost")
+        self.stats.c["eos_lost"] += 1
+        return True
 
     def _report_gap(self, sender: str, seq: int, missing: int) -> None:
         """Log and publish a loss at once: it is rare, and the next flush may never come."""

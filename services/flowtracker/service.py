@@ -25,6 +25,7 @@ from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
+from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.redis_conn import connect
@@ -52,9 +53,13 @@ COUNTERS = (
     "bad_frames",
     "bad_records",
     "frames_lost",
+    "flows_lost",
+    "eos_lost",
     "merge_forced",
     "merge_resets",
 )
+# counters the flow table keeps itself: a restarted tracker adds its predecessor's to its own
+TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records")
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -92,7 +97,15 @@ class FlowTrackerService:
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
         self.flow_log = FlowLog(cfg.flow.flow_log, flow_process_lookup(cfg)) if cfg.flow.flow_log else None
-        self.seqs = [0] * self.detectors
+        # restarted within the run: carry on counters and numbering; the flows the dead tracker
+        # held are gone (they never end properly) and are counted as lost
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        resumed = self.continuity.resume() or 0
+        self.seqs = [resumed] * self.detectors
+        prev = self.continuity.previous
+        self.base = {name: c[name] for name in TABLE_COUNTERS}
+        if self.continuity.restarted:
+            c["flows_lost"] += int(float(prev.get("flows_active", 0) or 0))
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
@@ -111,6 +124,7 @@ class FlowTrackerService:
         )
         pull = self.pull
         loop_starting(self.stats)
+        idle_since = time.monotonic()
         try:
             while not stop:
                 try:
@@ -118,8 +132,12 @@ class FlowTrackerService:
                 except zmq.Again:
                     self._publish_stats()
                     self.poller.poll(POLL_MS)
-                    continue
-                if self.handle(buf, stop):
+                    if not (self.continuity.restarted and self._decoders_ended_while_away(idle_since)):
+                        continue
+                    buf = None
+                else:
+                    idle_since = time.monotonic()
+                if buf is None or self.handle(buf, stop):
                     self._finish("eos", stop)
                     self.ended = not stop
                     log.info(
@@ -128,12 +146,27 @@ class FlowTrackerService:
                         self.table.records,
                     )
                     return 0
-                self._publish_stats()
+                self._update_counters()
+                self.continuity.progress(max(self.seqs))
+                self.stats.maybe_flush()
             log.info("flowtracker: stopping on signal")
             self._finish("shutdown", stop)
             return 0
         finally:
             self.close()
+
+    def _decoders_ended_while_away(self, idle_since: float) -> bool:
+        """Restarted and idle: decoders whose stats say they ended sent their end of stream to our
+        dead predecessor. Count them as finished (``eos_lost``); True once every decoder is."""
+        if time.monotonic() - idle_since < EOS_LOST_AFTER:
+            return False
+        waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
+        for name in ended_upstream(self.stats, waiting):
+            log.warning("flowtracker: %s ended while we were down; its end of stream was lost", name)
+            self.stats.c["eos_lost"] += 1
+            self.eos_bodies[name] = {"origin": name, "eos_lost": True}
+            self.merge.finish(name)
+        return self.merge.all_finished
 
     def handle(self, buf: bytes, stop: Any = False) -> bool:
         """Process one received frame; return True once every decoder has ended its stream."""
@@ -259,9 +292,9 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
+            self.stats.flush_final(eos=1)  # before the end of stream: the detector may end the run at once
             for k in range(self.detectors):
                 self._send(FrameType.EOS, body, stop, deadline, k)
-            self.stats.flush(eos=1)
         else:
             self.stats.flush()
 
@@ -291,11 +324,12 @@ class FlowTrackerService:
     def _update_counters(self) -> None:
         c = self.stats.c
         table = self.table
-        c["flows_started"] = table.flows_started
-        c["flows_ended"] = table.flows_ended
+        base = self.base
+        c["flows_started"] = base["flows_started"] + table.flows_started
+        c["flows_ended"] = base["flows_ended"] + table.flows_ended
         c["flows_active"] = len(table)
-        c["evicted"] = table.evicted
-        c["bad_records"] = table.bad_records
+        c["evicted"] = base["evicted"] + table.evicted
+        c["bad_records"] = base["bad_records"] + table.bad_records
         c["events_waiting"] = table.waiting
         c["dns_names"] = len(table.names)
         info = self.stats.info

@@ -206,6 +206,8 @@ class AppInspector:
             self.counters["flows_restarted"] += 1
             self._finish(flow)
             entry = self._new_tcp(ts, key, (dst, src, dport, sport, 6), tcp_flags, payload)
+            if entry is None:  # the new SYN also carried RST/FIN and no data: nothing to follow
+                return None
             flow, from_client = entry
         flow.last = ts
         try:

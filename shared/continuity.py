@@ -1,0 +1,121 @@
+"""A service restarted within a run (kill -9, crash) carries on from its predecessor, and counts
+what was lost in between.
+
+Every stage writes its *progress* to its stats hash after each frame it has handled: the last
+sequence number taken from each sender (``seq.<sender>``), its running counters and the next
+sequence number it will send (``next_seq``). One HSET per frame (a few hundred per replay of
+sv-merged.pcap), skipped while Redis is out. A restarted incarnation of the same run reads it
+back (``resume``): it continues the counters, counts ``restarts``, and seeds its gap counter, so
+the frames that were queued for the dead process show as ``frames_lost`` on the first frame
+after the restart. It numbers its own frames on from ``next_seq + 1``: the next stage then sees a
+gap for whatever the dead process had queued but not delivered, and never a number used twice.
+
+What this cannot tell apart: a frame handled in full whose progress write the kill prevented
+counts as lost too (at most one frame per restart: loss is over-, never under-counted).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from shared import stats as stats_module
+from shared.frames import SequenceGaps
+from shared.stats import ServiceStats
+
+log = logging.getLogger("pktscope.continuity")
+
+
+class Continuity:
+    def __init__(self, stats: ServiceStats, gaps: SequenceGaps, counters: tuple[str, ...]) -> None:
+        self.stats = stats
+        self.gaps = gaps
+        self.counters = counters
+        self.restarted = False
+        self.previous: dict[str, str] = {}
+
+    def resume(self) -> int | None:
+        """Take over a predecessor of this run; return the sequence number to send next (None: 0)."""
+        st = self.stats
+        if st.r is None or not stats_module.RUN_ID:
+            return None
+        try:
+            prev = st.r.hgetall(st.keys.stats(st.service))
+        except redis.RedisError:
+            st.outages.failed()
+            return None
+        prev = {_text(k): _text(v) for k, v in prev.items()}
+        if prev.get("run_id") != stats_module.RUN_ID or prev.get("eos"):
+            return None
+        self.previous = prev
+        self.restarted = True
+        for name in self.counters:
+            st.c[name] = _count(prev.get(name))
+        st.c["restarts"] = _count(prev.get("restarts")) + 1
+        st.redis_errors = _count(prev.get("redis_errors"))
+        self.gaps.last.update(
+            {k[4:]: _count(v) for k, v in prev.items() if k.startswith("seq.") and k[4:]}
+        )
+        self.gaps.lost = _count(prev.get("frames_lost"))
+        log.warning(
+            "%s: restarted within run %s (pid %s before); carrying on its counters",
+            st.service,
+            stats_module.RUN_ID,
+            prev.get("pid", "?"),
+        )
+        nxt = prev.get("next_seq")
+        return _count(nxt) + 1 if nxt is not None else None
+
+    def progress(self, next_seq: int, **extra: int | float | str) -> None:
+        """After each handled frame: counters, seen sequence numbers, our next sequence number."""
+        st = self.stats
+        if st.r is None or st.outages.down:
+            return  # the periodic stats write finds out when Redis is back
+        mapping: dict[str, int | float | str] = {name: st.c[name] for name in self.counters}
+        mapping.update({f"seq.{s}": n for s, n in self.gaps.last.items()})
+        mapping["frames_lost"] = self.gaps.lost
+        mapping["next_seq"] = next_seq
+        mapping.update(extra)
+        try:
+            st.r.hset(st.keys.stats(st.service), mapping=mapping)
+        except redis.RedisError:
+            st.redis_errors += 1
+            st.outages.failed()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _count(value) -> int:
+    try:
+        return int(float(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+EOS_LOST_AFTER = 5.0  # idle seconds before a restarted receiver believes an upstream's "eos" stats
+
+
+def ended_upstream(stats: ServiceStats, names: list[str]) -> list[str]:
+    """Those of ``names`` whose stats say they ended their stream in this run.
+
+    A restarted receiver asks when it has been idle a while: an end-of-stream frame sent to its
+    dead predecessor is gone with it, and waiting for it would hang the run.
+    """
+    if stats.r is None or not names:
+        return []
+    try:
+        pipe = stats.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(stats.keys.stats(name), "eos", "run_id")
+        replies = pipe.execute()
+    except redis.RedisError:
+        stats.outages.failed()
+        return []
+    return [
+        name
+        for name, (eos, run_id) in zip(names, replies, strict=True)
+        if _text(eos) == "1" and _text(run_id) == stats_module.RUN_ID
+    ]

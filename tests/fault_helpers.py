@@ -1,0 +1,92 @@
+"""Shared by the fault tests (issue 10): a long capture, a running replay, process checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from services.cli.runlock import holder_pid
+from shared.config import PipelineConfig
+from shared.redis_conn import connect
+from tests.conftest import BENCH_PCAP, CORPUS
+from tests.pipeline_helpers import start_pktscope, wait_for
+
+AMPLIFY = CORPUS.parent / "bench" / "amplify.py"
+
+
+def amplified(out: Path, copies: int) -> Path:
+    """sv-merged.pcap ``copies`` times over (new hosts in each copy), by ../shared/bench/amplify.py."""
+    subprocess.run(
+        [sys.executable, str(AMPLIFY), str(BENCH_PCAP), str(out), "--copies", str(copies)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+class Replay:
+    """`pktscope run --read CAPTURE --json` in the background, with handles on its parts."""
+
+    def __init__(self, tmp: Path, capture: Path, *extra: str, decoders: int = 1) -> None:
+        self.run_dir = tmp / "run"
+        self.log = tmp / "pktscope.log"
+        self.proc = start_pktscope(
+            "run",
+            "--read",
+            str(capture),
+            "--decoders",
+            str(decoders),
+            "--run-dir",
+            str(self.run_dir),
+            "--state-dir",
+            str(tmp / "state"),
+            "--learning",
+            "0",
+            "--json",
+            "--timeout",
+            "400",
+            *extra,
+            log=self.log,
+        )
+        wait_for(lambda: holder_pid(self.run_dir) == self.proc.pid, 30, what="the run-dir lock")
+        wait_for(lambda: (self.run_dir / "pipeline.json").exists(), 30, what="pipeline.json")
+        self.cfg = PipelineConfig.load(self.run_dir / "pipeline.json")
+
+    def redis(self):
+        def up():
+            try:
+                r = connect(self.cfg.effective_redis_url, socket_timeout=5)
+                r.ping()
+                return r
+            except Exception:  # not up yet
+                return None
+
+        return wait_for(up, 30, what="the pipeline's redis")
+
+    def wait_packets(self, at_least: int, timeout: float = 120) -> None:
+        r = self.redis()
+        key = f"{self.cfg.redis_prefix}:stats:capture"
+
+        def far_enough() -> bool:
+            return int(r.hget(key, "packets") or 0) >= at_least and not r.hget(key, "eos")
+
+        wait_for(far_enough, timeout, interval=0.02, what=f"capture to pass {at_least} packets")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def summary(self) -> dict:
+        import json
+
+        return json.loads(self.output().strip().splitlines()[-1])
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
