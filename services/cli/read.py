@@ -199,19 +199,19 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pktscope read: {exc}", file=sys.stderr)
         return 2
-    extras = []
-    if args.stats:
-        from .stats import CaptureStats
+    extras: list[Any] = []
+    try:
+        if args.stats:
+            from .stats import CaptureStats
 
-        extras.append(CaptureStats(interval=args.interval, top=args.top))
-    if args.findings or args.bad_list:
-        from .findings import FindingsReport
+            extras.append(CaptureStats(interval=args.interval, top=args.top))
+        if args.findings:
+            from .findings import FindingsReport
 
-        try:
-            extras.append(FindingsReport.from_args(args.bad_list))
-        except ValueError as exc:
-            print(f"pktscope read: {exc}", file=sys.stderr)
-            return 2
+            extras.append(FindingsReport())
+    except ValueError as exc:
+        print(f"pktscope read: {exc}", file=sys.stderr)
+        return 2
     modes = [
         name
         for name, on in (("--flows", args.flows), ("--follow", args.follow), ("--stats", args.stats))
