@@ -14,7 +14,27 @@ from services.cli.read import read_capture
 from services.cli.stats import CaptureStats
 
 # layers pktscope decodes itself: tshark's frame counts must agree on every node made only of these
-KNOWN = frozenset("eth sll null raw chdlc vlan pppoes ppp ip ipv6 tcp udp icmp icmpv6 arp vxlan dns".split())
+KNOWN = frozenset(
+    [
+        "eth",
+        "sll",
+        "null",
+        "raw",
+        "chdlc",
+        "vlan",
+        "pppoes",
+        "ppp",
+        "ip",
+        "ipv6",
+        "tcp",
+        "udp",
+        "icmp",
+        "icmpv6",
+        "arp",
+        "vxlan",
+        "dns",
+    ]
+)
 ALL_PCAPS = sorted(PCAPS.rglob("*.pcap"))
 
 
