@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "services.cli.status",
     "services.cli.baseline",
     "services.cli.capture",
+    "services.cli.diff",
 )
 
 
