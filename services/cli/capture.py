@@ -33,6 +33,7 @@ from .capfile import (
     wants_pcapng,
 )
 from .filter import FilterError, compile_filter
+from .findings import Annotator
 from .packetview import merge_app, summary_line
 from .read import _app_inspector, filter_error_text
 from .streams import StreamIndex
@@ -55,8 +56,10 @@ class LiveDecoder:
         count: int = 0,
         write_path: str | None = None,
         pcapng: bool = False,
+        bad_list: str | None = None,
     ) -> None:
         self.match = compile_filter(expr)
+        self.annotator = Annotator(bad_list)
         self.source = LiveSource(interface, bpf, snaplen=SNAPLEN)
         self.linktype = self.source.linktype
         self.out = out
@@ -113,6 +116,7 @@ class LiveDecoder:
                 fields["_app_error"] = f"{type(exc).__name__}: {exc}"
             if app:
                 merge_app(fields, app)
+        self.annotator.annotate(fields)
         if inspector is not None:
             inspector.expire(ts)
         if self.t0 is None:
@@ -194,12 +198,16 @@ def run_capture(args: argparse.Namespace) -> int:
             count=args.count or 0,
             write_path=args.write,
             pcapng=args.pcapng,
+            bad_list=args.bad_list,
         )
     except FilterError as err:
         print(
             filter_error_text(args.filter or "", err).replace("pktscope read", "pktscope capture"),
             file=sys.stderr,
         )
+        return 2
+    except ValueError as err:  # the known-bad list
+        print(f"pktscope capture: {err}", file=sys.stderr)
         return 2
     except (CaptureError, CapfileError) as err:
         print(f"pktscope capture: {err}", file=sys.stderr)
@@ -257,6 +265,11 @@ def add_parser(subparsers: Any) -> None:
         "-w", "--write", metavar="FILE", help="also write matching packets (pcap; pcapng if .pcapng)"
     )
     p.add_argument("--pcapng", action="store_true", help="with -w: write pcapng whatever the name")
+    p.add_argument(
+        "--bad-list",
+        metavar="FILE",
+        help="known-bad addresses/CIDRs (one a line): an anomaly on packets to/from them",
+    )
     p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
     p.set_defaults(func=run_capture)
     q = subparsers.add_parser(

@@ -21,6 +21,7 @@ from services.decoder.dissect import dissect
 from .capfile import CapfileError, CaptureReader, CaptureWriter, wants_pcapng
 from .common import local_net_list
 from .filter import FilterError, compile_filter
+from .findings import Annotator
 from .follow import Follower, parse_follow
 from .packetview import merge_app, summary_line
 from .read_flows import ReadFlows
@@ -62,6 +63,7 @@ def read_capture(
     follow: str | None = None,
     follow_format: str = "ascii",
     extras: list[Any] | None = None,
+    bad_list: str | None = None,
 ) -> tuple[int, str | None]:
     """Decode ``path`` and print one line per matching packet (or per flow).
 
@@ -77,6 +79,7 @@ def read_capture(
     """
     match = compile_filter(expr)
     follower = Follower(*parse_follow(follow)) if follow else None
+    annotator = Annotator(bad_list)
     source = OfflineSource(path)
     linktype = source.linktype
     inspector = _app_inspector()
@@ -106,6 +109,7 @@ def read_capture(
             raw,
             raw_records if raw is not None else None,
             writer,
+            annotator,
         )
     finally:
         if writer is not None:
@@ -136,6 +140,7 @@ def _read_loop(
     raw: CaptureReader | None,
     raw_records: Any,
     writer: CaptureWriter | None,
+    annotator: Annotator,
 ) -> tuple[int, float | None]:
     write = out.write
     matched = 0
@@ -157,6 +162,7 @@ def _read_loop(
                 fields["_app_error"] = f"{type(exc).__name__}: {exc}"
             if app:
                 merge_app(fields, app)
+        annotator.annotate(fields)
         if inspector is not None:
             inspector.expire(ts)  # idle flows go, as in the decoder's fast path
         if t0 is None:
@@ -234,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             follow=args.follow,
             follow_format=args.follow_format,
             extras=extras,
+            bad_list=args.bad_list,
         )
     except FilterError as err:
         print(filter_error_text(args.filter or "", err), file=sys.stderr)

@@ -23,12 +23,15 @@ class FlowEvent(NamedTuple):
     d_bytes_out: int
     name: str
     name_src: str
+    cred: tuple[str, str] | None = None  # (protocol, user) of a cleartext credential seen in the flow
 
 
 _EVENTS = (EV_START, EV_UPDATE, EV_END)
 
 
 _ROW_LEN = len(FIELDS)
+_APP = INDEX["app"]
+CRED_KIND = "cleartext_credential"
 _EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SRC = (
     INDEX[k]
     for k in (
@@ -69,6 +72,7 @@ def parse(raw: Any) -> FlowEvent | None:
         ev, ts, proto, sport, dport = raw[_EV], raw[_TS], raw[_PROTO], raw[_SPORT], raw[_DPORT]
         src, dst, d_out, outbound = raw[_SRC], raw[_DST], raw[_D_OUT], raw[_OUTBOUND]
         name, name_src = raw[_NAME] or "", raw[_NAME_SRC] or ""
+        app = raw[_APP]
     elif isinstance(raw, dict):
         try:
             ev = raw["ev"]
@@ -79,6 +83,7 @@ def parse(raw: Any) -> FlowEvent | None:
             outbound = raw.get("outbound")
             name = raw.get("name") or ""
             name_src = raw.get("name_src") or ""
+            app = raw.get("app")
         except KeyError:
             return None
     else:
@@ -95,6 +100,13 @@ def parse(raw: Any) -> FlowEvent | None:
         name = ""
     if not isinstance(name_src, str):
         name_src = ""
+    cred = None
+    if type(app) is dict and app.get("anomaly.kind") == CRED_KIND:
+        protocol, user = app.get("anomaly.protocol"), app.get("anomaly.user")
+        cred = (
+            protocol[:32] if isinstance(protocol, str) else "",
+            user[:128] if isinstance(user, str) else "",
+        )
     return FlowEvent(
         ev,
         float(ts),
@@ -107,4 +119,5 @@ def parse(raw: Any) -> FlowEvent | None:
         d_out,
         name[:MAX_NAME].lower(),
         name_src[:32],
+        cred,
     )
