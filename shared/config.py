@@ -91,6 +91,7 @@ class PipelineConfig:
     redis_prefix: str = "pktscope"
     alerts_endpoint: str = ""  # empty: ipc://<run_dir>/alerts.ipc
     local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
+    keep_packets: int = 0  # >0: decoders keep this many recent packets per flow (services/decoder/ring.py)
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
 

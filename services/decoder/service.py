@@ -14,6 +14,7 @@ import redis
 import zmq
 
 from services.decoder.fastpath import decode_batch
+from services.decoder.ring import PacketRing, RingServer
 from shared import frames
 from shared.config import PipelineConfig
 from shared.frames import FrameError, FrameType, SequenceGaps
@@ -94,6 +95,10 @@ class DecoderService:
         self.push = connect_push(self.ctx, cfg.tracker_endpoint, cfg.hwm)
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
+        self.ring = self.ring_server = None
+        if cfg.keep_packets > 0:
+            self.ring = PacketRing(cfg.keep_packets)
+            self.ring_server = RingServer(self.ring, r, cfg.redis_prefix)
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: Any) -> int:
@@ -111,12 +116,16 @@ class DecoderService:
                 try:
                     buf = pull.recv(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
+                    if self.ring_server is not None:
+                        self.ring_server.poll()
                     self.stats.maybe_flush()
                     self.poller.poll(POLL_MS)
                     continue
                 if self.handle(buf, stop):
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0
+                if self.ring_server is not None:
+                    self.ring_server.poll()
                 self.stats.maybe_flush()
             log.info("%s: stopping on signal", self.name)
             self.stats.flush()
@@ -159,6 +168,8 @@ class DecoderService:
             c["bad_frames"] += 1
             return
         c["packets_in"] += len(body)
+        if self.ring is not None:
+            self.ring.add_batch(body, result.records)
         c["decoded"] += result.decoded
         c["malformed"] += result.malformed
         c["non_ip"] += result.non_ip
@@ -202,7 +213,9 @@ class DecoderService:
 
     def close(self) -> None:
         if self.ended:
-            late = wait_until_ended(self.stats.r, self.stats.keys, ["flowtracker"], END_OF_STREAM_LINGER_MS / 1000)
+            late = wait_until_ended(
+                self.stats.r, self.stats.keys, ["flowtracker"], END_OF_STREAM_LINGER_MS / 1000
+            )
             if late:
                 log.warning("%s: the flow-tracker did not confirm the end of stream", self.name)
         self.pull.close(linger=0)

@@ -325,11 +325,6 @@ class Http1Parser:
         ctype = headers.get(b"content-type")
         if ctype is not None:
             fields["http.content_type"] = text(ctype)
-        auth = headers.get(b"authorization") or headers.get(b"proxy-authorization")
-        if auth is not None:
-            found = credentials.http_authorization(auth)  # the user name only, never the secret
-            if found is not None:
-                fields.update(found)
         conn = self.conn
         method = conn.methods[0] if conn.methods else b""
         if (status >= 200 or status == 101 or not status) and conn.methods:
