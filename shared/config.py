@@ -98,6 +98,7 @@ class PipelineConfig:
     alerts_curve_dir: str = ""  # CURVE keys (`pktscope keys`) for an alerts endpoint beyond loopback
     insecure_listen: bool = False  # accepted: alerts beyond loopback without CURVE (warned at every start)
     local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
+    keep_packets: int = 0  # >0: decoders keep this many recent packets per flow (services/decoder/ring.py)
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
 

@@ -23,6 +23,10 @@ event carries the whole identity of its flow:
     name        best name for the responder ("" when none), name_src where it came from
                 ("tls.sni", "quic.sni", "http.host", "dns", ...)
     app         dict of application-layer facts seen in this flow (may be empty)
+    initial_rtt TCP: seconds from the latest bare SYN to the first ACK without SYN, as
+                Wireshark's tcp.analysis.initial_rtt (None when no handshake was seen)
+    retransmissions, out_of_order   TCP data segments resent / arriving ahead of a gap's
+                filling, both directions (services/flowtracker/table.py FlowTable._seqs)
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ FIELDS = (
     "name_src",
     "app",
     "reason",
+    "initial_rtt",
+    "retransmissions",
+    "out_of_order",
 )
 INDEX = {name: i for i, name in enumerate(FIELDS)}
 

@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fp.add_argument("--kind", action="append", help="only alerts of this kind (repeatable)")
     fp.add_argument("--max", type=int, default=0, help="exit after N alerts (0: run until Ctrl-C)")
     fp.set_defaults(func=run_follow)
+    from services.cli import alert_pcap  # `alerts pcap`: an alert's flow packets (run --keep-packets)
+
+    alert_pcap.add_to(asub)
 
 
 def entry_to_alert(entry_id: str, fields: dict[str, str]) -> dict:

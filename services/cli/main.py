@@ -19,6 +19,8 @@ SUBCOMMANDS = (
     "services.cli.connections",
     "services.cli.stop",
     "services.cli.keys",
+    "services.cli.capture",
+    "services.cli.diff",
 )
 
 

@@ -17,11 +17,15 @@ from typing import Any, TextIO
 
 from services.capture.sources import CaptureError, OfflineSource
 
+from .capfile import CapfileError, CaptureReader, CaptureWriter, wants_pcapng
 from .common import local_net_list
 from .decode_file import app_inspector, decoded_packets
 from .filter import FilterError, compile_filter
+from .findings import Annotator
+from .follow import Follower, parse_follow
 from .packetview import summary_line
 from .read_flows import ReadFlows
+from .streams import StreamIndex
 from .text import json_line, safe
 from .wireshark_view import public
 
@@ -43,27 +47,111 @@ def read_capture(
     count: int = 0,
     flows: bool = False,
     local_nets: list[str] | None = None,
+    write_path: str | None = None,
+    pcapng: bool = False,
+    follow: str | None = None,
+    follow_format: str = "ascii",
+    extras: list[Any] | None = None,
+    bad_list: str | None = None,
 ) -> tuple[int, str | None]:
     """Decode ``path`` and print one line per matching packet (or per flow).
 
+    ``write_path``: the matching packets are also written there, exactly as the file holds
+    them (pcapng when ``pcapng`` or the name ends .pcapng). ``follow`` ("tcp,N"...): print that
+    stream's payload instead of packets. ``extras``: more consumers, each called as
+    ``extra.add(fields, l4)`` for every matching packet and ``extra.write(out, as_json)`` at
+    the end (stats, findings).
+
     Returns (matching packets, error) where error is None or why the file could not be read
-    completely. Raises FilterError for a bad ``expr`` and CaptureError for an unopenable file.
+    completely. Raises FilterError for a bad ``expr``, CaptureError for an unopenable file,
+    CapfileError when the output cannot be written and ValueError for a bad ``follow``.
     """
     match = compile_filter(expr)
+    follower = Follower(*parse_follow(follow)) if follow else None
+    annotator = Annotator(bad_list)
     source = OfflineSource(path)
     table = ReadFlows(local_nets=local_nets) if flows else None
+    streams = StreamIndex()
+    extras = extras or []
+    quiet = follower is not None or bool(extras) or bool(write_path)  # -w prints nothing, as tshark -w
+    raw = writer = None
+    if write_path:
+        raw = CaptureReader(path)
+        raw_records = iter(raw)
+        writer = CaptureWriter(write_path, pcapng=wants_pcapng(write_path, pcapng))
+    try:
+        matched, t0 = _read_loop(
+            source,
+            streams,
+            match,
+            out,
+            as_json,
+            count,
+            table,
+            follower,
+            extras,
+            quiet,
+            raw,
+            raw_records if raw is not None else None,
+            writer,
+            annotator,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+    if follower is not None:
+        follower.write(out, fmt=follow_format, as_json=as_json)
+    for extra in extras:
+        extra.write(out, as_json=as_json)
+    if table is not None:
+        for note in table.write(out, as_json=as_json, t0=t0 or 0.0):
+            print(f"pktscope read: {note}", file=sys.stderr)
+    return matched, source.error
+
+
+def _read_loop(
+    source: OfflineSource,
+    streams: StreamIndex,
+    match: Any,
+    out: TextIO,
+    as_json: bool,
+    count: int,
+    table: ReadFlows | None,
+    follower: Follower | None,
+    extras: list[Any],
+    quiet: bool,
+    raw: CaptureReader | None,
+    raw_records: Any,
+    writer: CaptureWriter | None,
+    annotator: Annotator,
+) -> tuple[int, float | None]:
     write = out.write
     matched = 0
     t0: float | None = None
-    for fields, l4, app in decoded_packets(source, app_inspector()):
+    for num, (fields, l4, app) in enumerate(decoded_packets(source, app_inspector()), 1):
         ts = fields["frame"]["time_epoch"]
+        rec = None
+        if raw_records is not None:
+            rec = next(raw_records, None)
+            if rec is None or rec.data != fields.get("_raw"):  # both readers must agree
+                raise CapfileError(f"packet {num}: the capture reads differently for -w; not written further")
+        streams.assign(fields)
+        annotator.annotate(fields)
         if t0 is None:
             t0 = ts
+        if follower is not None:
+            follower.add(fields, l4[7] if l4 is not None else None)
         if not match(fields):
             continue
         matched += 1
+        if writer is not None and rec is not None and raw is not None:
+            writer.write(rec, raw.interfaces[rec.iface])
+        for extra in extras:
+            extra.add(fields, l4)
         if table is not None:
             table.add(fields, l4, app)  # the raw app map: what the fast path puts in the record
+        elif quiet:
+            pass
         elif as_json:
             write(json_line(public(fields)))
             write("\n")
@@ -72,10 +160,7 @@ def read_capture(
             write("\n")
         if count and matched >= count:
             break
-    if table is not None:
-        for note in table.write(out, as_json=as_json, t0=t0 or 0.0):
-            print(f"pktscope read: {note}", file=sys.stderr)
-    return matched, source.error
+    return matched, t0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,13 +168,37 @@ def run(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 0:
         print("pktscope read: --count must be 0 or more", file=sys.stderr)
         return 2
+    if args.pcapng and not args.write:
+        print("pktscope read: --pcapng goes with -w FILE (the file to write)", file=sys.stderr)
+        return 2
     try:
         local_nets = local_net_list(args.local_net or [])
     except ValueError as exc:
         print(f"pktscope read: {exc}", file=sys.stderr)
         return 2
+    extras: list[Any] = []
     try:
-        _, error = read_capture(
+        if args.stats:
+            from .stats import CaptureStats
+
+            extras.append(CaptureStats(interval=args.interval, top=args.top))
+        if args.findings:
+            from .findings import FindingsReport
+
+            extras.append(FindingsReport())
+    except ValueError as exc:
+        print(f"pktscope read: {exc}", file=sys.stderr)
+        return 2
+    modes = [
+        name
+        for name, on in (("--flows", args.flows), ("--follow", args.follow), ("--stats", args.stats))
+        if on
+    ]
+    if len(modes) > 1:
+        print(f"pktscope read: {' and '.join(modes)} cannot be combined; give one", file=sys.stderr)
+        return 2
+    try:
+        matched, error = read_capture(
             args.capture,
             sys.stdout,
             as_json=args.json,
@@ -97,11 +206,20 @@ def run(args: argparse.Namespace) -> int:
             count=args.count or 0,
             flows=args.flows,
             local_nets=local_nets or None,
+            write_path=args.write,
+            pcapng=args.pcapng,
+            follow=args.follow,
+            follow_format=args.follow_format,
+            extras=extras,
+            bad_list=args.bad_list,
         )
     except FilterError as err:
         print(filter_error_text(args.filter or "", err), file=sys.stderr)
         return 2
-    except CaptureError as err:
+    except ValueError as err:
+        print(f"pktscope read: {err}", file=sys.stderr)
+        return 2
+    except (CaptureError, CapfileError) as err:
         print(f"pktscope read: {err}", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -110,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     sys.stdout.flush()
+    if args.write:
+        print(f"pktscope read: {matched} packets written to {safe(args.write)}", file=sys.stderr)
     if error:
         print(f"pktscope read: {args.capture}: capture file ends early: {error}", file=sys.stderr)
         return 1
@@ -134,7 +254,45 @@ def add_parser(subparsers: Any) -> None:
         metavar="CIDR",
         help="with --flows: a local network, for `outbound` (repeatable; default as `pktscope run`)",
     )
+    add_analysis_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_analysis_arguments(p: argparse.ArgumentParser) -> None:
+    """Writing, following, stats and findings options of `read` (issue 12)."""
+    p.add_argument(
+        "-w",
+        "--write",
+        metavar="FILE",
+        help="write the matching packets to FILE (pcap; pcapng if it ends .pcapng)",
+    )
+    p.add_argument("--pcapng", action="store_true", help="with -w: write pcapng whatever the name")
+    p.add_argument(
+        "--follow",
+        metavar="KIND,N",
+        help="print stream N's payload, both directions in order (KIND: tcp, udp, tls, http; N as tcp.stream/udp.stream)",
+    )
+    p.add_argument(
+        "--follow-format",
+        choices=("ascii", "hex", "raw"),
+        default="ascii",
+        help="with --follow: text (non-printables as '.'), a hex dump, or one hex line per segment",
+    )
+    p.add_argument(
+        "--stats", action="store_true", help="protocol hierarchy, top talkers/conversations, throughput"
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="with --stats: throughput interval"
+    )
+    p.add_argument(
+        "--top", type=int, default=10, metavar="N", help="with --stats: how many talkers/conversations"
+    )
+    p.add_argument(
+        "--findings", action="store_true", help="list cleartext-credential and risky-cleartext findings"
+    )
+    p.add_argument(
+        "--bad-list", metavar="FILE", help="known-bad addresses/CIDRs (one a line); flags packets to them"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

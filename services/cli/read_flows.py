@@ -115,6 +115,9 @@ def flow_record(event: dict[str, Any]) -> dict[str, Any]:
         "name_src": event["name_src"],
         "names": flow_names(event),
         "app": event["app"],
+        "initial_rtt": event.get("initial_rtt"),
+        "retransmissions": event.get("retransmissions", 0),
+        "out_of_order": event.get("out_of_order", 0),
     }
 
 
@@ -123,12 +126,20 @@ def flow_line(event: dict[str, Any], t0: float) -> str:
     proto = PROTO_TEXT.get(event["proto"], str(event["proto"]))
     first, last, state = event["first"], event["last"], event["state"]
     names = " ".join(safe(n) for n in flow_names(event))
+    tcp_notes = ""
+    if event.get("initial_rtt") is not None:
+        tcp_notes += f" irtt={event['initial_rtt']:.6f}"
+    if event.get("retransmissions"):
+        tcp_notes += f" retrans={event['retransmissions']}"
+    if event.get("out_of_order"):
+        tcp_notes += f" ooo={event['out_of_order']}"
     return (
         f"{proto:<6} {safe(event['src'])}:{event['sport']} -> {safe(event['dst'])}:{event['dport']}"
         f" start={first - t0:.6f} dur={last - first:.6f}"
         f" out={event['pkts_out']}p/{event['bytes_out']}B in={event['pkts_in']}p/{event['bytes_in']}B"
         + (f" {state}" if state else "")
         + (f" {names}" if names else "")
+        + tcp_notes
     )
 
 

@@ -113,6 +113,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flow-log", default=None, help="append one JSON line per ended flow to this file")
     p.add_argument("--max-flows", type=int, default=None, help="flow table cap (default 500000)")
     p.add_argument(
+        "--keep-packets",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep each flow's last N packets in the decoders, so `alerts pcap ID -w FILE` can save an alert's flow",
+    )
+    p.add_argument(
         "--alerts-endpoint",
         default=None,
         help="ZeroMQ endpoint of the alert PUB socket "
@@ -204,6 +211,9 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     if args.max_flows is not None:
         _positive("--max-flows", args.max_flows, 1)
         cfg.flow.max_flows = args.max_flows
+    if args.keep_packets is not None:
+        _positive("--keep-packets", args.keep_packets, 0)
+        cfg.keep_packets = args.keep_packets
     det = cfg.detector
     if args.demo:
         det.learning = 5.0

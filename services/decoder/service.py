@@ -14,6 +14,7 @@ import redis
 import zmq
 
 from services.decoder.fastpath import decode_batch
+from services.decoder.ring import PacketRing, RingServer
 from shared import frames
 from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
@@ -102,6 +103,10 @@ class DecoderService:
         self.seqs = [resumed] * self.trackers
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
+        self.ring = self.ring_server = None
+        if cfg.keep_packets > 0:
+            self.ring = PacketRing(cfg.keep_packets)
+            self.ring_server = RingServer(self.ring, r, cfg.redis_prefix)
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: Any) -> int:
@@ -120,6 +125,8 @@ class DecoderService:
                 try:
                     buf = pull.recv(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
+                    if self.ring_server is not None:
+                        self.ring_server.poll()
                     self.stats.maybe_flush()
                     self.poller.poll(POLL_MS)
                     if self._upstream_ended_while_away(idle_since, stop):
@@ -130,6 +137,8 @@ class DecoderService:
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0
                 self.continuity.progress(max(self.seqs))
+                if self.ring_server is not None:
+                    self.ring_server.poll()
                 self.stats.maybe_flush()
             log.info("%s: stopping on signal", self.name)
             self.stats.flush()
@@ -186,6 +195,8 @@ class DecoderService:
             c["bad_frames"] += 1
             return
         c["packets_in"] += len(body)
+        if self.ring is not None:
+            self.ring.add_batch(body, result.records)
         c["decoded"] += result.decoded
         c["malformed"] += result.malformed
         c["non_ip"] += result.non_ip

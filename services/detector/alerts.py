@@ -29,7 +29,14 @@ from typing import Any
 
 import msgpack
 
-KINDS = ("new_process_dest", "new_process_egress", "new_geo", "volume_spike", "identity_change")
+KINDS = (
+    "new_process_dest",
+    "new_process_egress",
+    "new_geo",
+    "volume_spike",
+    "identity_change",
+    "cleartext_credential",
+)
 SEVERITIES = ("info", "notice", "warning", "critical")
 MAX_TEXT = 512  # longest string kept in an alert (names are <= 253, paths can be long)
 

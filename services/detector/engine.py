@@ -37,7 +37,7 @@ from services.detector import alerts, lua
 from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
-from services.detector.keys import SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
+from services.detector.keys import SET_ASN, SET_COUNTRY, SET_CRED, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
 
@@ -208,6 +208,8 @@ class DetectorEngine:
                     self.pending.append((ev.ts + self.name_wait, key))
                 elif first:
                     self._check_dest(batch, flow, ev, "")  # too many waiting: label now
+            if ev.cred is not None:
+                self._check_cred(batch, flow, ev)
             if ev.d_bytes_out:
                 slot = (flow.entity, math.floor(ev.ts / interval) * interval)
                 acc = volume.get(slot)
@@ -485,6 +487,26 @@ class DetectorEngine:
         alert = alerts.build("new_process_dest", "notice", ts, flow.entity, dest, title, facts)
         target = ("s", self.keys.entity_set(flow.entity, SET_DEST), label, "", f"dest:{label}", alert)
         self._novel(batch, flow.entity, ts, self._is_learning(ts), "new_process_dest", [target])
+
+    def _check_cred(self, batch: _Batch, flow: FlowState, ev: FlowEvent) -> None:
+        """An outbound login in the clear: a warning once per entity, protocol, user and destination.
+
+        Raised during the learning window too (a password on the wire is never "normal"). The
+        event carries the protocol and the user name only: the secret never leaves the decoder.
+        """
+        protocol, user = ev.cred or ("", "")
+        dest = self._destination(ev, ev.name)
+        member = f"{protocol}|{user}|{dest}"
+        if self._known((flow.entity, SET_CRED, member)):
+            return
+        who = f"user {user!r}" if user else "a login"
+        title = f"{flow.who} sent {who} over cleartext {protocol} to {dest}"
+        facts = self._facts(flow, ev, ev.name)
+        facts["protocol"] = protocol
+        facts["user"] = user
+        alert = alerts.build("cleartext_credential", "warning", ev.ts, flow.entity, dest, title, facts)
+        target = ("s", self.keys.entity_set(flow.entity, SET_CRED), member, "", f"cred:{member}", alert)
+        self._novel(batch, flow.entity, ev.ts, False, "cleartext_credential", [target])
 
     def _check_geo(self, batch: _Batch, flow: FlowState, ev: FlowEvent, learning: bool) -> None:
         dest = self._destination(ev, ev.name)

@@ -24,12 +24,15 @@ class FlowEvent(NamedTuple):
     name: str
     name_src: str
     d_bytes_in: int = 0
+    cred: tuple[str, str] | None = None  # (protocol, user) of a cleartext credential seen in the flow
 
 
 _EVENTS = (EV_START, EV_UPDATE, EV_END)
 
 
 _ROW_LEN = len(FIELDS)
+_APP = INDEX["app"]
+CRED_KIND = "cleartext_credential"
 _EV, _TS, _PROTO, _SRC, _SPORT, _DST, _DPORT, _OUTBOUND, _D_OUT, _NAME, _NAME_SRC, _D_IN = (
     INDEX[k]
     for k in (
@@ -72,6 +75,7 @@ def parse(raw: Any) -> FlowEvent | None:
         src, dst, d_out, outbound = raw[_SRC], raw[_DST], raw[_D_OUT], raw[_OUTBOUND]
         d_in = raw[_D_IN]
         name, name_src = raw[_NAME] or "", raw[_NAME_SRC] or ""
+        app = raw[_APP]
     elif isinstance(raw, dict):
         try:
             ev = raw["ev"]
@@ -83,6 +87,7 @@ def parse(raw: Any) -> FlowEvent | None:
             outbound = raw.get("outbound")
             name = raw.get("name") or ""
             name_src = raw.get("name_src") or ""
+            app = raw.get("app")
         except KeyError:
             return None
     else:
@@ -101,6 +106,13 @@ def parse(raw: Any) -> FlowEvent | None:
         name = ""
     if not isinstance(name_src, str):
         name_src = ""
+    cred = None
+    if type(app) is dict and app.get("anomaly.kind") == CRED_KIND:
+        protocol, user = app.get("anomaly.protocol"), app.get("anomaly.user")
+        cred = (
+            protocol[:32] if isinstance(protocol, str) else "",
+            user[:128] if isinstance(user, str) else "",
+        )
     return FlowEvent(
         ev,
         float(ts),
@@ -114,4 +126,5 @@ def parse(raw: Any) -> FlowEvent | None:
         name[:MAX_NAME].lower(),
         name_src[:32],
         d_in,
+        cred,
     )

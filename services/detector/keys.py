@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared.redis_keys import Keys, glob_escape
 
 SET_DEST, SET_COUNTRY, SET_ASN = "dest", "cc", "asn"
+SET_CRED = "cred"  # protocol|user|destination of cleartext logins already alerted
 ENTITY_SETS = (SET_DEST, SET_COUNTRY, SET_ASN)
 
 

@@ -16,7 +16,7 @@ from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
 from services.detector.merge import EventMerge
-from shared import frames
+from shared import frames, packet_ring
 from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, ended_upstream
@@ -174,10 +174,22 @@ class DetectorService:
         self._engine_errors_seen = self.engine.redis_errors
 
     def publish(self, raised: list[dict]) -> None:
+        if self.cfg.keep_packets > 0 and self.r is not None:
+            self._request_packets(raised)
         for alert in raised:
             # PUB does not block; the Redis stream is the durable copy
             with contextlib.suppress(zmq.Again):
                 self.pub.send_multipart(alerts.pub_message(alert), flags=zmq.NOBLOCK)
+
+    def _request_packets(self, raised: list[dict]) -> None:
+        """Ask the decoders to save each alert's flow packets (services/decoder/ring.py)."""
+        for alert in raised:
+            flow = (alert.get("detail") or {}).get("flow")
+            if isinstance(flow, dict) and alert.get("id"):
+                try:
+                    packet_ring.request(self.r, self.cfg.redis_prefix, alert["id"], flow)
+                except (redis.RedisError, KeyError):
+                    self.stats.c["ring_request_errors"] += 1
 
     def run(self) -> int:
         if not self.start():

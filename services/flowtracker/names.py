@@ -27,7 +27,7 @@ OWN_NAME_KEYS = (("tls.sni", 0), ("quic.sni", 1), ("http.host", 2))
 SRC_DNS = "dns"
 
 # Application facts a flow event carries (bounded): keys with these prefixes, first value wins.
-APP_PREFIXES = ("tls.", "quic.", "http.", "ssh.")
+APP_PREFIXES = ("tls.", "quic.", "http.", "ssh.", "anomaly.")
 APP_MAX_KEYS = 16
 APP_MAX_TEXT = 256
 APP_MAX_ITEMS = 8

@@ -75,9 +75,13 @@ RESET = tcp_state.RESET
     DNS_NAME,  # name from DNS, fixed once found
     APP,  # dict of app facts, or None
     ALIVE,
-) = range(33)
+    SYN_TS,  # TCP: time of the latest bare SYN (0.0: none seen)
+    IRTT,  # TCP: initial RTT (seconds) once known, else None
+    SEQ,  # TCP: [next seq out, next seq in, holes out, holes in, retransmissions, out of order] or None
+) = range(36)
 
 NO_RANK = 99
+MAX_HOLES = 8  # sequence gaps remembered per direction, for telling out-of-order from retransmitted
 R_NAME, R_NAME_SRC = INDEX["name"], INDEX["name_src"]  # event row slots set on release
 # (ts, flow key, creation order): events at one packet time come out in flow-key order, not in
 # the order the decoders' frames happened to arrive; never compares the event rows
@@ -153,12 +157,13 @@ class FlowTable:
         arrive = self._arrive
         due = self._due
         tcp = self._tcp
+        seqs = self._seqs
         app_fields = self._app
         n = 0
         it = iter(records)
         while True:
             try:
-                for _num, ts, wl, proto, src, dst, sport, dport, flags, _pl, frag, _seq, app in it:
+                for _num, ts, wl, proto, src, dst, sport, dport, flags, pl, frag, seq, app in it:
                     n += 1
                     if frag:
                         # Every fragment of a datagram (the first one too) counts in one portless
@@ -177,13 +182,16 @@ class FlowTable:
                         or ts - st[LAST] > st[IDLE]
                         or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags))
                     ):
-                        arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app)
+                        arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
                         continue
                     if ts >= st[NEXT_UPD]:
                         due(st, ts)
                     out = fwd is st[INIT_FIRST]
-                    if proto == 6 and (flags & 7 or st[STATE] is not established):
-                        tcp(st, flags, out)
+                    if proto == 6:
+                        if flags & 7 or st[STATE] is not established:
+                            tcp(st, flags, out, ts)
+                        if pl:
+                            seqs(st, out, seq + (flags >> 1 & 1), pl)  # data on a SYN follows it
                     if out:
                         st[BOUT] += wl
                         st[POUT] += 1
@@ -219,6 +227,8 @@ class FlowTable:
         dport: int,
         flags: int,
         app: Any,
+        pl: int = 0,
+        seq: int = 0,
     ) -> None:
         """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse."""
         if not isinstance(ts, float | int) or ts != ts or not isinstance(wl, int):
@@ -278,10 +288,15 @@ class FlowTable:
             "",
             None,
             True,
+            ts if proto == TCP and flags & 0x12 == 0x02 else 0.0,
+            None,
+            None,
         ]
         flows[key] = st
         lru[key] = None
         self.flows_started += 1
+        if proto == TCP and isinstance(seq, int) and isinstance(pl, int) and pl > 0:
+            self._seqs(st, sender_initiates, seq + (flags >> 1 & 1), pl)
         if app is not None:
             self._app(st, app, ts, True)
         self._emit(st, EV_START, ts)
@@ -300,7 +315,15 @@ class FlowTable:
             return c[4]
         return c[5]
 
-    def _tcp(self, st: list, flags: int, from_initiator: bool) -> None:
+    def _tcp(self, st: list, flags: int, from_initiator: bool, ts: float) -> None:
+        # Initial RTT as Wireshark's tcp.analysis.initial_rtt: from the latest bare SYN to the
+        # first packet with ACK and without SYN (either direction). Such packets all come here:
+        # the state is not "established" before one of them.
+        syn_ack = flags & 0x12
+        if syn_ack == 0x02:
+            st[SYN_TS] = ts
+        elif syn_ack == 0x10 and st[SYN_TS] and st[IRTT] is None:
+            st[IRTT] = ts - st[SYN_TS]
         state, st[FINS] = tcp_state.step(st[STATE], st[FINS], flags, from_initiator)
         if state is not st[STATE]:
             st[STATE] = state
@@ -311,6 +334,48 @@ class FlowTable:
                 lru[key] = None
                 st[LRU] = lru
                 st[IDLE] = idle
+
+    @staticmethod
+    def _seqs(st: list, out: bool, seq: int, pl: int) -> None:
+        """Count retransmitted and out-of-order data segments of one direction (mod 2**32).
+
+        A segment at or past the next expected sequence number advances it (a jump leaves a
+        hole, at most MAX_HOLES kept per direction); one that starts before it is out of order
+        when it falls in a hole, else a retransmission. Wireshark's heuristics (timing, window
+        probes, keep-alives) are not copied: these are counts for a flow summary.
+        """
+        sq = st[SEQ]
+        if sq is None:
+            sq = st[SEQ] = [None, None, [], [], 0, 0]
+        d = 0 if out else 1
+        nxt = sq[d]
+        end = (seq + pl) & 0xFFFFFFFF
+        if nxt is None:
+            sq[d] = end
+            return
+        ahead = (seq - nxt) & 0xFFFFFFFF
+        if ahead < 0x80000000:  # at or past the expected byte
+            if ahead:
+                holes = sq[2 + d]
+                if len(holes) < MAX_HOLES:
+                    holes.append((nxt, seq))
+            sq[d] = end
+            return
+        holes = sq[2 + d]
+        for i, (lo, hi) in enumerate(holes):
+            if (seq - lo) & 0xFFFFFFFF < (hi - lo) & 0xFFFFFFFF:
+                sq[5] += 1
+                if (end - hi) & 0xFFFFFFFF < 0x80000000:  # the hole is filled (from seq on)
+                    if seq == lo:
+                        del holes[i]
+                    else:
+                        holes[i] = (lo, seq)
+                elif seq == lo:
+                    holes[i] = (end, hi)
+                return
+        sq[4] += 1
+        if (end - nxt) & 0xFFFFFFFF < 0x80000000:
+            sq[d] = end
 
     def _app(self, st: list, app: Any, ts: float, starting: bool) -> None:
         """Names and facts from a packet's application fields."""
@@ -438,6 +503,9 @@ class FlowTable:
             st[NAME_SRC],
             dict(st[APP]) if st[APP] else {},
             reason,
+            None if st[IRTT] is None else round(st[IRTT], 9),
+            st[SEQ][4] if st[SEQ] else 0,
+            st[SEQ][5] if st[SEQ] else 0,
         ]
         st[POUT0], st[BOUT0], st[PIN0], st[BIN0] = pout, bout, pin, bin_
         st[DIRTY] = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter, deque
 
+from services.decoder.app import credentials
 from services.decoder.app.http_text import authority_of, normalise_host, text
 
 MAX_HEAD = 16384  # bytes of one message head (request/status line + headers)
@@ -299,6 +300,11 @@ class Http1Parser:
         ctype = headers.get(b"content-type")
         if ctype is not None:
             fields["http.content_type"] = text(ctype)
+        auth = headers.get(b"authorization") or headers.get(b"proxy-authorization")
+        if auth is not None:
+            found = credentials.http_authorization(auth)  # the user name only, never the secret
+            if found is not None:
+                fields.update(found)
         conn = self.conn
         conn.methods.append(method.upper())
         upgrade = headers.get(b"upgrade")
@@ -356,7 +362,9 @@ class Http1Parser:
         return is_request
 
 
-_WANTED = re.compile(rb"\n(host|user-agent|content-type|content-length|transfer-encoding|upgrade)[ \t]*:")
+_WANTED = re.compile(
+    rb"\n(host|user-agent|content-type|content-length|transfer-encoding|upgrade|authorization|proxy-authorization)[ \t]*:"
+)
 
 
 def _headers(block: bytes) -> dict:

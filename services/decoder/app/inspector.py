@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections import Counter, OrderedDict
 
-from services.decoder.app import http2
+from services.decoder.app import credentials, http2
 from services.decoder.app.dns import DnsError, parse_message
 from services.decoder.app.dns_tcp import DnsTcpSide
 from services.decoder.app.http1 import Http1Conn, Http1Parser, looks_like_http1
@@ -48,6 +48,7 @@ _DNS_ERRORS = (DnsError, struct.error, IndexError, ValueError)
 
 # what a TCP direction is being read as
 K_IDENTIFY, K_TLS, K_HTTP1, K_H2, K_DNS, K_NONE = range(6)
+K_CRED = 6  # a line protocol with logins (FTP, POP3, IMAP, SMTP, Telnet): watched for cleartext credentials
 
 
 class TlsSide:
@@ -382,7 +383,13 @@ class AppInspector:
             counters["flows_dns_tcp"] += 1
             flow.consumers = [DnsTcpSide(counters), DnsTcpSide(counters)]
         else:
-            counters["flows_unidentified"] += 1
+            counters["flows_unidentified"] += 1  # no app protocol decoded; logins may still be watched
+            sides = _credential_watch(flow)
+            if sides is not None:
+                flow.kind = K_CRED
+                counters["flows_credential_watch"] += 1
+                flow.consumers = sides
+                return
             flow.consumers = [None, None]
 
     def _switch(self, flow: TcpFlow) -> list:
@@ -516,6 +523,39 @@ def _classify(data: bytes, ckey: tuple) -> int | None:
     if verdict is None:
         return None
     return K_HTTP1 if verdict else K_NONE
+
+
+class _CredSide:
+    """One direction of a LineWatch, in the consumer shape (feed, gap, finished)."""
+
+    __slots__ = ("client", "watch")
+
+    def __init__(self, watch: credentials.LineWatch, client: bool) -> None:
+        self.watch = watch
+        self.client = client
+
+    @property
+    def finished(self) -> bool:
+        return self.watch.finished
+
+    def feed(self, data: bytes) -> list:
+        return self.watch.feed(data, self.client)
+
+    def gap(self, size: int) -> None:
+        self.watch.gap(size)
+
+
+def _credential_watch(flow: TcpFlow) -> list | None:
+    """Consumers watching a login protocol's stream (by its server port), unless it is encrypted."""
+    protocol = credentials.PORT_PROTOCOLS.get(flow.ckey[3])
+    if protocol is None:
+        return None
+    if credentials.looks_encrypted(bytes(flow.pending[0][:4])) or credentials.looks_encrypted(
+        bytes(flow.pending[1][:4])
+    ):
+        return None
+    watch = credentials.LineWatch(protocol)
+    return [_CredSide(watch, True), _CredSide(watch, False)]
 
 
 def _buffered(flow: TcpFlow) -> int:
