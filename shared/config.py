@@ -89,6 +89,10 @@ class PipelineConfig:
     local_nets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_NETS))
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    # observation (issue 13): EVE JSON log path, notification URLs, Prometheus listen address
+    eve_log: str = ""
+    notify: list[str] = field(default_factory=list)
+    metrics_listen: str = ""
 
     # --- derived endpoints ---------------------------------------------------------------
     @property

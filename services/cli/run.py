@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import pipeline_stats
+from services.cli import observe_flags, pipeline_stats
 from services.cli.common import CliError, local_net_list
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
@@ -98,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(default ipc://RUN_DIR/alerts.ipc; use tcp://127.0.0.1:PORT for TCP)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="packets per frame (default 512)")
+    observe_flags.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -184,6 +185,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
                 )
             setattr(det, flag, str(Path(value).resolve()))
     det.attribute_processes = cfg.live
+    observe_flags.apply(args, cfg)
     return cfg
 
 

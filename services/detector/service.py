@@ -14,6 +14,7 @@ from services.detector import alerts
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
+from services.detector.observers import Observers
 from shared import frames
 from shared import stats as stats_module
 from shared.config import PipelineConfig
@@ -68,6 +69,7 @@ class DetectorService:
         self.engine: DetectorEngine | None = None
         self.gaps = frames.SequenceGaps()
         self._engine_errors_seen = 0
+        self.observers: Observers | None = None
 
     def start(self) -> bool:
         self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
@@ -86,6 +88,7 @@ class DetectorService:
             stop=lambda: bool(self.stop),
         )
         self.stats.sources.append(self._enrichment_counters)
+        self.observers = Observers(self.cfg, self.r, self.engine, self.stats.c)
         for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
             self.stats.c[name] += 0
         self._gauges()
@@ -135,6 +138,8 @@ class DetectorService:
         self._engine_errors_seen = self.engine.redis_errors
 
     def publish(self, raised: list[dict]) -> None:
+        if self.observers is not None:
+            self.observers.frame(raised)
         for alert in raised:
             # PUB does not block; the Redis stream is the durable copy
             with contextlib.suppress(zmq.Again):
@@ -158,8 +163,12 @@ class DetectorService:
                 next_maintenance = time.monotonic() + MAINTENANCE_EVERY
                 self.engine.maintenance()
             self._gauges()
+            if self.observers is not None:
+                self.observers.idle()
             self.stats.maybe_flush()
         self.publish(self.engine.finish())
+        if self.observers is not None:
+            self.observers.close()
         self._gauges()
         if eos_body is not None:
             self.stats.flush(eos=1, eos_body=json.dumps(eos_body, default=str))
