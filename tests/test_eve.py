@@ -35,8 +35,20 @@ PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "IPv6-ICMP": 58}
 def eve_of(pcap: Path, tmp: Path, *extra: str) -> list[dict]:
     log = tmp / "eve.json"
     pktscope(
-        "run", "--read", str(pcap), "--run-dir", str(tmp / "run"), "--state-dir", str(tmp / "state"),
-        "--learning", "0", "--decoders", "1", "--eve-log", str(log), *extra,
+        "run",
+        "--read",
+        str(pcap),
+        "--run-dir",
+        str(tmp / "run"),
+        "--state-dir",
+        str(tmp / "state"),
+        "--learning",
+        "0",
+        "--decoders",
+        "1",
+        "--eve-log",
+        str(log),
+        *extra,
     )
     lines = log.read_text().splitlines()
     events = [json.loads(line) for line in lines]
@@ -58,7 +70,9 @@ def _path(node: object, keys: list[str]) -> set[str]:
 
 def test_corpus_captures_validate_and_carry_suricata_fields(short_tmp: Path) -> None:
     expected = [json.loads(line) for line in (CORPUS / "expected.jsonl").read_text().splitlines()]
-    wanted = [e for e in expected if e["pcap"] in CAPTURES and e["eve_event_type"] in ("tls", "quic", "http", "dns")]
+    wanted = [
+        e for e in expected if e["pcap"] in CAPTURES and e["eve_event_type"] in ("tls", "quic", "http", "dns")
+    ]
     assert len(wanted) >= 8
 
     def run(i_pcap):

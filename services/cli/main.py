@@ -16,6 +16,7 @@ SUBCOMMANDS = (
     "services.cli.alerts",
     "services.cli.status",
     "services.cli.baseline",
+    "services.cli.inspect",
 )
 
 

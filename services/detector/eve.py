@@ -124,10 +124,20 @@ def _dns(app: dict) -> dict[str, Any]:
         rows = []
         for ans in answers:
             if isinstance(ans, (list, tuple)) and len(ans) >= 4:
-                rows.append({"rrname": str(ans[0]), "rrtype": str(ans[1]), "ttl": ans[2], "rdata": str(ans[3])})
+                rows.append(
+                    {"rrname": str(ans[0]), "rrtype": str(ans[1]), "ttl": ans[2], "rdata": str(ans[3])}
+                )
             elif isinstance(ans, dict):
                 rows.append(
-                    {k2: ans.get(k1) for k1, k2 in (("name", "rrname"), ("type", "rrtype"), ("ttl", "ttl"), ("data", "rdata"))}
+                    {
+                        k2: ans.get(k1)
+                        for k1, k2 in (
+                            ("name", "rrname"),
+                            ("type", "rrtype"),
+                            ("ttl", "ttl"),
+                            ("data", "rdata"),
+                        )
+                    }
                 )
         if rows:
             out["answers"] = rows
@@ -299,7 +309,9 @@ class EveWriter:
         }
         types = app_types(row[_APP])
         if types:
-            event["app_proto"] = "http2" if types[0] == "http" and row[_APP].get("http.version") == "2" else types[0]
+            event["app_proto"] = (
+                "http2" if types[0] == "http" and row[_APP].get("http.version") == "2" else types[0]
+            )
         if flow is not None:
             proc = process_facts(flow.proc)
             proc["entity"] = flow.entity
