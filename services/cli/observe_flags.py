@@ -71,3 +71,40 @@ def apply(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     if getattr(args, "metrics_listen", None):
         check_listen(args.metrics_listen)
         cfg.metrics_listen = args.metrics_listen
+
+
+NOTIFY_DRAIN_TIMEOUT = 120.0  # seconds a finished replay waits for its notifications to go out
+
+
+def wait_for_notifier(r, keys, cfg: PipelineConfig, interrupted, timeout: float = NOTIFY_DRAIN_TIMEOUT) -> None:
+    """After a replay: wait until the notifier has delivered every alert (it retries failures).
+
+    What is still undelivered at the timeout stays pending in Redis and goes out on the next start.
+    """
+    import sys
+    import time
+
+    import redis
+
+    if not cfg.notify:
+        return
+    deadline = time.time() + timeout
+    said = False
+    while not interrupted():
+        try:
+            drained, run_id, pending = r.hmget(keys.stats("notifier"), "drained", "run_id", "alerts_pending")
+        except redis.RedisError:
+            drained = run_id = pending = None
+        if drained == "1" and run_id == cfg.run_id:
+            return
+        if time.time() > deadline:
+            print(
+                f"pktscope: {pending or 'some'} alert(s) not yet delivered to --notify targets; they stay "
+                "queued in Redis and go out when the pipeline next runs",
+                file=sys.stderr,
+            )
+            return
+        if not said and time.time() > deadline - timeout + 2:
+            print("pktscope: waiting for notifications to be delivered...", file=sys.stderr)
+            said = True
+        time.sleep(0.1)

@@ -324,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
                 exit_code = 1
                 break
             time.sleep(0.1)
+        if not cfg.live and not exit_code:
+            observe_flags.wait_for_notifier(r, keys, cfg, lambda: interrupt.hit)
         if cfg.live or exit_code:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)

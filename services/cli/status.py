@@ -77,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
         extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    notifier = stats.get("notifier")
+    if notifier:
+        print(
+            f"notifier: {int(notifier.get('notifications_sent', 0)):,} notifications "
+            f"({int(notifier.get('alerts_delivered', 0)):,} alerts) delivered, "
+            f"{int(notifier.get('delivery_failures', 0)):,} delivery failures, "
+            f"{int(notifier.get('alerts_pending', 0)):,} pending"
+        )
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))

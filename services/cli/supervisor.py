@@ -35,8 +35,14 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         redis_program = Template((COMPOSE / "redis-program.conf.tmpl").read_text()).substitute(
             redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir
         )
+    from services.cli.observe_programs import programs
+
     return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
-        run_dir=cfg.run_dir, python=python, decoders=cfg.decoders, redis_program=redis_program
+        run_dir=cfg.run_dir,
+        python=python,
+        decoders=cfg.decoders,
+        redis_program=redis_program,
+        observe_programs=programs(cfg, python),
     )
 
 
