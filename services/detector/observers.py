@@ -49,6 +49,8 @@ class Observers:
                 if eve is not None:
                     eve(raw, flow)
             observed.clear()
+        for alert in raised:
+            self.c[f"alerts.{alert.get('kind', '')}"] += 1  # alerts by kind, for the exporter
         if self.eve is not None:
             for alert in raised:
                 self.eve.alert(alert)
