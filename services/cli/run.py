@@ -16,6 +16,7 @@ import redis
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import observe_flags, pipeline_stats
 from services.cli.common import CliError, local_net_list
+from services.cli.progress import ReplayProgress
 from services.cli.supervisor import Supervisor, render_config, running_pid
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.redis_conn import connect
@@ -299,7 +300,10 @@ def run(args: argparse.Namespace) -> int:
             )
         restarts: dict[str, set[int]] = {}
         started = time.time()
+        bar = None if args.json else ReplayProgress.maybe(cfg, r, keys)
         while not interrupt.hit:
+            if bar is not None:
+                bar.update()
             if not cfg.live:
                 det = r.hgetall(keys.stats("detector"))
                 if det.get("run_id") == cfg.run_id and det.get("eos") == "1":
@@ -324,6 +328,8 @@ def run(args: argparse.Namespace) -> int:
                 exit_code = 1
                 break
             time.sleep(0.1)
+        if bar is not None:
+            bar.close()
         if not cfg.live and not exit_code:
             observe_flags.wait_for_notifier(r, keys, cfg, lambda: interrupt.hit)
         if cfg.live or exit_code:
