@@ -7,7 +7,8 @@ far denser scrape than Prometheus' usual 15 s). Each run gets a fresh state dire
 run raises the same alerts. Throughput is the summary's end-to-end packets/s (capture's first
 packet -> detector's end of stream); a notified run also waits for its notifications after
 that, which the figure leaves out (it is delivery, not replay). Prints the median per variant
-and the cost relative to plain. Usage:
+and the cost relative to plain, in throughput and in CPU seconds of every process of the run
+after start-up (steadier than throughput on a loaded machine). Usage:
 
     .venv/bin/python -m scripts.bench_observe [--runs 5] [--capture FILE]
 """
@@ -92,6 +93,20 @@ def run_once(capture: Path, extra: list[str], scrape_port: int | None) -> dict:
             raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         summary["scrapes"] = scrapes[0]
+        status = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "status", "--json", "--run-dir", str(tmp / "run")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        services = json.loads(status.stdout)["services"] if status.returncode == 0 else {}
+
+        def cpu(s: dict) -> float:  # CPU seconds after start-up (as scripts/bench counts stages)
+            return float(s.get("cpu_seconds", 0) or 0) - float(s.get("cpu_at_ready", 0) or 0)
+
+        summary["cpu"] = sum(cpu(s) for s in services.values())  # the pipeline and observation services
+        summary["cpu_detector"] = cpu(services.get("detector", {}))
         return summary
     finally:
         stop.set()
@@ -114,6 +129,7 @@ def main() -> int:
         "metrics": (None, "metrics"),
     }
     results: dict[str, list[float]] = {k: [] for k in variants}
+    cpus: dict[str, list[float]] = {k: [] for k in variants}
     with open("/proc/loadavg") as f:
         print(f"load average before: {f.read().split()[:3]}")
     for i in range(args.runs):
@@ -125,22 +141,25 @@ def main() -> int:
             (eve_dir / "eve.json").unlink(missing_ok=True)
             s = run_once(args.capture, extra, port)
             results[name].append(s["packets_per_second"])
+            cpus[name].append(s["cpu"])
             note = f" scrapes {s['scrapes']}" if port else ""
             if name == "eve":
                 note = f" eve lines {len((eve_dir / 'eve.json').read_bytes().splitlines())}"
             if name == "notify":
                 note = f" posts so far {Sink.posts}"
             print(
-                f"run {i + 1} {name:8} {s['packets_per_second']:>9,} packets/s  {s['elapsed']:.2f} s  alerts {s['alerts']}{note}",
+                f"run {i + 1} {name:8} {s['packets_per_second']:>9,} packets/s  {s['elapsed']:.2f} s  "
+                f"CPU {s['cpu']:.2f} s (detector {s['cpu_detector']:.2f} s)  alerts {s['alerts']}{note}",
                 flush=True,
             )
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")
-    base = statistics.median(results["plain"])
+    base, base_cpu = statistics.median(results["plain"]), statistics.median(cpus["plain"])
     for name, values in results.items():
-        med = statistics.median(values)
+        med, cpu = statistics.median(values), statistics.median(cpus[name])
         print(
-            f"{name:8} median {med:>9,.0f} packets/s  cost {100 * (1 - med / base):+.1f}% vs plain  (runs: {', '.join(f'{v:,.0f}' for v in values)})"
+            f"{name:8} median {med:>9,.0f} packets/s, cost {100 * (1 - med / base):+.1f}%;  "
+            f"CPU {cpu:.2f} s, {100 * (cpu / base_cpu - 1):+.1f}%  (runs: {', '.join(f'{v:,.0f}' for v in values)})"
         )
     server.shutdown()
     shutil.rmtree(eve_dir, ignore_errors=True)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import ipaddress
+import socket
 import struct
 
 TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
 _PORTED = frozenset((TCP, UDP, ICMP, ICMP6, SCTP))
+_SEED, _PROTO, _PORTS = struct.Struct("!H"), struct.Struct("!BB"), struct.Struct("!HH")
 
 # ICMP type -> the type of the other half of its exchange (the spec's table, from Zeek)
 _ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 17: 18, 18: 17}
@@ -30,7 +31,10 @@ _ICMP6_PAIRS.update({139: 140, 140: 139, 144: 145, 145: 144})
 
 @functools.lru_cache(maxsize=8192)
 def _packed(addr: str) -> bytes:
-    return ipaddress.ip_address(addr).packed
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+    except OSError:
+        raise ValueError(f"{addr!r} is not an IP address") from None
 
 
 def community_id(
@@ -54,7 +58,5 @@ def community_id(
             one_way = True
     if not one_way and (src, sp) > (dst, dp):
         src, dst, sp, dp = dst, src, dp, sp
-    data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
-    if ported:
-        data += struct.pack("!HH", sp, dp)
+    data = b"".join((_SEED.pack(seed), src, dst, _PROTO.pack(proto, 0), _PORTS.pack(sp, dp) if ported else b""))
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()

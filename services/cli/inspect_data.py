@@ -20,6 +20,7 @@ from services.cli.filter import FilterError, compile_filter
 from services.detector.alerts import display_name
 from services.detector.baseline_store import BaselineStore
 from services.detector.keys import DetectorKeys
+from services.detector.live_store import as_map
 from shared.observe_keys import ObserveKeys
 
 MAX_ALERTS = 500  # newest alerts shown
@@ -135,11 +136,8 @@ class InspectSource:
         """Open connections, most recently active first."""
         out = []
         for text in self.r.hvals(self.keys.live_conns()):
-            try:
-                conn = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(conn, dict):
+            conn = _record(text)
+            if conn is not None:
                 out.append(conn)
         out.sort(key=lambda c: float(c.get("last") or 0), reverse=True)
         return out
@@ -168,12 +166,7 @@ class InspectSource:
         """What ``entity`` (an executable path, a program name, or host:ADDR) talked to between
         ``start`` and ``end`` (packet time): one row per destination, with flows and bytes."""
         rows = self.r.zrangebyscore(self.keys.live_history(), start, end, start=0, num=MAX_HISTORY_ROWS)
-        conns = []
-        for text in rows:
-            try:
-                conns.append(json.loads(text))
-            except ValueError:
-                continue
+        conns = [c for c in map(_record, rows) if c is not None]
         conns += [c for c in self.connections() if float(c.get("first") or 0) <= end]
         per: dict[str, dict[str, Any]] = {}
         for c in conns:
@@ -251,6 +244,14 @@ class InspectSource:
             raise InspectError(f"nothing to allow for a {kind} alert (acknowledge it instead)")
         self.ack([alert["id"]])
         return f"allowed {what} for {display_name(entity)}"
+
+
+def _record(text: str) -> dict[str, Any] | None:
+    """A live-view record (a JSON array, services/detector/live_store.RECORD_FIELDS) as a map."""
+    try:
+        return as_map(json.loads(text))
+    except ValueError:
+        return None
 
 
 def _domain(name: str) -> str:

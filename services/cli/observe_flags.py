@@ -76,6 +76,27 @@ def apply(args: argparse.Namespace, cfg: PipelineConfig) -> None:
 NOTIFY_DRAIN_TIMEOUT = 120.0  # seconds a finished replay waits for its notifications to go out
 
 
+OBSERVER_TIMEOUT = 60.0  # seconds a finished replay waits for the observer's last writes
+
+
+def wait_for_observation(r, keys, cfg: PipelineConfig, interrupted) -> None:
+    """After a replay: the observer's last writes (live view, EVE log), then the notifications."""
+    import time
+
+    import redis
+
+    deadline = time.time() + OBSERVER_TIMEOUT
+    while not interrupted() and time.time() < deadline:
+        try:
+            eos, run_id = r.hmget(keys.stats("observer"), "eos", "run_id")
+        except redis.RedisError:
+            eos = run_id = None
+        if eos == "1" and run_id == cfg.run_id:
+            break
+        time.sleep(0.05)
+    wait_for_notifier(r, keys, cfg, interrupted)
+
+
 def wait_for_notifier(r, keys, cfg: PipelineConfig, interrupted, timeout: float = NOTIFY_DRAIN_TIMEOUT) -> None:
     """After a replay: wait until the notifier has delivered every alert (it retries failures).
 

@@ -1,5 +1,5 @@
-"""supervisord programs of the observation services, added to supervisord.conf when configured:
-the notifier (--notify) and the Prometheus exporter (--metrics-listen)."""
+"""supervisord programs of the observation services, added to supervisord.conf: the observer
+(always: live view, EVE log), the notifier (--notify) and the Prometheus exporter (--metrics-listen)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ environment=PYTHONUNBUFFERED="1"
 """
 
 
+GROUPS = ("observer", "notifier", "exporter")  # stopped after the pipeline, before Redis
+
+
 def programs(cfg: PipelineConfig, python: str) -> str:
-    out = []
+    # the observer always runs: it keeps the live view of `pktscope inspect` (and the EVE log)
+    out = [PROGRAM.format(name="observer", python=python, run_dir=cfg.run_dir, priority=8)]
     if cfg.notify:
         out.append(PROGRAM.format(name="notifier", python=python, run_dir=cfg.run_dir, priority=5))
     if cfg.metrics_listen:

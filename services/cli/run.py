@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import observe_flags, pipeline_stats
+from services.cli import observe_flags, observe_programs, pipeline_stats
 from services.cli.common import CliError, local_net_list
 from services.cli.progress import ReplayProgress
 from services.cli.supervisor import Supervisor, render_config, running_pid
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         if not cfg.live and not exit_code:
-            observe_flags.wait_for_notifier(r, keys, cfg, lambda: interrupt.hit)
+            observe_flags.wait_for_observation(r, keys, cfg, lambda: interrupt.hit)
         if cfg.live or exit_code:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
@@ -344,5 +344,5 @@ def run(args: argparse.Namespace) -> int:
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:
-        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "redis"))
+        sup.shutdown(stop_first=(*PIPELINE_SERVICES, *observe_programs.GROUPS, "redis"))
     return exit_code

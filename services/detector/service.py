@@ -70,6 +70,7 @@ class DetectorService:
         self.gaps = frames.SequenceGaps()
         self._engine_errors_seen = 0
         self.observers: Observers | None = None
+        self._frame_buf: bytes | None = None
 
     def start(self) -> bool:
         self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
@@ -88,7 +89,7 @@ class DetectorService:
             stop=lambda: bool(self.stop),
         )
         self.stats.sources.append(self._enrichment_counters)
-        self.observers = Observers(self.cfg, self.r, self.engine, self.stats.c)
+        self.observers = Observers(self.cfg, self.engine, self.stats.c, self.ctx)
         for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
             self.stats.c[name] += 0
         self._gauges()
@@ -139,7 +140,8 @@ class DetectorService:
 
     def publish(self, raised: list[dict]) -> None:
         if self.observers is not None:
-            self.observers.frame(raised)
+            self.observers.frame(self._frame_buf, raised)
+            self._frame_buf = None
         for alert in raised:
             # PUB does not block; the Redis stream is the durable copy
             with contextlib.suppress(zmq.Again):
@@ -163,11 +165,11 @@ class DetectorService:
                 next_maintenance = time.monotonic() + MAINTENANCE_EVERY
                 self.engine.maintenance()
             self._gauges()
-            if self.observers is not None:
-                self.observers.idle()
             self.stats.maybe_flush()
         self.publish(self.engine.finish())
         if self.observers is not None:
+            if eos_body is not None:
+                self.observers.end()
             self.observers.close()
         self._gauges()
         if eos_body is not None:
@@ -213,6 +215,7 @@ class DetectorService:
             if body is None:
                 self.stats.c["bad_frames"] += 1
                 return None
+            self._frame_buf = buf  # forwarded as received to the observer (live view, EVE)
             self.publish(self.engine.process(body, extra=save_seq))
         elif frame.type == frames.FrameType.TICK:
             ts = frame.body.get("ts") if isinstance(frame.body, dict) else None

@@ -233,7 +233,7 @@ class PipelineCollector(Collector):
         eve = CounterMetricFamily(
             "pktscope_eve_events", "EVE JSON lines written, by event type", labels=["event_type"]
         )
-        for field, value in sorted(det.items()):
+        for field, value in sorted(stats.get("observer", {}).items()):
             if field.startswith("eve.") and field != "eve.errors":
                 eve.add_metric([field[4:]], _num(value))
         yield eve
