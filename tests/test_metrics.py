@@ -96,8 +96,15 @@ def test_metrics_rise_with_traffic_and_show_a_killed_decoder(short_tmp) -> None:
         )
         rising = scrape(port)
         assert value(rising, "pktscope_learning") == 0  # --learning 0: detecting from the first event
-        assert value(rising, "pktscope_packets_total", stage="decoder") > 0
-        assert value(rising, "pktscope_flow_events_total", service="flowtracker") > 0
+        wait_for(  # each service writes its stats about once a second
+            lambda: (
+                (m := scrape(port))
+                and value(m, "pktscope_packets_total", stage="decoder") > 0
+                and value(m, "pktscope_flow_events_total", service="flowtracker") > 0
+            ),
+            10,
+            what="the decoder's and flow-tracker's counters to rise",
+        )
 
         old = kill_service(pipe.run_dir, "decoder:decoder-0")
         wait_for(lambda: service_pid(pipe.run_dir, "decoder:decoder-0") not in (0, old), 10, what="restart")
