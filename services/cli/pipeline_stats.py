@@ -63,6 +63,9 @@ def summarize(stats: dict[str, dict]) -> dict:
         "flows_evicted": int(ft.get("evicted", 0) or 0),
         "flow_events": int(det.get("events_in", 0) or 0),
         "alerts": int(det.get("alerts", 0) or 0),
+        # events the detector got behind packet time it had already handled (0 unless a stage
+        # restarted or the capture's own timestamps go backwards): counted, never moved
+        "late_events": int(det.get("late_events", 0) or 0),
         "drops": {
             "capture": int(cap.get("dropped", 0) or 0),
             "libpcap": int(cap.get("pcap_drop", 0) or 0) + int(cap.get("pcap_ifdrop", 0) or 0),
@@ -98,6 +101,10 @@ def format_summary(s: dict, source: str) -> str:
         f"  flows        {s['flows']:,} ({s['flows_evicted']:,} evicted at the table cap)",
         f"  flow events  {s['flow_events']:,}",
         f"  alerts       {s['alerts']:,}",
+    ]
+    if s.get("late_events"):
+        lines.append(f"  late events  {s['late_events']:,} (behind packet time already handled; counted)")
+    lines += [
         "  drops        " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in drops.items()),
     ]
     if s["restarts"]:

@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
         extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    if det.get("late_events") or det.get("volume_behind"):
+        print(
+            f"detector: {int(det.get('late_events', 0) or 0):,} late events, "
+            f"{int(det.get('volume_behind', 0) or 0):,} volume counts behind their entity's open interval"
+        )
     notifier = stats.get("notifier")
     if notifier:
         print(

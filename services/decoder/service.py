@@ -21,7 +21,7 @@ from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import loop_starting
 from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
-from shared.stats import ServiceStats
+from shared.stats import ServiceStats, wait_until_ended
 
 log = logging.getLogger("pktscope.decoder")
 
@@ -201,6 +201,10 @@ class DecoderService:
         return True
 
     def close(self) -> None:
+        if self.ended:
+            late = wait_until_ended(self.stats.r, self.stats.keys, ["flowtracker"], END_OF_STREAM_LINGER_MS / 1000)
+            if late:
+                log.warning("%s: the flow-tracker did not confirm the end of stream", self.name)
         self.pull.close(linger=0)
         # after the end of stream, wait for a slow or restarting tracker to take the last frames
         self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)

@@ -30,6 +30,8 @@ MAINTENANCE_EVERY = 10.0  # wall seconds between engine.maintenance() calls
 # Counters a detector restarted within one run (kill -9, crash, supervisorctl restart) takes over
 # from its predecessor's stats hash, so the run's figures cover every incarnation.
 RUN_COUNTERS = (
+    "late_events",
+    "volume_behind",
     "frames_in",
     "events_in",
     "bad_events",
@@ -90,7 +92,16 @@ class DetectorService:
         )
         self.stats.sources.append(self._enrichment_counters)
         self.observers = Observers(self.cfg, self.engine, self.stats.c, self.ctx)
-        for name in ("frames_in", "events_in", "alerts", "alerts_suppressed", "unattributed", "bad_frames"):
+        for name in (
+            "frames_in",
+            "events_in",
+            "alerts",
+            "alerts_suppressed",
+            "unattributed",
+            "bad_frames",
+            "late_events",
+            "volume_behind",
+        ):
             self.stats.c[name] += 0
         self._gauges()
         self.stats.flush()

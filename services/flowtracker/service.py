@@ -1,13 +1,15 @@
 """The flow-tracker service: RECORDS/TICK/EOS frames from the decoders in, FLOWS frames out.
 
 One process. It binds a PULL at ``cfg.tracker_endpoint`` that every decoder pushes to and
-pushes flow events to the detector. Timers run on packet time only (see table.py and
-clock.py), so a replay gives the same flows however many decoders there are.
+pushes flow events to the detector. The decoders' records are put back in capture order
+(merge.py) before the flow table sees them, and timers run on packet time only (table.py), so
+a replay gives the same flow events, in the same order, however many decoders there are.
+The detector gets the events in packet-time order, and a TICK whenever packet time moved a
+second without events, so its volume intervals close on time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -15,9 +17,9 @@ from typing import Any
 import redis
 import zmq
 
-from services.flowtracker.clock import Watermarks
 from services.flowtracker.flowlog import FlowLog
 from services.flowtracker.localaddr import LocalMatcher
+from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
@@ -27,7 +29,7 @@ from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import loop_starting
 from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
-from shared.stats import ServiceStats
+from shared.stats import ServiceStats, wait_until_ended
 
 log = logging.getLogger("pktscope.flowtracker")
 
@@ -35,6 +37,7 @@ SENDER = "flowtracker"
 POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
 FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
+DETECTOR_TICK_EVERY = 1.0  # packet-time seconds between two TICKs to the detector
 COUNTERS = (
     "frames_in",
     "frames_out",
@@ -47,6 +50,8 @@ COUNTERS = (
     "bad_frames",
     "bad_records",
     "frames_lost",
+    "merge_forced",
+    "merge_resets",
 )
 
 
@@ -71,8 +76,11 @@ class FlowTrackerService:
         c = self.stats.c
         for key in COUNTERS:
             c[key] = 0
+        if cfg.live:
+            cfg.flow.reorder_window = min(cfg.flow.reorder_window, cfg.flow.live_reorder_window)
         self.table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
-        self.clock = Watermarks(cfg.decoders)
+        self.merge = CaptureOrderMerge(cfg.decoders)
+        self.tick_sent = float("-inf")  # packet time of the last TICK to the detector
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
         self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
@@ -131,35 +139,52 @@ class FlowTrackerService:
         c["frames_in"] += 1
         c["frames_lost"] += self.gaps.see(frame.sender, frame.seq)
         ftype, sender, body = frame.type, frame.sender, frame.body
-        clock = self.clock
+        merge = self.merge
         if ftype == FrameType.RECORDS:
             if not isinstance(body, tuple | list):
                 c["bad_frames"] += 1
                 return False
-            table = self.table
-            before = table.records
-            table.add(body)
-            c["records_in"] += table.records - before
-            if body:
-                with contextlib.suppress(TypeError, ValueError, IndexError):  # a bad last record
-                    clock.see(sender, float(body[-1][1]))
-        elif ftype == FrameType.TICK:
-            ts = body.get("ts") if isinstance(body, dict) else None
-            if not isinstance(ts, float | int):
+            try:
+                merge.add(sender, body)
+            except ValueError:
                 c["bad_frames"] += 1
                 return False
-            clock.see(sender, float(ts))
+        elif ftype == FrameType.TICK:
+            ts = body.get("ts") if isinstance(body, dict) else None
+            num = body.get("num") if isinstance(body, dict) else None
+            if not isinstance(ts, float | int) or not isinstance(num, int) or ts != ts:
+                c["bad_frames"] += 1
+                return False
+            merge.tick(sender, num, float(ts))
         elif ftype == FrameType.EOS:
             self.eos_bodies[sender] = body
-            clock.finish(sender)
+            merge.finish(sender)
         else:
             c["bad_frames"] += 1
             return False
-        if clock.all_finished:
-            return True
-        self.table.advance(clock.low())
-        self._send_events(self.table.take_rows(), stop)
-        return False
+        self._feed(stop)
+        return merge.all_finished
+
+    def _feed(self, stop: Any) -> None:
+        """Hand the table what every decoder has passed, fire its timers, send what is ready."""
+        merge = self.merge
+        records = merge.release()
+        table = self.table
+        if records:
+            before = table.records
+            table.add(records)
+            self.stats.c["records_in"] += table.records - before
+        if merge.all_finished:
+            return  # _finish ends every flow and sends the rest
+        table.advance(merge.watermark)
+        rows = table.take_rows()
+        self._send_events(rows, stop)
+        horizon = table.horizon  # what the detector may take as passed: events before it are out
+        if rows:
+            self.tick_sent = max(self.tick_sent, rows[-1][2])
+        elif horizon >= self.tick_sent + DETECTOR_TICK_EVERY:
+            self.tick_sent = horizon
+            self._send(FrameType.TICK, {"ts": horizon}, stop)
 
     # --- output ------------------------------------------------------------------------------------
     def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> None:
@@ -172,8 +197,13 @@ class FlowTrackerService:
 
     def _finish(self, reason: str, stop: Any) -> None:
         """End every flow with ``reason``, send the events (and EOS at end of stream), flush stats."""
-        clock = self.clock
-        end_ts = clock.highest if clock.highest > float("-inf") else 0.0
+        merge = self.merge
+        if reason != "eos":
+            held = merge.drain()  # a stop: what waits for a slower decoder is counted in now
+            if held:
+                self.table.add(held)
+                self.stats.c["records_in"] += len(held)
+        end_ts = merge.highest if merge.highest > float("-inf") else 0.0
         self.table.finish(reason, end_ts)
         events = self.table.take_rows()
         deadline = None if reason == "eos" else time.monotonic() + SHUTDOWN_SEND_GRACE
@@ -226,14 +256,24 @@ class FlowTrackerService:
         c["events_waiting"] = table.waiting
         c["dns_names"] = len(table.names)
         info = self.stats.info
-        info["watermark"] = self.clock.low() if self.clock.low() > float("-inf") else 0.0
-        info["decoders_done"] = len(self.clock.finished)
+        merge = self.merge
+        info["watermark"] = merge.watermark if merge.watermark > float("-inf") else 0.0
+        info["decoders_done"] = len(merge.finished)
+        c["merge_waiting"] = merge.buffered
+        c["merge_forced"] = merge.forced
+        c["merge_resets"] = merge.resets
 
     def _publish_stats(self) -> None:
         self._update_counters()  # a few dict stores per frame: cheap next to the frame's records
         self.stats.maybe_flush()
 
     def close(self) -> None:
+        if self.ended:
+            late = wait_until_ended(
+                self.stats.r, self.stats.keys, ["detector"], END_OF_STREAM_LINGER_MS / 1000
+            )
+            if late:
+                log.warning("flowtracker: the detector did not confirm the end of stream")
         self.pull.close(linger=0)
         # after the end of stream, wait for a slow or restarting detector to take the last frames
         self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
