@@ -101,6 +101,10 @@ class PipelineConfig:
     keep_packets: int = 0  # >0: decoders keep this many recent packets per flow (services/decoder/ring.py)
     flow: FlowSettings = field(default_factory=FlowSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    # observation (issue 13): EVE JSON log path, notification URLs, Prometheus listen address
+    eve_log: str = ""
+    notify: list[str] = field(default_factory=list)
+    metrics_listen: str = ""
 
     # --- derived endpoints ---------------------------------------------------------------
     @property

@@ -84,8 +84,13 @@ class ServiceStats:
             key = self.keys.stats(self.service)
             if not self._own_hash:
                 # what an earlier run left (its eos, ready, counters) must not show as this run's
-                if self.r.hget(key, "run_id") not in (RUN_ID, RUN_ID.encode()):
+                run_id, pid, restarts = self.r.hmget(key, "run_id", "pid", "restarts")
+                if run_id not in (RUN_ID, RUN_ID.encode()):
                     self.r.delete(key)
+                elif pid is not None and _text(pid) != str(os.getpid()):
+                    # the same run, another process: this service was restarted (crash, kill -9)
+                    self.info["restarts"] = int(float(_text(restarts) or 0)) + 1
+                    mapping["restarts"] = self.info["restarts"]
                 self._own_hash = True
             if self.outages.down:  # this write ends an outage: its length goes in with it
                 self.r.ping()

@@ -141,7 +141,9 @@ def service_pid(run_dir: Path, name: str) -> int:
 class LivePipeline:
     """`pktscope run --interface lo` in the background, with a SUB socket on its alerts."""
 
-    def __init__(self, tmp: Path, bpf: str, decoders: int = 1, interface: str = "lo") -> None:
+    def __init__(
+        self, tmp: Path, bpf: str, decoders: int = 1, interface: str = "lo", extra: tuple[str, ...] = ()
+    ) -> None:
         self.run_dir = tmp / "live"
         self.proc = start_pktscope(
             "run",
@@ -157,6 +159,7 @@ class LivePipeline:
             str(tmp / "state"),
             "--learning",
             "0",
+            *extra,
             log=tmp / "pktscope.log",
         )
         self.log = tmp / "pktscope.log"

@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "services.cli.keys",
     "services.cli.capture",
     "services.cli.diff",
+    "services.cli.inspect",
 )
 
 

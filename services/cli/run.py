@@ -14,8 +14,9 @@ from pathlib import Path
 import redis
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import attribution_mode, pipeline_stats
+from services.cli import attribution_mode, observe_flags, observe_programs, pipeline_stats
 from services.cli.common import CliError, local_net_list
+from services.cli.progress import ReplayProgress
 from services.cli.redis_wait import PatientRedis
 from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
@@ -146,6 +147,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "with psutil for what they miss (auto, the default), kernel events or fail (bpf), "
         "or socket-table polling only (psutil)",
     )
+    observe_flags.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -249,6 +251,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         reason = attribution_mode.bpf_unavailable()
         if reason:
             raise CliError(f"--attribution bpf: {reason}; use --attribution auto to fall back to psutil")
+    observe_flags.apply(args, cfg)
     return cfg
 
 
@@ -424,7 +427,10 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         alerts_from = patient.call(lambda r: pipeline_stats.stream_position(r, keys)) or "0-0"
         restarts: dict[str, set[int]] = {}
         started = time.time()
+        bar = None if args.json else ReplayProgress.maybe(cfg, r, keys)
         while not interrupt.hit:
+            if bar is not None:
+                bar.update()
             if not cfg.live:
                 dets = [patient.call(lambda r, n=name: r.hgetall(keys.stats(n))) or {} for name in cfg.detector_names()]
                 if all(d.get("run_id") == cfg.run_id and d.get("eos") == "1" for d in dets):
@@ -451,7 +457,11 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
                 exit_code = 1
                 break
             time.sleep(0.1)
+        if bar is not None:
+            bar.close()
         interrupted = interrupt.hit and not cfg.live
+        if not cfg.live and not exit_code and not interrupted:
+            observe_flags.wait_for_observation(r, keys, cfg, lambda: interrupt.hit)
         if cfg.live or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
@@ -488,5 +498,5 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:
-        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "procwatch", "redis"))
+        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"))
     return exit_code

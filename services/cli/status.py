@@ -91,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
     mode = attribution_mode.from_stats(stats, args.pipeline.live if args.pipeline is not None else None)
     if mode:
         print(f"attribution: {mode}")
+    notifier = stats.get("notifier")
+    if notifier:
+        print(
+            f"notifier: {int(notifier.get('notifications_sent', 0)):,} notifications "
+            f"({int(notifier.get('alerts_delivered', 0)):,} alerts) delivered, "
+            f"{int(notifier.get('delivery_failures', 0)):,} delivery failures, "
+            f"{int(notifier.get('alerts_pending', 0)):,} pending"
+        )
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))

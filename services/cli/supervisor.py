@@ -41,6 +41,8 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         procwatch_program = Template((COMPOSE / "procwatch-program.conf.tmpl").read_text()).substitute(
             python=python, run_dir=cfg.run_dir
         )
+    from services.cli.observe_programs import programs
+
     return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
         run_dir=cfg.run_dir,
         python=python,
@@ -52,6 +54,7 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         detector_process="detector" if cfg.detectors <= 1 else "detector-%(process_num)d",
         redis_program=redis_program,
         procwatch_program=procwatch_program,
+        observe_programs=programs(cfg, python),
     )
 
 

@@ -135,6 +135,9 @@ class DetectorEngine:
         self.max_flows = max_flows
         self.stop = stop
         self.redis_errors = 0
+        # When a list (services/detector/observers.py is on): every event of a frame is appended as
+        # (row, FlowState or None for inbound flows), for the live view and the EVE log.
+        self.observed: list[tuple[Any, FlowState | None]] | None = None
         self.flows: OrderedDict[tuple, FlowState] = OrderedDict()
         # Facts already in the baseline, so most flows need no Redis check at all. Cleared by
         # maintenance() every few seconds so that a `baseline reset` is noticed.
@@ -165,6 +168,7 @@ class DetectorEngine:
         interval = self.det.volume_interval
         pending = self.pending
         counters = self.c
+        observed = self.observed
         for raw in raw_events:
             ts = inbound_time(raw)  # an inbound flow's event: only its time matters here
             ev = None
@@ -185,6 +189,8 @@ class DetectorEngine:
             if pending and pending[0][0] < ts:
                 self._expire_pending(batch, final=False, before=ts)
             if ev is None or not ev.outbound:
+                if observed is not None:
+                    observed.append((raw, None))
                 continue
             if self.learning_end is None:
                 self._start_learning(ev.ts)
@@ -224,6 +230,8 @@ class DetectorEngine:
             self.history.add(
                 key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END, flow.started
             )
+            if observed is not None:
+                observed.append((raw, flow))
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
         self._expire_pending(batch, final=False)

@@ -16,6 +16,7 @@ from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
 from services.detector.merge import EventMerge
+from services.detector.observers import Observers
 from shared import frames, packet_ring
 from shared import stats as stats_module
 from shared.config import PipelineConfig
@@ -81,6 +82,8 @@ class DetectorService:
         self.engine: DetectorEngine | None = None
         self.gaps = frames.SequenceGaps()
         self._engine_errors_seen = 0
+        self.observers: Observers | None = None
+        self._frame_buf: bytes | None = None
 
     def start(self) -> bool:
         self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
@@ -104,6 +107,7 @@ class DetectorService:
         )
         self.engine.outages = self.stats.outages  # its retries and slow answers count as outages
         self.stats.sources.append(self._enrichment_counters)
+        self.observers = Observers(self.cfg, self.engine, self.stats.c, self.ctx)
         for name in (
             "frames_in",
             "events_in",
@@ -176,6 +180,9 @@ class DetectorService:
     def publish(self, raised: list[dict]) -> None:
         if self.cfg.keep_packets > 0 and self.r is not None:
             self._request_packets(raised)
+        if self.observers is not None:
+            self.observers.frame(self._frame_buf, raised)
+            self._frame_buf = None
         for alert in raised:
             # PUB does not block; the Redis stream is the durable copy
             with contextlib.suppress(zmq.Again):
@@ -216,6 +223,10 @@ class DetectorService:
             self._gauges()
             self.stats.maybe_flush()
         self.publish(self.engine.finish())
+        if self.observers is not None:
+            if eos_body is not None:
+                self.observers.end()
+            self.observers.close()
         self._gauges()
         if eos_body is not None:
             self.stats.flush_final(eos=1, eos_body=json.dumps(eos_body, default=str))
@@ -278,6 +289,7 @@ class DetectorService:
             if body is None:
                 self.stats.c["bad_frames"] += 1
                 return None
+            self._frame_buf = buf  # forwarded as received to the observer (live view, EVE)
             self.publish(self.engine.process(body, extra=save_seq))
         elif frame.type == frames.FrameType.TICK:
             ts = frame.body.get("ts") if isinstance(frame.body, dict) else None
@@ -289,7 +301,6 @@ class DetectorService:
             self.engine.tick(self.engine.watermark, extra=save_seq)
             return frame.body if frame.body is not None else {}
         return None
-
 
     def _handle_merged(self, frame: frames.Frame, save_seq: Any) -> object | None:
         """With flow-tracker shards: buffer, then handle what every shard has passed, in order."""
@@ -312,6 +323,8 @@ class DetectorService:
             self._eos_bodies[frame.sender] = frame.body
         rows = merge.release()
         if rows:
+            if self.observers is not None:  # the observer reads the merged events as one frame
+                self._frame_buf = frames.encode(frames.FrameType.FLOWS, self.name, 0, rows)
             self.publish(self.engine.process(rows, extra=save_seq))
         bound = merge.bound()
         if merge.all_finished:

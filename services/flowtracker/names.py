@@ -82,6 +82,14 @@ def merge_app_facts(facts: dict, app: dict) -> bool:
         if query:
             facts["dns.query"] = query
             added = True
+            qtype = _first_query_type(app["dns.queries"])
+            if qtype:
+                facts["dns.qtype"] = qtype  # for EVE's dns.rrtype
+    if "dns.answers" in app and "dns.rcode" not in facts and len(facts) < APP_MAX_KEYS - 1:
+        # the first response's code and answer data, bounded (EVE dns events; issue 13)
+        facts["dns.rcode"] = app.get("dns.rcode", 0) if isinstance(app.get("dns.rcode", 0), int) else 0
+        facts["dns.rdata"] = _answer_data(app["dns.answers"])
+        added = True
     for key, value in app.items():
         if key in facts or not isinstance(key, str) or not key.startswith(APP_PREFIXES):
             continue
@@ -132,6 +140,30 @@ def _query_name_iter(queries: Any) -> Iterator[str]:
             name = clean_name(name)
             if name:
                 yield name
+
+
+def _first_query_type(queries: Any) -> str:
+    first = queries[0] if isinstance(queries, list | tuple) and queries else None
+    if isinstance(first, list | tuple) and len(first) > 1:
+        value = first[1]
+    elif isinstance(first, dict):
+        value = first.get("type")
+    else:
+        return ""
+    return str(value)[:16] if isinstance(value, str | int) else ""
+
+
+def _answer_data(answers: Any) -> list[str]:
+    """Up to APP_MAX_ITEMS answer records as "TYPE data" text (control characters escaped)."""
+    out: list[str] = []
+    if not isinstance(answers, list | tuple):
+        return out
+    for ans in answers[:APP_MAX_ITEMS]:
+        fields = _answer_fields(ans)
+        if fields is not None:
+            text = f"{fields[1]} {fields[3]}"[:APP_MAX_TEXT]
+            out.append(text if text.isprintable() else text.translate(_CONTROL))
+    return out
 
 
 def _first_query_name(queries: Any) -> str:

@@ -1,0 +1,1 @@
+"""The Prometheus exporter service: /metrics from the stats every service already publishes."""

@@ -1,0 +1,175 @@
+"""The observer process: takes the detector's forwarded frames (services/detector/observers.py)
+and keeps the live view in Redis (services/detector/live_store.py) and the EVE log
+(services/detector/eve.py, with --eve-log). SIGHUP reopens the EVE log (logrotate).
+
+A frame's rows are the flow-tracker's events as the detector received them; the facts that
+come with them (entity, process, GeoIP of outbound flows) are remembered per 5-tuple until the
+flow ends. At the detector's end of stream the observer writes everything out, says ``eos`` in
+its stats (which `pktscope run` waits for) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import msgpack
+import redis
+import zmq
+
+from services.detector.eve import EveWriter
+from services.detector.live_store import _DPORT, _DST, _EV, _PROTO, _ROW_LEN, _SPORT, _SRC, LiveStore
+from services.detector.observers import EOS_MARK, observer_endpoint
+from shared import frames
+from shared.config import PipelineConfig
+from shared.flowevents import EV_END
+from shared.observe_keys import ObserveKeys
+from shared.redis_conn import connect
+from shared.service import StopFlag, loop_starting
+from shared.sockets import bind_pull
+from shared.stats import ServiceStats
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+MAX_FLOWS = 200_000  # outbound flows whose facts are kept (oldest forgotten beyond)
+
+
+class FlowFacts(NamedTuple):
+    """What the detector knew of a flow; the attribute names record() and EveWriter read."""
+
+    entity: str
+    cc: str
+    asn: int
+    org: str
+    proc: dict | None
+
+
+def _label_of():
+    try:
+        from services.detector.enrich.domains import registrable_domain
+
+        return registrable_domain
+    except ImportError:
+        from services.detector.enrichment import _fallback_domain
+
+        return _fallback_domain
+
+
+class ObserverService:
+    def __init__(self, cfg: PipelineConfig, stop: StopFlag) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.flows: OrderedDict[tuple, FlowFacts] = OrderedDict()
+
+    def _connect(self) -> redis.Redis | None:
+        delay = 0.1
+        while not self.stop:
+            try:
+                r = connect(self.cfg.effective_redis_url)
+                r.ping()
+                return r
+            except redis.RedisError as exc:
+                log.warning("observer: Redis not reachable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+    def run(self) -> int:
+        ctx = zmq.Context()
+        pull = bind_pull(ctx, observer_endpoint(self.cfg), self.cfg.hwm)
+        r = self._connect()
+        if r is None:
+            return 0
+        keys = ObserveKeys(self.cfg.redis_prefix)
+        stats = ServiceStats("observer", r, keys)
+        label_of = _label_of()
+        live = LiveStore(r, keys, label_of, counters=stats.c)
+        try:
+            live.reset()  # what an earlier run (or a killed observer) left is not open any more
+        except redis.RedisError:
+            stats.c["live.redis_errors"] += 1
+        eve = EveWriter(self.cfg.eve_log) if self.cfg.eve_log else None
+        if eve is not None:
+            signal.signal(signal.SIGHUP, eve.request_reopen)
+        for name in ("frames_in", "events_in", "bad_frames"):
+            stats.c[name] += 0
+        loop_starting(stats)
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        ended = False
+        while not self.stop and not ended:
+            if poller.poll(POLL_MS):
+                ended = self.handle(pull.recv_multipart(), live, eve, stats)
+            live.maybe_flush()
+            if eve is not None:
+                eve.maybe_reopen()
+                eve.flush()
+                for kind, n in eve.counts.items():
+                    stats.c[f"eve.{kind}"] = n
+                stats.c["eve.errors"] = eve.errors
+            stats.maybe_flush()
+        live.flush()
+        if eve is not None:
+            eve.close()
+            for kind, n in eve.counts.items():
+                stats.c[f"eve.{kind}"] = n
+        stats.flush(**({"eos": 1} if ended else {}))
+        pull.close()
+        ctx.term()
+        return 0
+
+    def handle(self, parts: list[bytes], live: LiveStore, eve: EveWriter | None, stats: ServiceStats) -> bool:
+        """One forwarded message; True at the detector's end of stream."""
+        c = stats.c
+        if len(parts) == 4 and parts[3] == EOS_MARK:
+            return True
+        if len(parts) != 3:
+            c["bad_frames"] += 1
+            return False
+        c["frames_in"] += 1
+        try:
+            facts = msgpack.unpackb(parts[1], raw=False)
+            alerts = msgpack.unpackb(parts[2], raw=False)
+        except Exception:
+            c["bad_frames"] += 1
+            return False
+        flows = self.flows
+        for item in facts if isinstance(facts, list) else ():
+            if isinstance(item, list) and len(item) == 10:
+                proto, src, sport, dst, dport, entity, cc, asn, org, proc = item
+                flows[(proto, src, sport, dst, dport)] = FlowFacts(
+                    str(entity), cc or "", asn or 0, org or "", proc if isinstance(proc, dict) else None
+                )
+                if len(flows) > MAX_FLOWS:
+                    flows.popitem(last=False)
+        if parts[0]:
+            try:
+                frame = frames.decode(parts[0])
+            except frames.FrameError:
+                c["bad_frames"] += 1
+                return False
+            rows: Any = frame.body if isinstance(frame.body, (list, tuple)) else ()
+            observe_live = live.observe
+            observe_eve = eve.observe if eve is not None else None
+            n = 0
+            for row in rows:
+                if type(row) is not tuple or len(row) != _ROW_LEN:
+                    continue
+                n += 1
+                key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT])
+                flow = flows.get(key)
+                observe_live(row, flow)
+                if observe_eve is not None:
+                    observe_eve(row, flow)
+                if flow is not None and row[_EV] == EV_END:
+                    del flows[key]
+            c["events_in"] += n
+        if eve is not None and isinstance(alerts, list):
+            for alert in alerts:
+                if isinstance(alert, dict):
+                    eve.alert(alert)
+        return False

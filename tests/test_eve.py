@@ -1,0 +1,146 @@
+"""EVE JSON (`pktscope run --eve-log`): every line valid against tests/data/eve_schema.json, Suricata's
+field names carrying the values the reference IDS logged for the corpus captures, one flow_id
+per flow across its flow/dns/tls events, community_id as the spec computes it, SIGHUP reopen."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import BENCH_PCAP, CORPUS
+from pipeline_helpers import pktscope
+
+from services.detector.eve import EveWriter
+from shared.community_id import community_id
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "eve_schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+# captures with TLS (SNI, JA3, JA3S, JA4), QUIC (JA4), HTTP and DNS that the reference IDS logged
+CAPTURES = (
+    "pcaps/bug-2646-01/input.pcap",
+    "pcaps/http-ipv6/input.pcap",
+    "pcaps/ja4-tls-quic/input.pcap",
+    "pcaps/cond-log-dns-dig/input.pcap",
+    "pcaps/tls-duplicate-hello/input.pcap",
+)
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "ICMP": 1, "IPv6-ICMP": 58}
+
+
+def eve_of(pcap: Path, tmp: Path, *extra: str) -> list[dict]:
+    log = tmp / "eve.json"
+    pktscope(
+        "run",
+        "--read",
+        str(pcap),
+        "--run-dir",
+        str(tmp / "run"),
+        "--state-dir",
+        str(tmp / "state"),
+        "--learning",
+        "0",
+        "--decoders",
+        "1",
+        "--eve-log",
+        str(log),
+        *extra,
+    )
+    lines = log.read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    for event in events:
+        errors = sorted(VALIDATOR.iter_errors(event), key=str)
+        assert not errors, f"{pcap.name}: {event}\n{errors[0]}"
+    return events
+
+
+def _path(node: object, keys: list[str]) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*(_path(n, keys) for n in node)) if node else set()
+    if not keys:
+        return {str(node)}
+    if isinstance(node, dict) and keys[0] in node:
+        return _path(node[keys[0]], keys[1:])
+    return set()
+
+
+def test_corpus_captures_validate_and_carry_suricata_fields(short_tmp: Path) -> None:
+    expected = [json.loads(line) for line in (CORPUS / "expected.jsonl").read_text().splitlines()]
+    wanted = [
+        e for e in expected if e["pcap"] in CAPTURES and e["eve_event_type"] in ("tls", "quic", "http", "dns")
+    ]
+    assert len(wanted) >= 8
+
+    def run(i_pcap):
+        i, pcap = i_pcap
+        d = short_tmp / str(i)
+        d.mkdir()
+        return pcap, eve_of(CORPUS / pcap, d)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        logs = dict(pool.map(run, enumerate(CAPTURES)))
+    missing = []
+    for exp in wanted:
+        events = [e for e in logs[exp["pcap"]] if e["event_type"] == exp["eve_event_type"]]
+        found = set().union(*(_path(e, exp["eve_field"].split(".")) for e in events)) if events else set()
+        if str(exp["value"]) not in found:
+            missing.append((exp["pcap"], exp["eve_field"], exp["value"]))
+    assert not missing, missing
+    for events in logs.values():
+        assert {"flow"} <= {e["event_type"] for e in events}
+
+
+@pytest.mark.slow
+def test_bench_capture_flow_ids_agree_across_event_types(short_tmp: Path) -> None:
+    events = eve_of(BENCH_PCAP, short_tmp)
+    flows = [e for e in events if e["event_type"] == "flow"]
+    by_id = {e["flow_id"]: e for e in flows}
+    assert len(by_id) == len(flows) > 5000, "one flow event per flow, each with its own flow_id"
+    kinds = defaultdict(int)
+    for e in events:
+        if e["event_type"] in ("dns", "tls", "http", "quic"):
+            kinds[e["event_type"]] += 1
+            flow = by_id[e["flow_id"]]
+            for field in ("src_ip", "src_port", "dest_ip", "dest_port", "proto", "community_id"):
+                assert e[field] == flow[field], (field, e, flow)
+    assert kinds["dns"] > 100 and kinds["tls"] > 10, dict(kinds)
+    for e in flows[:2000]:
+        proto = PROTO_NUMBERS.get(e["proto"], 0)
+        if proto in (6, 17):
+            want = community_id(proto, e["src_ip"], e["dest_ip"], e["src_port"], e["dest_port"])
+            assert e["community_id"] == want
+
+
+def test_alerts_are_logged_with_their_flow(short_tmp: Path) -> None:
+    events = eve_of(CORPUS / CAPTURES[0], short_tmp)
+    alerts = [e for e in events if e["event_type"] == "alert"]
+    assert alerts, "a first replay with --learning 0 alerts on the host's first egress"
+    flow_ids = {e["flow_id"] for e in events if e["event_type"] == "flow"}
+    for alert in alerts:
+        assert alert["alert"]["category"] in ("new_process_egress", "new_process_dest", "new_geo")
+        assert alert["flow_id"] in flow_ids
+        assert alert["alert"]["metadata"]["pktscope_id"][0]
+
+
+def test_sighup_reopens_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "eve.json"
+    writer = EveWriter(str(path))
+    previous = signal.signal(signal.SIGHUP, writer.request_reopen)
+    try:
+        writer.alert({"kind": "new_geo", "severity": "notice", "ts": 1.0, "title": "one", "id": "1-0"})
+        writer.flush()
+        path.rename(tmp_path / "eve.json.1")  # what logrotate does
+        os.kill(os.getpid(), signal.SIGHUP)
+        writer.maybe_reopen()
+        writer.alert({"kind": "new_geo", "severity": "notice", "ts": 2.0, "title": "two", "id": "2-0"})
+        writer.close()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    old = [json.loads(x) for x in (tmp_path / "eve.json.1").read_text().splitlines()]
+    new = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [e["alert"]["signature"] for e in old] == ["one"]
+    assert [e["alert"]["signature"] for e in new] == ["two"]
