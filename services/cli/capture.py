@@ -35,7 +35,8 @@ from .capfile import (
 from .filter import FilterError, compile_filter
 from .findings import Annotator
 from .packetview import merge_app, summary_line
-from .read import _app_inspector, filter_error_text
+from .decode_file import app_inspector
+from .read import filter_error_text
 from .streams import StreamIndex
 from .text import json_line, safe
 
@@ -66,7 +67,7 @@ class LiveDecoder:
         self.as_json = as_json
         self.count = count
         self.streams = StreamIndex()
-        self.inspector = _app_inspector()
+        self.inspector = app_inspector()
         self.seen = 0
         self.matched = 0
         self.t0: float | None = None
