@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -108,15 +109,40 @@ def matches(capture: Path, filters: list[str]) -> dict[str, Answer]:
     if missing:
         cached.update(_run_tshark(capture, missing))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(path)
     return {f: cached[f] for f in filters}
 
 
-def matches_many(captures: list[Path], filters: list[str], workers: int | None = None) -> dict[Path, dict[str, Answer]]:
+def matches_many(
+    captures: list[Path], filters: list[str], workers: int | None = None
+) -> dict[Path, dict[str, Answer]]:
     """``matches`` for every capture, several tshark processes at once (largest captures first)."""
     order = sorted(captures, key=lambda p: -p.stat().st_size)
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
         answers = dict(zip(order, pool.map(lambda c: matches(c, filters), order), strict=True))
     return {c: answers[c] for c in captures}
+
+
+def field_values(capture: Path, names: list[str]) -> list[list[str]]:
+    """tshark's ``-T fields`` rows (one per frame) for ``names``, cached like ``matches``."""
+    key = "fields:" + ",".join(names)
+    path = _cache_file(capture)
+    cached: dict = {}
+    if path.exists():
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            cached = {}
+    if key not in cached:
+        cmd = ["tshark", "-n", "-r", str(capture), "-T", "fields", "-E", "separator=\t"]
+        for name in names:
+            cmd += ["-e", name]
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        cached[key] = [line.split("\t") for line in out.splitlines()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(cached))
+        tmp.replace(path)
+    return cached[key]
