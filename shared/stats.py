@@ -102,5 +102,37 @@ def wait_until_ready(r: redis.Redis, keys: Keys, services: list[str], timeout: f
         time.sleep(0.02)
 
 
+def wait_until_ended(r: redis.Redis | None, keys: Keys, receivers: list[str], timeout: float) -> list[str]:
+    """After sending its end of stream, wait until every receiver of this run has handled it
+    (its stats say ``eos``); return those that did not in time.
+
+    A PUSH sender must not exit before that: ZeroMQ drops the frames still in the connection
+    when a sender goes away while its receiver is behind (its receive queue full), whatever
+    the sender's LINGER. Seen on replays as a detector that never got the last 64 frames and
+    the EOS, and the run waiting for ever. Receivers that never registered for this run (a
+    test's bare socket) are not waited for.
+    """
+    if r is None:
+        return []
+    deadline = time.monotonic() + timeout
+    waiting = list(receivers)
+    while True:
+        try:
+            pipe = r.pipeline(transaction=False)
+            for name in waiting:
+                pipe.hmget(keys.stats(name), "eos", "run_id")
+            replies = pipe.execute()
+        except redis.RedisError:
+            replies = [("1", RUN_ID)] * len(waiting)  # no way to know: fall back on the linger
+        waiting = [
+            name
+            for name, (eos, run_id) in zip(waiting, replies, strict=True)
+            if _text(run_id) == RUN_ID and _text(eos) != "1"
+        ]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
+        time.sleep(0.02)
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value

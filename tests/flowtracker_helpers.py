@@ -54,3 +54,12 @@ def dns_answer(t, client, server, qname, answers, cport=53000):
 def numbered(records):
     """The same records with capture numbers 1..n."""
     return [(i, *r[1:]) for i, r in enumerate(records, 1)]
+
+
+def numbered_streams(*streams):
+    """Per-decoder record lists numbered as capture would: 1..n across all of them, in time order."""
+    order = sorted(((r[1], d, i) for d, recs in enumerate(streams) for i, r in enumerate(recs)))
+    out = [list(recs) for recs in streams]
+    for num, (_ts, d, i) in enumerate(order, 1):
+        out[d][i] = (num, *out[d][i][1:])
+    return out

@@ -71,6 +71,12 @@ def read_summary(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def stream_order(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id as a sort key ("ms-seq": "…-10" comes after "…-2")."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

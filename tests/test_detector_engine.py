@@ -4,6 +4,7 @@ cooldown, baseline allow, name waiting, two engines on one Redis, Cluster-style 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -284,14 +285,18 @@ def test_new_country_and_new_as(geo_engine, rdb):
     geo = next(a for a in raised if a["kind"] == "new_geo")
     check_schema(geo)
     assert geo["detail"]["new"] == "asn" and geo["detail"]["asn"] == 13335
-    assert geo["title"] == "host 10.0.0.5 contacted a new network: AS13335 CLOUDFLARENET (one.one.one.one)"
+    assert geo["title"] == "host 10.0.0.5 connected to a new network: AS13335 (CLOUDFLARENET) via one.one.one.one"
     dest = next(a for a in raised if a["kind"] == "new_process_dest")
     assert dest["detail"]["label"] == "CLOUDFLARENET"  # CDN-safe: the AS, not the name
-    # new country and new AS in one flow: one alert, about the country
+    # new country and new AS in one flow: two alerts, one per new fact, each with its own title
     raised = eng.process([flow_event(ts=AFTER + 2, dst="5.9.1.1")])
-    geo = [a for a in raised if a["kind"] == "new_geo"]
-    assert len(geo) == 1 and geo[0]["detail"]["country"] == "DE" and geo[0]["detail"]["new"] == "country"
-    assert geo[0]["title"].startswith("host 10.0.0.5 contacted a new country: DE")
+    geo = {a["detail"]["new"]: a for a in raised if a["kind"] == "new_geo"}
+    assert set(geo) == {"country", "asn"}
+    assert geo["country"]["detail"]["country"] == "DE"
+    assert geo["country"]["title"].startswith("host 10.0.0.5 connected to a new country: DE")
+    assert geo["asn"]["title"].startswith("host 10.0.0.5 connected to a new network: AS24940 (Hetzner)")
+    assert geo["country"]["id"] != geo["asn"]["id"]
+    assert len(rdb.xrange("t:alerts")) >= 2
     assert eng.process([flow_event(ts=AFTER + 3, dst="5.9.2.2")]) == []
 
 
@@ -675,3 +680,35 @@ def test_rows_of_any_shape_never_stop_the_engine(engine, rows, outbound):
     before = engine.c["events_in"] + engine.c["bad_events"]
     engine.process(rows)
     assert engine.c["events_in"] + engine.c["bad_events"] == before + len(rows)
+
+
+# --- events behind packet time -------------------------------------------------------------------
+def test_late_events_are_counted_and_scored_in_their_own_interval_when_it_is_open(rdb):
+    eng = DetectorEngine(rdb, make_cfg(learning=0.0, volume_interval=60.0))
+    base = 1_700_000_040.0  # interval [1_700_000_040, +60) after flooring to 60 s
+    istart = math.floor(base / 60.0) * 60.0
+    eng.process([flow_event(ts=istart + 50, out=1000, sport=1)])
+    assert eng.c["late_events"] == 0
+    eng.process([flow_event(ts=istart + 10, out=500, sport=2)])  # behind the watermark, same interval
+    assert eng.c["late_events"] == 1 and eng.c["volume_behind"] == 0
+    assert rdb.hget("t:ent:{host:10.0.0.5}:vol", "cur_bytes") == "1500"  # scored in its own interval
+    eng.process([flow_event(ts=istart + 70, out=100, sport=3)])  # opens the next interval
+    eng.process([flow_event(ts=istart + 20, out=700, sport=4)])  # its interval is closed now
+    assert eng.c["late_events"] == 2 and eng.c["volume_behind"] == 1  # counted, never moved
+    assert rdb.hget("t:ent:{host:10.0.0.5}:vol", "cur_bytes") == "100"
+    assert rdb.hget("t:ent:{host:10.0.0.5}:vol", "last_bytes") == "1500"
+
+
+def test_volume_of_a_replayed_capture_is_not_counted_twice(rdb):
+    """A second run over the same packets (same state) adds nothing to the open interval."""
+    events = [flow_event(ts=T0 + 5 * i, out=1000, sport=100 + i) for i in range(6)]
+    cfg1 = make_cfg(learning=0.0)
+    cfg1.run_id = "run-one"
+    DetectorEngine(rdb, cfg1).process([dict(e) for e in events])
+    before = rdb.hgetall("t:ent:{host:10.0.0.5}:vol")
+    cfg2 = make_cfg(learning=0.0)
+    cfg2.run_id = "run-two"
+    again = DetectorEngine(rdb, cfg2)
+    again.process([dict(e) for e in events])
+    assert rdb.hgetall("t:ent:{host:10.0.0.5}:vol") == before
+    assert again.c["volume_behind"] >= 1

@@ -240,9 +240,12 @@ def test_geoip_databases_from_the_config(cfg, ctx, rdb, tmp_path):
     tx.flows([flow_event(ts=AFTER, dst="5.9.9.9", name="static.example.de")])
     tx.eos()
     assert finish(proc) == 0
-    got = {a["kind"]: a for a in stream(rdb)}
+    alerts = stream(rdb)
+    got = {a["kind"]: a for a in alerts}
     assert set(got) == {"new_geo", "new_process_dest"}
-    assert got["new_geo"]["detail"]["country"] == "DE" and got["new_geo"]["detail"]["as_org"] == "Hetzner"
+    geo = {a["detail"]["new"]: a for a in alerts if a["kind"] == "new_geo"}
+    assert set(geo) == {"country", "asn"}  # a new country and a new AS: two facts, two alerts
+    assert geo["country"]["detail"]["country"] == "DE" and geo["asn"]["detail"]["as_org"] == "Hetzner"
     assert got["new_process_dest"]["detail"]["label"] == "Hetzner"
     stats = rdb.hgetall(f"{cfg.redis_prefix}:stats:detector")
     assert int(stats["geoip.lookups"]) == 2  # the enrichers' counters reach the stats hash

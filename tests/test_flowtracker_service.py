@@ -18,7 +18,7 @@ from shared.frames import FrameType
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
 from tests.conftest import ROOT
-from tests.flowtracker_helpers import dns_answer, tcp_session
+from tests.flowtracker_helpers import dns_answer, numbered, numbered_streams, tcp_session
 
 CLIENT = "192.168.5.5"
 
@@ -72,11 +72,12 @@ def test_two_decoders_records_and_eos_give_flows_log_and_stats(short_tmp, rdb, r
         recs0 += tcp_session(t0 + 1, CLIENT, "198.51.100.8", 40001, 443, app={"tls.sni": "api.example.net"})
         recs1 = tcp_session(t0 + 2, CLIENT, "198.51.100.7", 40002, 80)
         recs1 += tcp_session(t0 + 3, "198.51.100.9", CLIENT, 50000, 22)
+        recs0, recs1 = numbered_streams(recs0, recs1)
         d0.send(frames.encode(FrameType.RECORDS, "decoder-0", 0, tuple(recs0)))
         d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 0, tuple(recs1[:4])))
         d1.send(b"\x93not a frame")
         d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 2, tuple(recs1[4:])))  # seq 1 was lost
-        d0.send(frames.encode(FrameType.TICK, "decoder-0", 1, {"ts": t0 + 100}))
+        d0.send(frames.encode(FrameType.TICK, "decoder-0", 1, {"ts": t0 + 100, "num": 1000}))
         d0.send(frames.encode(FrameType.EOS, "decoder-0", 2, {"origin": "decoder-0", "packets": len(recs0)}))
         d1.send(frames.encode(FrameType.EOS, "decoder-1", 3, {"origin": "decoder-1", "packets": len(recs1)}))
         try:
@@ -126,7 +127,7 @@ def test_sigterm_ends_flows_as_shutdown_and_exits_0(short_tmp, redis_url):
                 FrameType.RECORDS,
                 "decoder-0",
                 0,
-                tuple(tcp_session(5.0, CLIENT, "198.51.100.1", 1, 2, close=False)),
+                tuple(numbered(tcp_session(5.0, CLIENT, "198.51.100.1", 1, 2, close=False))),
             )
         )
         assert pull.poll(10_000), "no start event"

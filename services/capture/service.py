@@ -20,13 +20,19 @@ from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.service import StopFlag, tune_gc
 from shared.sockets import END_OF_STREAM_LINGER_MS, connect_push
-from shared.stats import ServiceStats, wait_until_ready
+from shared.stats import ServiceStats, wait_until_ended, wait_until_ready
 
 log = logging.getLogger("capture")
 
 SENDER = "capture"
-TICK_EVERY_PACKETS = 4096  # offline: a packet-time watermark goes to every decoder this often
-LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
+# offline: a watermark goes to every decoder this often, so an idle shard holds the others back
+# by at most this many packets in the flow-tracker's merge. Not also per second of packet time:
+# every tick flushes every partial batch, and sv-merged.pcap's 4,138 distinct seconds made 20x
+# more frames that way.
+TICK_EVERY_PACKETS = 4096
+LIVE_TICK_SECONDS = 0.25  # live: and this often on the wall clock, so idle decoders keep time
+LIVE_TICK_LAG = 0.1  # live: a tick's packet time trails the wall clock by this much, so packets
+#                      still in the kernel's buffer (block mode: up to 50 ms) are not behind it
 EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
 DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
 
@@ -78,14 +84,17 @@ class Capture:
             self._flush(i)
 
     def _tick(self) -> None:
-        """Flush every partial batch, then tell every decoder how far packet time has got.
+        """Flush every partial batch, then tell every decoder how far capture has got: the
+        number of packets handed out and the packet time of the last one.
 
-        Flushing first keeps the watermark behind every packet already handed out, which is
-        what lets the flow-tracker expire flows deterministically with any number of decoders.
+        Flushing first keeps the watermark behind every packet already handed out. The
+        flow-tracker puts records back in capture order up to the number every decoder has
+        reached, so an idle decoder must hear this even when it gets no packets.
         """
         self._flush_all()
+        body = {"ts": self.last_ts, "num": self.count}
         for i in range(self.n):
-            self._send(i, FrameType.TICK, {"ts": self.last_ts}, block=not self.cfg.live)
+            self._send(i, FrameType.TICK, body, block=not self.cfg.live)
 
     def _eos(self, error: str | None, source_stats: tuple[int, int, int]) -> None:
         self._flush_all()
@@ -110,7 +119,7 @@ class Capture:
         """Start once the decoders, flow-tracker and detector are up (or after a while)."""
         if self.stats.r is None:
             return
-        names = [f"decoder-{i}" for i in range(self.n)] + ["flowtracker", "detector"]
+        names = [f"decoder-{i}" for i in range(self.n)] + self.cfg.tracker_names() + self.cfg.detector_names()
         late = wait_until_ready(self.stats.r, self.stats.keys, names, DOWNSTREAM_READY_WAIT)
         if late:
             log.warning(
@@ -188,7 +197,8 @@ class Capture:
             if now >= next_tick:
                 next_tick = now + LIVE_TICK_SECONDS
                 # live packet time follows the wall clock between packets
-                self.last_ts = max(self.last_ts, time.time())
+                self.last_ts = max(self.last_ts, time.time() - LIVE_TICK_LAG)
+                self.count = state["num"]
                 self._tick()
                 self._publish_live_stats(source, state["num"])
         self.count = state["num"]
@@ -207,6 +217,11 @@ class Capture:
     def close(self) -> None:
         # a replay waits for slow or restarting decoders to take the last batches; a stop does not
         linger = EOS_SEND_TIMEOUT_MS if not (self.cfg.live or self.stop) else None
+        if linger is not None:
+            names = [f"decoder-{i}" for i in range(self.n)]
+            late = wait_until_ended(self.stats.r, self.stats.keys, names, EOS_SEND_TIMEOUT_MS / 1000)
+            if late:
+                log.warning("%s did not confirm the end of stream", ", ".join(late))
         for sock in self.socks:
             sock.close(linger=linger)
         # term() waits (up to the linger) for queued frames to leave; without it, process exit

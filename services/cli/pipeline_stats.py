@@ -44,11 +44,28 @@ def restarts(stats: dict[str, dict]) -> dict[str, int]:
     return {name: int(s.get("restarts", 0) or 0) for name, s in sorted(stats.items()) if s.get("restarts")}
 
 
+def combined(stats: dict[str, dict], stage: str) -> dict:
+    """One stage's stats: the service itself, or its shards' (``stage-0``, ...) counters summed;
+    ``eos`` only when every shard has it, ``heartbeat`` the latest."""
+    parts = [s for name, s in stats.items() if name == stage or name.startswith(stage + "-")]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, int | float) and key not in ("pid", "started", "heartbeat", "index"):
+                out[key] = out.get(key, 0) + value
+    out["heartbeat"] = max(float(p.get("heartbeat", 0) or 0) for p in parts)
+    out["eos"] = 1 if all(p.get("eos") for p in parts) else 0
+    out["shards"] = len(parts)
+    return out
+
+
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
     cap = stats.get("capture", {})
-    ft = stats.get("flowtracker", {})
-    det = stats.get("detector", {})
+    ft = combined(stats, "flowtracker")
+    det = combined(stats, "detector")
     started = float(cap.get("started_packets", 0) or 0)
     finished = float(det.get("heartbeat", 0) or 0) if det.get("eos") else 0.0
     elapsed = finished - started if started and finished > started else 0.0
@@ -63,6 +80,9 @@ def summarize(stats: dict[str, dict]) -> dict:
         "flows_evicted": int(ft.get("evicted", 0) or 0),
         "flow_events": int(det.get("events_in", 0) or 0),
         "alerts": int(det.get("alerts", 0) or 0),
+        # events the detector got behind packet time it had already handled (0 unless a stage
+        # restarted or the capture's own timestamps go backwards): counted, never moved
+        "late_events": int(det.get("late_events", 0) or 0),
         "drops": {
             "capture": int(cap.get("dropped", 0) or 0),
             "libpcap": int(cap.get("pcap_drop", 0) or 0) + int(cap.get("pcap_ifdrop", 0) or 0),
@@ -98,6 +118,10 @@ def format_summary(s: dict, source: str) -> str:
         f"  flows        {s['flows']:,} ({s['flows_evicted']:,} evicted at the table cap)",
         f"  flow events  {s['flow_events']:,}",
         f"  alerts       {s['alerts']:,}",
+    ]
+    if s.get("late_events"):
+        lines.append(f"  late events  {s['late_events']:,} (behind packet time already handled; counted)")
+    lines += [
         "  drops        " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in drops.items()),
     ]
     if s["restarts"]:

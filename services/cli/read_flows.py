@@ -147,7 +147,7 @@ class ReadFlows:
         self.table = FlowTable(cfg.flow, LocalMatcher(local_nets or cfg.local_nets))
         self.batch: list[tuple] = []
         self.batch_size = max(1, batch)
-        self.watermark = -math.inf  # as the flow-tracker's clock: the latest batch-end time
+        self.watermark = -math.inf  # as the flow-tracker's merge: the latest packet time fed
         self.ended: list[list] = []  # "end" event rows
         self.max_shown = max_shown
         self.not_shown = 0
@@ -172,8 +172,9 @@ class ReadFlows:
         if batch:
             table = self.table
             table.add(batch)
-            if batch[-1][1] > self.watermark:  # the service's Watermarks.see: time never goes back
-                self.watermark = batch[-1][1]
+            latest = max(rec[1] for rec in batch)
+            if latest > self.watermark:  # as the service's merge: time never goes back
+                self.watermark = latest
             self.batch = []
             table.advance(self.watermark)
             self._keep(table.take_rows())

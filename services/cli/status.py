@@ -71,12 +71,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:14} {service_state(s, now):9} {cells}  {age:6.1f} s ago")
     for name, count in pipeline_stats.restarts(stats).items():
         print(f"{name}: restarted {count} time(s) in this run (pid now {stats[name].get('pid', '?')})")
-    det = stats.get("detector", {})
+    det = pipeline_stats.combined(stats, "detector")
     if learning or "learning" in det:
         end = learning.get("end")
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"
         extra = f" (learning window ends {_packet_time(float(end))})" if end else ""
         print(f"baseline: {state}{extra}")
+    if det.get("late_events") or det.get("volume_behind"):
+        print(
+            f"detector: {int(det.get('late_events', 0) or 0):,} late events, "
+            f"{int(det.get('volume_behind', 0) or 0):,} volume counts behind their entity's open interval"
+        )
     app = _app_problems(stats)
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))

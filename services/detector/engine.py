@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -118,6 +119,7 @@ class DetectorEngine:
     ) -> None:
         self.r = r
         self.det = cfg.detector
+        self.run_id = cfg.run_id or f"pid{os.getpid()}"  # tells this run's volume adds from a replay's
         self.keys = keys or DetectorKeys(cfg.redis_prefix)
         self.enr = enrichers or Enrichers()
         self.c: Counter[str] = counters if counters is not None else Counter()
@@ -150,7 +152,7 @@ class DetectorEngine:
     def process(self, raw_events: Iterable[Any], extra: Callable[[_Batch], None] | None = None) -> list[dict]:
         """Handle one frame's events; return the alerts raised (with ids), in order."""
         batch = _Batch()
-        volume: dict[tuple[str, float], int] = {}
+        volume: dict[tuple[str, float], list] = {}  # (entity, interval start) -> [bytes, latest ts]
         touched: dict[str, float] = {}
         interval = self.det.volume_interval
         pending = self.pending
@@ -165,14 +167,19 @@ class DetectorEngine:
                     continue
                 ts = ev.ts
             counters["events_in"] += 1
+            if ts < self.watermark:
+                # behind what this detector has already handled: the flow-tracker sends events
+                # in packet-time order, so only a restart upstream (or a capture whose own
+                # timestamps go backwards) gets here; counted, and handled at its own time
+                counters["late_events"] += 1
+            else:
+                self.watermark = ts
             if pending and pending[0][0] < ts:
                 self._expire_pending(batch, final=False, before=ts)
             if ev is None or not ev.outbound:
                 continue
             if self.learning_end is None:
                 self._start_learning(ev.ts)
-            if ev.ts > self.watermark:
-                self.watermark = ev.ts
             key = (ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
             flow = self.flows.get(key)
             first = flow is None
@@ -195,16 +202,24 @@ class DetectorEngine:
                     self._check_dest(batch, flow, ev, "")  # too many waiting: label now
             if ev.d_bytes_out:
                 slot = (flow.entity, math.floor(ev.ts / interval) * interval)
-                volume[slot] = volume.get(slot, 0) + ev.d_bytes_out
+                acc = volume.get(slot)
+                if acc is None:
+                    volume[slot] = [ev.d_bytes_out, ev.ts]
+                else:
+                    acc[0] += ev.d_bytes_out
+                    if ev.ts > acc[1]:
+                        acc[1] = ev.ts
             if touched.get(flow.entity, 0.0) < ev.ts:
                 touched[flow.entity] = ev.ts
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
         self._expire_pending(batch, final=False)
-        for (entity, istart), nbytes in sorted(volume.items(), key=lambda kv: kv[0][1]):
-            self._volume(batch, "add", entity, istart, nbytes)
-            self.open_intervals.pop(entity, None)
-            self.open_intervals[entity] = istart
+        open_intervals = self.open_intervals
+        for (entity, istart), (nbytes, latest) in sorted(volume.items(), key=lambda kv: kv[0][1]):
+            self._volume(batch, "add", entity, istart, nbytes, latest)
+            if istart >= open_intervals.get(entity, -math.inf):
+                open_intervals.pop(entity, None)
+                open_intervals[entity] = istart
         self._close_intervals(batch)
         last_touch = self._last_touch
         for entity, ts in touched.items():
@@ -295,14 +310,12 @@ class DetectorEngine:
             self.learning_start, self.learning_end = float(start), float(end)
 
     def _start_learning(self, ts: float) -> None:
-        """The first event ever (SET NX: the first detector to get here wins) starts learning."""
+        """The first event ever starts learning (lua.START_LEARNING: detector shards of one run
+        agree on the earliest of their first events)."""
 
         def go() -> None:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hsetnx(self.keys.learning(), "start", repr(ts))
-            pipe.hsetnx(self.keys.learning(), "end", repr(ts + self.det.learning))
-            pipe.hmget(self.keys.learning(), "start", "end")
-            start, end = pipe.execute()[-1]
+            args = (repr(ts), repr(float(self.det.learning)), self.run_id)
+            start, end = self.r.eval(lua.START_LEARNING, 1, self.keys.learning(), *args)
             self.learning_start, self.learning_end = float(start), float(end)
 
         self._run_with_retry(go)
@@ -453,14 +466,14 @@ class DetectorEngine:
         targets = []
         if flow.cc and not self._known((flow.entity, SET_COUNTRY, flow.cc)):
             cc = alerts.clean_text(flow.cc, limit=8)
-            title = f"{flow.who} contacted a new country: {cc} ({dest})"
+            title = f"{flow.who} connected to a new country: {cc} ({dest})"
             alert = alerts.build(
                 "new_geo", "notice", ev.ts, flow.entity, dest, title, dict(facts, new="country")
             )
             targets.append(("s", self.keys.entity_set(flow.entity, SET_COUNTRY), cc, "", f"cc:{cc}", alert))
         if flow.asn and not self._known((flow.entity, SET_ASN, flow.asn)):
-            org = f" {flow.org}" if flow.org else ""
-            title = f"{flow.who} contacted a new network: AS{flow.asn}{org} ({dest})"
+            org = f" ({alerts.clean_text(flow.org, limit=120)})" if flow.org else ""
+            title = f"{flow.who} connected to a new network: AS{flow.asn}{org} via {dest}"
             alert = alerts.build("new_geo", "notice", ev.ts, flow.entity, dest, title, dict(facts, new="asn"))
             key = self.keys.entity_set(flow.entity, SET_ASN)
             targets.append(("s", key, str(flow.asn), "", f"asn:{flow.asn}", alert))
@@ -506,7 +519,9 @@ class DetectorEngine:
         ]
         batch.script("identity", keys, args, remember=fact)  # cached only when it is the baseline
 
-    def _volume(self, batch: _Batch, op: str, entity: str, istart: float, nbytes: int) -> None:
+    def _volume(
+        self, batch: _Batch, op: str, entity: str, istart: float, nbytes: int, latest: float = 0.0
+    ) -> None:
         det = self.det
         cached = self._volume_args.get(entity)
         if cached is None:
@@ -537,6 +552,8 @@ class DetectorEngine:
             det.alert_stream_max,
             template,
             title,
+            repr(latest),
+            self.run_id,
         ]
         batch.script("volume", keys, args)
 
@@ -584,17 +601,21 @@ class DetectorEngine:
                 log.error("detector script failed: %s", result)
                 self.redis_errors += 1
                 continue
-            status, entry_id, text = result
+            status = result[0]
             if fact is not None and status in (lua.KNOWN, lua.LEARNED) and len(self.known) < KNOWN_CAP:
                 self.known.add(fact)
             if status == lua.COOLDOWN:
                 self.c["alerts_suppressed"] += 1
+            elif status == lua.BEHIND:
+                self.c["volume_behind"] += 1
             elif status == lua.ALERTED:
-                alert = json.loads(text)
-                alert["id"] = entry_id
-                raised.append(alert)
-                if not entry_id:
-                    to_append.append(alert)
+                for i in range(1, len(result) - 1, 2):  # one (stream id, alert) pair per new fact
+                    entry_id, text = result[i], result[i + 1]
+                    alert = json.loads(text)
+                    alert["id"] = entry_id
+                    raised.append(alert)
+                    if not entry_id:
+                        to_append.append(alert)
         for result in results[len(batch.checks) :]:
             if isinstance(result, Exception):
                 log.error("detector command failed: %s", result)

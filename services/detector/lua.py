@@ -13,12 +13,14 @@ Data cannot forge such a token: inside JSON a data quote is always ``\\"``, and
 ``alerts.clean_text`` has already escaped every control character in strings from outside.
 
 Return value of every script: ``{status, stream_id, alert_json}`` with status
-0 known / nothing new, 1 new but learning (recorded silently), 2 new but in cooldown, 3 alerted.
+0 known / nothing new, 1 new but learning (recorded silently), 2 new but in cooldown, 3 alerted,
+4 (VOLUME) bytes behind the entity's open interval, not added; CHECK_NOVEL may return several
+``stream_id, alert_json`` pairs after the status, one per new fact.
 """
 
 from __future__ import annotations
 
-KNOWN, LEARNED, COOLDOWN, ALERTED = 0, 1, 2, 3
+KNOWN, LEARNED, COOLDOWN, ALERTED, BEHIND = 0, 1, 2, 3, 4
 
 _COMMON = r"""
 local function replace_plain(s, old, new)
@@ -56,8 +58,9 @@ CHECK_NOVEL = (
 -- ARGV: learning(0|1) ts cooldown cap maxlen kind n, then n x (mode member value dedup alert_json)
 -- mode 's': target is a set, member is new when SADD adds it (at `cap` members one random
 --           member is evicted first);  mode 'h': target is a hash, new when HSETNX sets field
--- The first target that is new and out of cooldown supplies the alert; every new target of the
--- call gets its cooldown stamped, so one flow raises at most one alert per call.
+-- Every target that is new and out of cooldown raises its own alert (one flow to a new country
+-- in a new AS raises two, as each is a separate fact with its own de-duplication key and
+-- cooldown). Returns {status, id1, alert1, id2, alert2, ...}.
 local learning = ARGV[1] == '1'
 local ts = tonumber(ARGV[2])
 local cooldown = tonumber(ARGV[3])
@@ -65,8 +68,7 @@ local cap = tonumber(ARGV[4])
 local n = tonumber(ARGV[7])
 local stream_key = KEYS[n + 2]
 local status = 0
-local chosen = nil
-local winners = {}
+local raised = {}
 for i = 1, n do
   local key = KEYS[1 + i]
   local b = 7 + (i - 1) * 5
@@ -84,15 +86,18 @@ for i = 1, n do
       if in_cooldown(KEYS[1], dedup, ts, cooldown) then
         if status < 2 then status = 2 end
       else
-        winners[#winners + 1] = dedup
-        if not chosen then chosen = ARGV[b + 5] end
+        stamp_cooldown(KEYS[1], dedup, ts, cooldown, cap)
+        status = 3
+        local alert = ARGV[b + 5]
+        raised[#raised + 1] = append(stream_key, ARGV[5], ARGV[6], alert)
+        raised[#raised + 1] = alert
       end
     end
   end
 end
-if not chosen then return {status, '', ''} end
-for _, dedup in ipairs(winners) do stamp_cooldown(KEYS[1], dedup, ts, cooldown, cap) end
-return {3, append(stream_key, ARGV[5], ARGV[6], chosen), chosen}
+if #raised == 0 then return {status, '', ''} end
+table.insert(raised, 1, status)
+return raised
 """
 )
 
@@ -126,9 +131,13 @@ VOLUME = (
     + r"""
 -- KEYS[1] volume hash, KEYS[2] cooldown hash, KEYS[3] alert stream (optional)
 -- ARGV: op('add'|'close') istart bytes watermark interval alpha z floor min_n learning_end
---       cooldown cap maxlen alert_template title_prefix
--- Hash fields: cur_start, cur_bytes (the open interval), n, mean, var (EWMA over closed
--- intervals in which the entity sent something), last_start, last_bytes.
+--       cooldown cap maxlen alert_template title_prefix latest run_id
+-- Hash fields: cur_start, cur_bytes, cur_ts, cur_run (the open interval, the latest event time
+-- counted in it and the run that counted it), n, mean, var (EWMA over closed intervals in which the entity sent something),
+-- last_start, last_bytes.
+-- Bytes go to the interval of their own packet time. An 'add' for an interval before the open
+-- one, or from another run for events no later than what the open interval already counted
+-- (the same capture replayed into the same baseline), is not added: status 4, counted.
 -- Template placeholders: "\u0001" -> facts object, "\u0002" -> title (ARGV[15] .. tail),
 -- "\u0003" -> severity, "\u0004" -> alert ts (the end of the interval).
 local K = KEYS[1]
@@ -186,28 +195,49 @@ local function close(start, x)
 end
 
 local cur = tonumber(redis.call('HGET', K, 'cur_start'))
+local latest = tonumber(ARGV[16])
 if op == 'add' then
   if cur == nil then
-    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes)
+    local last = tonumber(redis.call('HGET', K, 'last_start'))
+    if last ~= nil and istart <= last then return {4, '', ''} end
+    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
     return {0, '', ''}
   end
   if istart > cur then
     local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
-    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes)
+    redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
     return result
   end
-  redis.call('HINCRBY', K, 'cur_bytes', nbytes)  -- same interval, or a late event: counted now
+  local cur_ts = tonumber(redis.call('HGET', K, 'cur_ts') or '-1e300')
+  local same_run = redis.call('HGET', K, 'cur_run') == ARGV[17]
+  if istart < cur or (latest <= cur_ts and not same_run) then return {4, '', ''} end
+  redis.call('HINCRBY', K, 'cur_bytes', nbytes)
+  redis.call('HSET', K, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
   return {0, '', ''}
 end
 -- op == 'close': close the open interval once the watermark has passed its end
 if cur ~= nil and cur + interval <= watermark then
   local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
-  redis.call('HDEL', K, 'cur_start', 'cur_bytes')
+  redis.call('HDEL', K, 'cur_start', 'cur_bytes', 'cur_ts', 'cur_run')
   return result
 end
 return {0, '', ''}
 """
 )
+
+START_LEARNING = r"""
+-- KEYS[1] learning hash; ARGV: ts learning_seconds run_id
+-- The first event starts the learning window. With detector shards each sees its own first
+-- event; a shard of the same run with an earlier one moves the start back, so the window
+-- starts at the run's first outbound event whichever shard answered first. Another run's
+-- window is never moved.
+local start = tonumber(redis.call('HGET', KEYS[1], 'start'))
+local ts = tonumber(ARGV[1])
+if start == nil or (ts < start and redis.call('HGET', KEYS[1], 'run') == ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'start', ARGV[1], 'end', string.format('%.17g', ts + tonumber(ARGV[2])), 'run', ARGV[3])
+end
+return redis.call('HMGET', KEYS[1], 'start', 'end')
+"""
 
 TOUCH = r"""
 -- KEYS[1] entity hash; ARGV: ts display

@@ -97,6 +97,8 @@ class FlowTable:
         settings: FlowSettings | None = None,
         is_local: Callable[[bytes], bool] | None = None,
         names: DnsNames | None = None,
+        fid_start: int = 1,
+        fid_step: int = 1,
     ) -> None:
         s = settings or FlowSettings()
         self.settings = s
@@ -121,14 +123,14 @@ class FlowTable:
             (self.lru_icmp, float(s.icmp_idle)),
             (self.lru_other, float(s.other_idle)),
         )
-        self.sweep_interval = float(s.sweep_interval)
-        self.next_sweep = -math.inf
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
         self.pending: list[tuple[float, tuple, int, list, list]] = []  # heap of (ts, key, n, row, flow)
         self.pending_max = -math.inf
+        self.reorder_window = max(0.0, float(s.reorder_window))
+        self.horizon = -math.inf  # events before this packet time have been released
         self.out: list[list] = []
         self._n = itertools.count()
-        self._fid = itertools.count(1)
+        self._fid = itertools.count(fid_start, fid_step)  # shards number their flows apart
         # counters
         self.records = 0
         self.bad_records = 0
@@ -338,12 +340,19 @@ class FlowTable:
         st[NEXT_UPD] = st[FIRST] + k * iv
 
     def advance(self, watermark: float) -> None:
-        """Fire every timer up to ``watermark`` (the lowest decoder watermark) and release events."""
-        if watermark >= self.next_sweep:
-            self.next_sweep = watermark + self.sweep_interval
-            self._sweep(watermark)
+        """Fire every timer up to ``watermark`` (the packet time every input has passed) and
+        release the events up to it.
+
+        The sweep runs on every call: an idle end found later than its time would leave after
+        events that follow it in time. It looks at the front of each timeout class only (six
+        dict heads when nothing expired), so this costs next to nothing.
+        """
+        self._sweep(watermark)
         self._run_updates(watermark)
-        self._release(watermark)
+        horizon = watermark - self.reorder_window
+        if horizon > self.horizon:
+            self.horizon = horizon
+            self._release(horizon)
 
     def _sweep(self, now: float) -> None:
         flows = self.flows
@@ -437,7 +446,7 @@ class FlowTable:
         heappush(self.pending, (ts, st[KEY], next(self._n), row, st))
 
     def _release(self, now: float) -> None:
-        """Hand out the events up to ``now`` in time order, naming unnamed flows from DNS as of each.
+        """Hand out the events before ``now`` in time order, naming unnamed flows from DNS as of each.
 
         ``pending`` is a heap: with several decoders the watermark lags, and re-sorting the
         waiting events on every frame took 17% of the flow-tracker's py-spy samples on
@@ -446,14 +455,17 @@ class FlowTable:
         pending = self.pending
         if not pending:
             return
-        if self.pending_max <= now:  # the usual case: everything is ready
+        # Strictly before ``now``: an event at ``now`` itself may still be joined by others at
+        # the same time (an idle end due exactly now, a packet at now not yet fed), and events
+        # at one time leave together, in flow-key order, whatever the frames were.
+        if self.pending_max < now:  # the usual case: everything is ready
             pending.sort(key=_event_order)  # a heap is nearly sorted: timsort is ~linear here
             ready = pending
             self.pending = []
             self.pending_max = -math.inf
         else:
             ready = []
-            while pending and pending[0][0] <= now:
+            while pending and pending[0][0] < now:
                 ready.append(heappop(pending))
             if not ready:
                 return
