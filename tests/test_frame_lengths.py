@@ -23,9 +23,9 @@ from services.cli.filter import compile_filter
 CAPTURES = [*sorted(PCAPS.rglob("*.pcap")), BENCH_PCAP]
 
 
-def ours(path: Path) -> list[list[str]]:
+def ours(path: Path) -> list[list[int]]:
     return [
-        [str(f["frame"]["len"]), str(f["frame"]["cap_len"])]
+        [f["frame"]["number"], f["frame"]["len"], f["frame"]["cap_len"]]
         for f, _l4, _app in decoded_packets(OfflineSource(str(path)), None)
     ]
 
@@ -36,7 +36,7 @@ def test_frame_len_and_cap_len_match_tshark_on_every_corpus_capture():
         theirs = dict(
             zip(
                 CAPTURES,
-                pool.map(lambda c: tshark_oracle.field_values(c, ["frame.len", "frame.cap_len"]), CAPTURES),
+                pool.map(lambda c: tshark_oracle.frame_lengths(c), CAPTURES),
                 strict=True,
             )
         )
@@ -95,8 +95,8 @@ def test_snaplen_cut_captures_keep_the_wire_length(tmp_path, kind):
     else:
         pcap_file(path, ">" if kind == "pcap-be" else "<", nano=kind == "pcap-ns")
     got = ours(path)
-    assert got == [[str(len(f)), str(min(len(f), SNAPLEN))] for f in FRAMES]
-    assert got == tshark_oracle.field_values(path, ["frame.len", "frame.cap_len"])
+    assert got == [[i, len(f), min(len(f), SNAPLEN)] for i, f in enumerate(FRAMES, 1)]
+    assert got == tshark_oracle.frame_lengths(path)
     with open(path, "rb") as fh:
         times = [ts for ts, _d, _w, _lt in CaptureFileReader(fh)]
     assert times[1] == pytest.approx(1_700_000_001.0005, abs=1e-7)

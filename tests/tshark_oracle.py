@@ -41,10 +41,12 @@ for flt in io.lines(os.getenv("PKTSCOPE_ORACLE_FILTERS")) do
   end
 end
 local last = Listener.new(nil, nil)
+function last.packet(pinfo, tvb) out:write("L ", pinfo.number, " ", tvb:reported_len(), " ", tvb:len(), "\n") end
 function last.draw() out:flush() end
 """
 
 Answer = list[int] | str  # frame numbers, or tshark's error text for a filter it rejects
+LENGTHS = "\0lengths"  # cache key of [frame number, frame.len, frame.cap_len] rows
 
 
 def available() -> bool:
@@ -86,14 +88,20 @@ def _run_tshark(capture: Path, filters: list[str]) -> dict[str, Answer]:
             raise RuntimeError(f"tshark on {capture} gave no answer: {proc.stderr[-2000:]}")
         frames: dict[int, list[int]] = {i: [] for i in range(1, len(filters) + 1)}
         errors: dict[int, str] = {}
+        lengths: list[list[int]] = []
         for line in out.read_text().splitlines():
             idx_text, _, rest = line.partition(" ")
+            if idx_text == "L":  # frame number, frame.len, frame.cap_len of every frame
+                lengths.append([int(x) for x in rest.split()])
+                continue
             idx = int(idx_text)
             if rest.startswith("E "):
                 errors[idx] = rest[2:]
             else:
                 frames[idx].append(int(rest))
-    return {f: errors.get(i, frames[i]) for i, f in enumerate(filters, 1)}
+    answers: dict = {f: errors.get(i, frames[i]) for i, f in enumerate(filters, 1)}
+    answers[LENGTHS] = lengths
+    return answers
 
 
 def matches(capture: Path, filters: list[str]) -> dict[str, Answer]:
@@ -106,13 +114,19 @@ def matches(capture: Path, filters: list[str]) -> dict[str, Answer]:
         except ValueError:
             cached = {}
     missing = [f for f in dict.fromkeys(filters) if f not in cached]
-    if missing:
+    if missing or LENGTHS not in cached:
         cached.update(_run_tshark(capture, missing))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(path)
     return {f: cached[f] for f in filters}
+
+
+def frame_lengths(capture: Path) -> list[list[int]]:
+    """tshark's [frame number, frame.len, frame.cap_len] of every frame (from the same cached run)."""
+    matches(capture, [])
+    return json.loads(_cache_file(capture).read_text())[LENGTHS]
 
 
 def matches_many(
@@ -123,26 +137,3 @@ def matches_many(
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:
         answers = dict(zip(order, pool.map(lambda c: matches(c, filters), order), strict=True))
     return {c: answers[c] for c in captures}
-
-
-def field_values(capture: Path, names: list[str]) -> list[list[str]]:
-    """tshark's ``-T fields`` rows (one per frame) for ``names``, cached like ``matches``."""
-    key = "fields:" + ",".join(names)
-    path = _cache_file(capture)
-    cached: dict = {}
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-        except ValueError:
-            cached = {}
-    if key not in cached:
-        cmd = ["tshark", "-n", "-r", str(capture), "-T", "fields", "-E", "separator=\t"]
-        for name in names:
-            cmd += ["-e", name]
-        out = subprocess.run(cmd, capture_output=True, text=True).stdout
-        cached[key] = [line.split("\t") for line in out.splitlines()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(cached))
-        tmp.replace(path)
-    return cached[key]
