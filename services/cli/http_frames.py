@@ -59,7 +59,7 @@ class HttpFrames:
         state = self.dirs.get(key)
         if state is None:
             if not payload or not (_REQUEST_LINE.match(payload) or _STATUS_LINE.match(payload)):
-                if payload and "http" in fields and key not in self.dirs:
+                if payload[:1] in (b"\r", b"\n") and "http" in fields and key not in self.dirs:
                     # a message the inspector found after leading junk: to Wireshark this frame
                     # is a continuation of something else, not a request or response (an
                     # "http" layer without either on its HTTP ports)
@@ -77,6 +77,8 @@ class HttpFrames:
             del state.pending[:-MAX_PENDING]
         done: list[Any] = []
         if payload and state.state != BROKEN:
+            if flags & 0x02:  # data on a SYN (TCP Fast Open): the SYN takes one sequence number
+                state.next_seq = seq = (seq + 1) & 0xFFFFFFFF
             if seq == state.next_seq:
                 state.next_seq = (seq + len(payload)) & 0xFFFFFFFF
                 self._feed(state, self.dirs.get((dst, src, dport, sport)), bytes(payload), done)
