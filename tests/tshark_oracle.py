@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -40,10 +41,12 @@ for flt in io.lines(os.getenv("PKTSCOPE_ORACLE_FILTERS")) do
   end
 end
 local last = Listener.new(nil, nil)
+function last.packet(pinfo, tvb) out:write("L ", pinfo.number, " ", tvb:reported_len(), " ", tvb:len(), "\n") end
 function last.draw() out:flush() end
 """
 
 Answer = list[int] | str  # frame numbers, or tshark's error text for a filter it rejects
+LENGTHS = "\0lengths"  # cache key of [frame number, frame.len, frame.cap_len] rows
 
 
 def available() -> bool:
@@ -85,14 +88,20 @@ def _run_tshark(capture: Path, filters: list[str]) -> dict[str, Answer]:
             raise RuntimeError(f"tshark on {capture} gave no answer: {proc.stderr[-2000:]}")
         frames: dict[int, list[int]] = {i: [] for i in range(1, len(filters) + 1)}
         errors: dict[int, str] = {}
+        lengths: list[list[int]] = []
         for line in out.read_text().splitlines():
             idx_text, _, rest = line.partition(" ")
+            if idx_text == "L":  # frame number, frame.len, frame.cap_len of every frame
+                lengths.append([int(x) for x in rest.split()])
+                continue
             idx = int(idx_text)
             if rest.startswith("E "):
                 errors[idx] = rest[2:]
             else:
                 frames[idx].append(int(rest))
-    return {f: errors.get(i, frames[i]) for i, f in enumerate(filters, 1)}
+    answers: dict = {f: errors.get(i, frames[i]) for i, f in enumerate(filters, 1)}
+    answers[LENGTHS] = lengths
+    return answers
 
 
 def matches(capture: Path, filters: list[str]) -> dict[str, Answer]:
@@ -105,16 +114,24 @@ def matches(capture: Path, filters: list[str]) -> dict[str, Answer]:
         except ValueError:
             cached = {}
     missing = [f for f in dict.fromkeys(filters) if f not in cached]
-    if missing:
+    if missing or LENGTHS not in cached:
         cached.update(_run_tshark(capture, missing))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(cached))
         tmp.replace(path)
     return {f: cached[f] for f in filters}
 
 
-def matches_many(captures: list[Path], filters: list[str], workers: int | None = None) -> dict[Path, dict[str, Answer]]:
+def frame_lengths(capture: Path) -> list[list[int]]:
+    """tshark's [frame number, frame.len, frame.cap_len] of every frame (from the same cached run)."""
+    matches(capture, [])
+    return json.loads(_cache_file(capture).read_text())[LENGTHS]
+
+
+def matches_many(
+    captures: list[Path], filters: list[str], workers: int | None = None
+) -> dict[Path, dict[str, Answer]]:
     """``matches`` for every capture, several tshark processes at once (largest captures first)."""
     order = sorted(captures, key=lambda p: -p.stat().st_size)
     with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as pool:

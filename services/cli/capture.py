@@ -32,10 +32,10 @@ from .capfile import (
     Record,
     wants_pcapng,
 )
+from .decode_file import app_inspector
 from .filter import FilterError, compile_filter
 from .findings import Annotator
 from .packetview import merge_app, summary_line
-from .decode_file import app_inspector
 from .read import filter_error_text
 from .streams import StreamIndex
 from .text import json_line, safe

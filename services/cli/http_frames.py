@@ -23,8 +23,11 @@ MAX_PENDING = 64
 _REQUEST_LINE = re.compile(rb"^[A-Z][A-Z_-]{1,19} \S+ HTTP/1\.[019]\r?\n", re.ASCII)
 _STATUS_LINE = re.compile(rb"^HTTP/1\.\d+ \d{3}", re.ASCII)
 _CONTENT_LENGTH = re.compile(rb"\r?\ncontent-length:[ \t]*(\d+)[ \t]*\r?\n", re.IGNORECASE)
-_CHUNKED = re.compile(rb"\r?\ntransfer-encoding:[ \t]*chunked[ \t]*\r?\n", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r?\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)  # a prefix, as Wireshark reads it
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
+
+# Wireshark's default TCP ports of its HTTP dissector
+HTTP_PORTS = frozenset((80, 1900, 2710, 2869, 3128, 3132, 5985, 8080, 8088, 11371))
 
 HEADERS, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, TO_CLOSE, BROKEN = range(7)
 
@@ -56,6 +59,13 @@ class HttpFrames:
         state = self.dirs.get(key)
         if state is None:
             if not payload or not (_REQUEST_LINE.match(payload) or _STATUS_LINE.match(payload)):
+                if payload[:1] in (b"\r", b"\n") and "http" in fields and key not in self.dirs:
+                    # a message the inspector found after leading junk: to Wireshark this frame
+                    # is a continuation of something else, not a request or response (an
+                    # "http" layer without either on its HTTP ports)
+                    fields.pop("http")
+                    if sport in HTTP_PORTS or dport in HTTP_PORTS:
+                        fields["http"] = {}
                 return
             state = _Direction(seq, bool(_REQUEST_LINE.match(payload)))
             self.dirs[key] = state
@@ -67,6 +77,8 @@ class HttpFrames:
             del state.pending[:-MAX_PENDING]
         done: list[Any] = []
         if payload and state.state != BROKEN:
+            if flags & 0x02:  # data on a SYN (TCP Fast Open): the SYN takes one sequence number
+                state.next_seq = seq = (seq + 1) & 0xFFFFFFFF
             if seq == state.next_seq:
                 state.next_seq = (seq + len(payload)) & 0xFFFFFFFF
                 self._feed(state, self.dirs.get((dst, src, dport, sport)), bytes(payload), done)
@@ -112,7 +124,8 @@ class HttpFrames:
                 pos = end + 1
                 try:
                     size = int(size_text, 16)
-                except ValueError:
+                except ValueError:  # Wireshark shows the message with what it has and moves on
+                    done.append(True)
                     state.state = BROKEN
                     break
                 if size == 0:

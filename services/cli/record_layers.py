@@ -56,17 +56,37 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
     return value, pos + size
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_H2_FRAME = 1 << 24
+
+
+class _H2Direction:
+    __slots__ = ("buf", "next_seq", "preface")
+
+    def __init__(self, next_seq: int, preface: bool) -> None:
+        self.next_seq = next_seq
+        self.buf = bytearray()
+        self.preface = preface  # the client's connection preface still to pass over
+
+
 class RecordLayers:
     """Adds ``tls.record`` / ``tls.handshake.type`` and ``quic`` packet fields to packets, in file order."""
 
     def __init__(self) -> None:
         self.tcp: OrderedDict[tuple, _TlsDirection] = OrderedDict()
         self.quic: OrderedDict[tuple, bool] = OrderedDict()
+        self.h2: OrderedDict[tuple, _H2Direction | None] = OrderedDict()
 
     def add(self, fields: dict[str, Any], l4: tuple) -> None:
         proto, src, dst, sport, dport, flags, seq, payload = l4
         if proto == 6:
-            self._tcp(fields, (src, dst, sport, dport), flags, seq, payload)
+            key = (src, dst, sport, dport)
+            if payload and (key in self.h2 or payload.startswith(H2_PREFACE[:16])):
+                if self.h2.get(key, 0) is None:  # the server side of an HTTP/2 connection
+                    self._h2_server(key, seq)
+                self._h2(fields, key, seq, payload)
+                return
+            self._tcp(fields, key, flags, seq, payload)
         elif proto == 17 and payload:
             self._quic(fields, src, dst, sport, dport, payload)
 
@@ -194,6 +214,58 @@ class RecordLayers:
                 hs["type"] = hs_types
                 if hs_versions:
                     hs["version"] = hs_versions
+
+    # --- HTTP/2 in clear (prior knowledge: the client's preface opens the connection) ---------
+    def _h2(self, fields: dict[str, Any], key: tuple, seq: int, payload: bytes) -> None:
+        state = self.h2.get(key)
+        if state is None:
+            if key in self.h2:
+                return
+            state = _H2Direction(seq, True)
+            self._remember(self.h2, key, state)
+            back = (key[1], key[0], key[3], key[2])
+            if back not in self.h2:
+                self._remember(self.h2, back, None)  # the server's side: set up on its first bytes
+        if state is None:
+            return
+        if seq != state.next_seq:
+            return  # out of order or a gap: frames cannot be found reliably any more
+        state.next_seq = (seq + len(payload)) & 0xFFFFFFFF
+        buf = state.buf
+        buf += payload
+        pos = 0
+        types: list[int] = []
+        streams: list[int] = []
+        if state.preface:
+            if len(buf) < len(H2_PREFACE):
+                return
+            state.preface = False
+            pos = len(H2_PREFACE)
+            fields.setdefault("http2", {})["magic"] = True
+        while len(buf) - pos >= 9:
+            length = buf[pos] << 16 | buf[pos + 1] << 8 | buf[pos + 2]
+            if len(buf) - pos - 9 < length:
+                break
+            types.append(buf[pos + 3])
+            streams.append(int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF)
+            pos += 9 + length
+        del buf[:pos]
+        if len(buf) > MAX_BUFFER:
+            state.buf = bytearray()
+        if types:
+            node = fields.setdefault("http2", {})
+            node["type"] = types
+            node["streamid"] = streams
+        http = fields.get("http")
+        if http is not None and "http2" in fields:
+            # Wireshark names the headers of an HTTP/2 stream http2.headers.*
+            first = http[0] if isinstance(http, list) and http else http
+            if isinstance(first, dict):
+                names = {"method": "method", "uri": "path", "host": "authority", "status": "status"}
+                fields["http2"]["headers"] = {n: first[k] for k, n in names.items() if k in first}
+
+    def _h2_server(self, key: tuple, seq: int) -> None:
+        self._remember(self.h2, key, _H2Direction(seq, False))
 
     # --- QUIC ----------------------------------------------------------------------------------
     def _quic(self, fields: dict[str, Any], src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> None:

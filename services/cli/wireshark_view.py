@@ -12,11 +12,15 @@ adds here what Wireshark shows on each frame:
   fields but the protocol atom is ``mdns`` / ``llmnr``, not ``dns``;
 * a UDP datagram to or from port 53 whose message does not decode keeps a ``dns`` layer
   marked ``dns.malformed`` (Wireshark: "Malformed Packet"), as Wireshark keeps the layer;
-* TLS records and QUIC packets of every frame of such flows (services/cli/record_layers.py).
+* TLS records and QUIC packets of every frame of such flows (services/cli/record_layers.py);
+* ``tcp.seq`` / ``tcp.ack`` relative to the connection's first sequence number, as Wireshark
+  shows them by default (the wire values are ``tcp.seq_raw`` / ``tcp.ack_raw``): 0 on the SYN,
+  1 on the first byte; a connection first seen mid-stream starts at 1.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from services.decoder.app.dns import DnsError, parse_message
@@ -29,6 +33,7 @@ from .record_layers import RecordLayers
 _TYPE_NUMBERS = {name: num for num, name in TYPE_NAMES.items()}
 _SECTIONS = ("queries", "answers", "authorities", "additionals")
 _OWN_PROTOCOL_PORTS = {5353: "mdns", 5355: "llmnr"}
+MAX_TCP_DIRECTIONS = 100_000  # first sequence numbers remembered (oldest forgotten)
 
 
 def _type_value(name: object) -> object:
@@ -84,9 +89,13 @@ class WiresharkView:
     def __init__(self) -> None:
         self.records = RecordLayers()
         self.http = HttpFrames()
+        self.isn: OrderedDict[tuple, int] = OrderedDict()
 
     def add(self, fields: dict[str, Any], l4: tuple | None) -> None:
         # most packets carry no application layer: each step below is one membership test then
+        tcp = fields.get("tcp")
+        if tcp is not None:
+            self._relative(fields, tcp)
         if l4 is None:
             return
         proto = l4[0]
@@ -112,6 +121,31 @@ class WiresharkView:
                 # Wireshark dissects the ClientHello inside QUIC's Initial packets as TLS
                 fields["tls"] = {"handshake": {"type": [1]}}
         self.records.add(fields, l4)
+
+    def _relative(self, fields: dict[str, Any], tcp: Any) -> None:
+        ip = fields.get("ip") or fields.get("ipv6")
+        if type(tcp) is not dict or type(ip) is not dict:
+            return
+        src, dst = ip.get("src"), ip.get("dst")
+        sport, dport, seq = tcp.get("srcport"), tcp.get("dstport"), tcp.get("seq", 0)
+        flags = tcp["flags"]["value"] if type(tcp.get("flags")) is dict else 0
+        isn = self.isn
+        key = (src, dst, sport, dport)
+        if flags & 0x02 or key not in isn:
+            isn[key] = seq if flags & 0x02 else (seq - 1) & 0xFFFFFFFF
+            if len(isn) > MAX_TCP_DIRECTIONS:
+                isn.popitem(last=False)
+        ack = tcp.get("ack", 0)
+        tcp["seq_raw"] = seq
+        tcp["ack_raw"] = ack
+        tcp["seq"] = (seq - isn[key]) & 0xFFFFFFFF
+        if flags & 0x10:
+            back = (dst, src, dport, sport)
+            if back not in isn:
+                isn[back] = (ack - 1) & 0xFFFFFFFF
+            tcp["ack"] = (ack - isn[back]) & 0xFFFFFFFF
+        else:
+            tcp["ack"] = 0
 
 
 def _malformed_dns(payload: bytes) -> dict[str, Any]:

@@ -75,7 +75,10 @@ def locate(
     if linktype == DLT_EN10MB:
         dst, src, etype = ETH.unpack_from(data, 0)
         if out is not None:
-            out["eth"] = {"dst": mac_text(dst), "src": mac_text(src), "type": etype}
+            # an 802.3 length (< 0x0600) is no ethertype: Wireshark shows eth.len instead
+            eth = {"dst": mac_text(dst), "src": mac_text(src)}
+            eth["type" if etype >= 0x0600 else "len"] = etype
+            out["eth"] = eth
             protos.append("eth")
         return _ethertype(data, 14, etype, out, protos)
     if linktype > ETHERTYPE_LINKTYPE_BASE:  # the payload of a tunnel header

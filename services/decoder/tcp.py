@@ -35,6 +35,7 @@ def parse(
         for bit, name in enumerate(FLAG_NAMES):
             flag_fields[name] = (flags >> bit) & 1
         flag_fields["ae"] = offx2 & 1
+        flag_fields["res"] = (offx2 >> 1) & 7
         out["tcp"] = {
             "srcport": sport,
             "dstport": dport,

@@ -54,8 +54,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     # TCP: Wireshark's flag names; the short ones stay for the docs' sake
     "tcp.flags.reset": ("tcp.flags.rst",),
     "tcp.flags.push": ("tcp.flags.psh",),
-    "tcp.seq_raw": ("tcp.seq",),
-    "tcp.ack_raw": ("tcp.ack",),
     # link layers: Wireshark names its PPPoE session fields pppoe.*
     "pppoe.version": ("pppoes.version",),
     "pppoe.type": ("pppoes.type",),

@@ -223,10 +223,13 @@ class _Parser:
         if op in _RELOPS or op in ("===", "!=="):
             other = self.right_field()
             if other is not None:
+                nxt = self.peek()
+                if nxt.kind == WORD and nxt.text[:1] in _ARITHMETIC:
+                    raise FilterError(nxt.col, f"unsupported: arithmetic ('{nxt.text[:1]}')")
                 return _field_relation(get, op, self.masked(other))
             lit = self.value(tok)
             nxt = self.peek()
-            if nxt.kind == WORD and nxt.text in _ARITHMETIC:
+            if nxt.kind == WORD and nxt.text[:1] in _ARITHMETIC:
                 raise FilterError(nxt.col, f"unsupported: arithmetic ('{nxt.text}')")
             return _relation(get, op, lit)
         if op == "contains":
