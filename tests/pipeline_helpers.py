@@ -168,6 +168,8 @@ class LivePipeline:
         self.keys = Keys(self.cfg.redis_prefix)
         self.r = wait_for(self._redis, 20, what="the private redis")
         services = {"capture", "flowtracker", "detector", *(f"decoder-{i}" for i in range(decoders))}
+        if self.cfg.procwatch_enabled:
+            services.add("procwatch")  # reports once its BPF programs are attached (capture waits for it)
         wait_for(lambda: services <= self._reporting(), 30, what=f"services {services} to report")
         self.sub = zmq.Context.instance().socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")

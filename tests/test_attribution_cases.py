@@ -279,6 +279,27 @@ def test_connections_bytes_agree_with_what_the_generators_sent(short_tmp, http):
         str(flow_log),
     )
     size, count, tcp_bytes = 1000, 200, 2_000_000
+    # the oracle for TCP: tshark's own capture of the same packets (retransmissions included)
+    oracle_pcap = short_tmp / "oracle.pcap"
+    oracle = subprocess.Popen(
+        [
+            "tshark",
+            "-q",
+            "-i",
+            "lo",
+            "-s",
+            "128",
+            "-B",
+            "64",
+            "-f",
+            f"tcp port {http.port}",
+            "-w",
+            str(oracle_pcap),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: oracle_pcap.exists() and oracle_pcap.stat().st_size > 0, 30, what="tshark to start")
     try:
         run([udp, "127.0.0.1", sink.port, size, count])
         run([tcp, "127.0.0.1", http.port, tcp_bytes])
@@ -311,13 +332,22 @@ def test_connections_bytes_agree_with_what_the_generators_sent(short_tmp, http):
             lambda: settled(tcp, line["bytes_out"] / 0.98), TIMEOUT, interval=0.5, what="TCP bytes"
         )
         assert (t["bytes_out"], t["bytes_in"]) == (line["bytes_out"], line["bytes_in"])
-        want_tcp = tcp_bytes + line["pkts_out"] * (14 + 20 + 32) + 8
-        assert abs(t["bytes_out"] - want_tcp) <= 0.02 * want_tcp
+        oracle.terminate()
+        oracle.wait(timeout=30)
+        lens = subprocess.run(
+            ["tshark", "-r", str(oracle_pcap), "-T", "fields", "-e", "frame.len", "-Y", f"tcp.srcport == {line['sport']}"],
+            capture_output=True, text=True, check=True, timeout=120,
+        ).stdout.split()  # fmt: skip
+        on_wire = sum(int(x) for x in lens)
+        assert on_wire >= tcp_bytes + len(lens) * (14 + 20 + 20)  # every payload byte plus headers
+        assert abs(t["bytes_out"] - on_wire) <= 0.02 * on_wire
         assert t["flows"] == 1 and t["bytes_in"] > 0
         assert http.received == tcp_bytes
         listed = pktscope("connections", "--since", "10m", "--run-dir", str(pipe.run_dir), timeout=60).stdout
         assert str(udp) in listed and str(tcp) in listed
     finally:
+        if oracle.poll() is None:
+            oracle.kill()
         assert pipe.stop() == 0
         sink.close()
 

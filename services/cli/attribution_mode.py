@@ -38,7 +38,12 @@ def describe(cfg: PipelineConfig) -> str:
 def from_stats(stats: dict[str, dict], cfg_live: bool | None = None) -> str:
     """The mode a running (or finished) pipeline reports: procwatch's own word, else the detector's."""
     pw = stats.get("procwatch")
-    det = stats.get("detector", {})
+    det: dict = {}  # every detector's counters summed (one, or several shards)
+    for name, values in stats.items():
+        if name == "detector" or name.startswith("detector-"):
+            for key, value in values.items():
+                if key == "unattributed" or key.startswith("attribution."):
+                    det[key] = _count(det.get(key)) + _count(value)
     if pw and pw.get("mode"):
         mode, reason = pw.get("mode"), pw.get("reason", "")
         text = f"{mode} ({reason})" if reason else str(mode)

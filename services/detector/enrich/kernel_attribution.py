@@ -8,7 +8,8 @@ detector is still named, with its pid, exe, argv, parent, user, cgroup and binar
 
 Facts normally arrive well before the flow (the flow-tracker releases events behind a
 packet-time watermark); a miss on a recent flow waits briefly for facts still on their way
-(at most ``max_wait`` per lookup and ``max_wait_share`` of the time). What is still missing
+(at most ``max_wait``, 0.5 s, per lookup and ``max_wait_share``, 20%, of the time: procwatch may lag
+behind on a loaded machine). What is still missing
 then goes to the psutil socket-table poll: sockets opened before procwatch started, and every
 socket when procwatch runs in psutil mode (BPF could not load; see its stats' ``reason``).
 """
@@ -80,7 +81,7 @@ class KernelAttributor:
         redis_url: str = "",
         redis_prefix: str = "pktscope",
         fallback: ProcessAttributor | None = None,
-        max_wait: float = 0.2,
+        max_wait: float = 0.5,
         max_wait_share: float = 0.2,
         ctx: zmq.Context | None = None,
     ) -> None:
