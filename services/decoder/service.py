@@ -203,7 +203,8 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
-        self.stats.flush_final(eos=1)  # before the end of stream: downstream may finish the run at once
+        # before the end of stream (counted already): downstream may finish the run at once
+        self.stats.flush_final(eos=1, frames_out=c["frames_out"] + 1)
         self._send(FrameType.EOS, body, stop)
 
     def _send(self, ftype: str, body: Any, stop: Any) -> bool:

@@ -252,7 +252,8 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
-            self.stats.flush_final(eos=1)  # before the end of stream: the detector may end the run at once
+            # before the end of stream (counted already): the detector may end the run at once
+            self.stats.flush_final(eos=1, frames_out=self.stats.c["frames_out"] + 1)
             self._send(FrameType.EOS, body, stop, deadline)
         else:
             self.stats.flush()
