@@ -67,15 +67,30 @@ class Continuity:
         nxt = prev.get("next_seq")
         return _count(nxt) + 1 if nxt is not None else None
 
-    def progress(self, next_seq: int, **extra: int | float | str) -> None:
-        """After each handled frame: counters, seen sequence numbers, our next sequence number."""
+    def next_seqs(self, n: int) -> list[int]:
+        """A restarted sender's first sequence number per receiver (one past the last written + 1)."""
+        prev = self.previous
+        return [
+            _count(prev.get(f"next_seq.{j}", prev.get("next_seq") if j == 0 else None)) + 1
+            if prev.get(f"next_seq.{j}") is not None or (j == 0 and prev.get("next_seq") is not None)
+            else 0
+            for j in range(n)
+        ]
+
+    def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
+        """After each handled frame: counters, seen sequence numbers, our next sequence number
+        (one per receiver when there are several)."""
         st = self.stats
         if st.r is None or st.outages.down:
             return  # the periodic stats write finds out when Redis is back
         mapping: dict[str, int | float | str] = {name: st.c[name] for name in self.counters}
         mapping.update({f"seq.{s}": n for s, n in self.gaps.last.items()})
         mapping["frames_lost"] = self.gaps.lost
-        mapping["next_seq"] = next_seq
+        if isinstance(next_seq, list):
+            mapping.update({f"next_seq.{j}": n for j, n in enumerate(next_seq)})
+            mapping["next_seq"] = next_seq[0]
+        else:
+            mapping["next_seq"] = next_seq
         mapping.update(extra)
         try:
             st.r.hset(st.keys.stats(st.service), mapping=mapping)

@@ -37,7 +37,15 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
             redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir, python=python
         )
     return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
-        run_dir=cfg.run_dir, python=python, decoders=cfg.decoders, redis_program=redis_program
+        run_dir=cfg.run_dir,
+        python=python,
+        decoders=cfg.decoders,
+        flowtrackers=max(1, cfg.flowtrackers),
+        detectors=max(1, cfg.detectors),
+        # one instance keeps the plain name; shards are numbered (shared/config.py)
+        tracker_process="flowtracker" if cfg.flowtrackers <= 1 else "flowtracker-%(process_num)d",
+        detector_process="detector" if cfg.detectors <= 1 else "detector-%(process_num)d",
+        redis_program=redis_program,
     )
 
 
