@@ -3,20 +3,21 @@ what was lost in between.
 
 Every stage writes its *progress* to its stats hash after each frame it has handled: the last
 sequence number taken from each sender (``seq.<sender>``), its running counters and the next
-sequence number it will send (``next_seq``). One HSET per frame (a few hundred per replay of
-sv-merged.pcap), skipped while Redis is out. A restarted incarnation of the same run reads it
+sequence number it will send (``next_seq``); skipped while Redis is out. A restarted incarnation of the same run reads it
 back (``resume``): it continues the counters, counts ``restarts``, and seeds its gap counter, so
 the frames that were queued for the dead process show as ``frames_lost`` on the first frame
 after the restart. It numbers its own frames on from ``next_seq + 1``: the next stage then sees a
 gap for whatever the dead process had queued but not delivered, and never a number used twice.
 
-What this cannot tell apart: a frame handled in full whose progress write the kill prevented
-counts as lost too (at most one frame per restart: loss is over-, never under-counted).
+What this cannot tell apart: a frame handled and sent whose progress write the kill prevented.
+Its input counts as a lost frame (over-counted), while its records, if they arrived, make the
+records lost look smaller by as many (at most one frame's worth per restart).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
@@ -26,6 +27,11 @@ from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.continuity")
 
+# Seconds between progress writes. 0: after every frame. Writing less often would leave the
+# counters a restarted service takes over stale by more than one frame, and then a frame sent
+# but not yet written could make the records lost look smaller than they are.
+PROGRESS_EVERY = 0.0
+
 
 class Continuity:
     def __init__(self, stats: ServiceStats, gaps: SequenceGaps, counters: tuple[str, ...]) -> None:
@@ -34,6 +40,7 @@ class Continuity:
         self.counters = counters
         self.restarted = False
         self.previous: dict[str, str] = {}
+        self._next_write = 0.0
 
     def resume(self) -> int | None:
         """Take over a predecessor of this run; return the sequence number to send next (None: 0)."""
@@ -67,15 +74,33 @@ class Continuity:
         nxt = prev.get("next_seq")
         return _count(nxt) + 1 if nxt is not None else None
 
-    def progress(self, next_seq: int, **extra: int | float | str) -> None:
-        """After each handled frame: counters, seen sequence numbers, our next sequence number."""
+    def next_seqs(self, n: int) -> list[int]:
+        """A restarted sender's first sequence number per receiver (one past the last written + 1)."""
+        prev = self.previous
+        return [
+            _count(prev.get(f"next_seq.{j}", prev.get("next_seq") if j == 0 else None)) + 1
+            if prev.get(f"next_seq.{j}") is not None or (j == 0 and prev.get("next_seq") is not None)
+            else 0
+            for j in range(n)
+        ]
+
+    def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
+        """After each handled frame: counters, seen sequence numbers, our next sequence number
+        (one per receiver when there are several). One HSET per frame: a few hundred per replay
+        of sv-merged.pcap per service."""
         st = self.stats
-        if st.r is None or st.outages.down:
-            return  # the periodic stats write finds out when Redis is back
+        now = time.monotonic()
+        if st.r is None or st.outages.down or now < self._next_write:
+            return  # (the periodic stats write finds out when Redis is back)
+        self._next_write = now + PROGRESS_EVERY
         mapping: dict[str, int | float | str] = {name: st.c[name] for name in self.counters}
         mapping.update({f"seq.{s}": n for s, n in self.gaps.last.items()})
         mapping["frames_lost"] = self.gaps.lost
-        mapping["next_seq"] = next_seq
+        if isinstance(next_seq, list):
+            mapping.update({f"next_seq.{j}": n for j, n in enumerate(next_seq)})
+            mapping["next_seq"] = next_seq[0]
+        else:
+            mapping["next_seq"] = next_seq
         mapping.update(extra)
         try:
             st.r.hset(st.keys.stats(st.service), mapping=mapping)

@@ -37,7 +37,8 @@ LIVE_TICK_SECONDS = 0.25  # live: and this often on the wall clock, so idle deco
 LIVE_TICK_LAG = 0.1  # live: a tick's packet time trails the wall clock by this much, so packets
 #                      still in the kernel's buffer (block mode: up to 50 ms) are not behind it
 EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
-DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
+DOWNSTREAM_READY_WAIT = 15.0
+RESERVE_PACKETS = 1024  # offline: packets a resume position is written ahead (a restart loses them)  # offline: seconds to wait for the other services to start
 
 
 class Capture:
@@ -70,10 +71,12 @@ class Capture:
     def _resume(self) -> None:
         """A capture restarted within its run carries on where its predecessor got to.
 
-        Every frame's last packet number (and its sequence number) is written *before* the frame
-        is sent, so nothing is ever sent twice; what the predecessor had read but not sent (its
-        other decoders' partial batches, frames still queued) is lost, and counted downstream
-        (captured minus decoded: `pktscope run` says "incomplete").
+        ``position`` is written *before* any packet past it is sent, reserved ``RESERVE_PACKETS``
+        ahead (one Redis write per ~1,024 packets, not per frame), so nothing is ever sent twice.
+        What the predecessor had read but not sent (other decoders' partial batches, frames still
+        queued, the rest of the reservation) is lost and counted by `pktscope run` (captured minus
+        decoded: "incomplete"). The new capture numbers its frames from 0 again, which decoders
+        take as a sender restart, not as a gap: the packet count is the exact measure.
         """
         cont = Continuity(self.stats, SequenceGaps(), ("frames_out",))
         cont.resume()
@@ -81,22 +84,19 @@ class Capture:
             return
         prev = cont.previous
         self.resume_after = self.position = int(float(prev.get("position", 0) or 0))
-        for i in range(self.n):
-            seq = prev.get(f"out_seq.{i}")
-            if seq is not None:
-                self.seq[i] = int(seq) + 1
         self.stats.info["resumed_after"] = self.resume_after
         log.warning("capture: restarted within the run; resuming after packet %d", self.resume_after)
 
-    def _checkpoint(self, i: int, body) -> None:
-        """Before frame ``self.seq[i]`` goes to decoder i: how far the replay has got."""
-        st = self.stats
-        if self.cfg.live or st.r is None or st.outages.down:
+    def _checkpoint(self, body) -> None:
+        """Before packets past ``position`` go out: reserve the next stretch in Redis."""
+        if not (isinstance(body, list) and body) or body[-1][0] <= self.position:
             return
-        if isinstance(body, list) and body:
-            self.position = max(self.position, body[-1][0])
+        self.position = body[-1][0] + RESERVE_PACKETS
+        st = self.stats
+        if st.r is None or st.outages.down:
+            return  # Redis out: carry on (a restart now would resend from the last reservation)
         try:
-            st.r.hset(st.keys.stats(SENDER), mapping={"position": self.position, f"out_seq.{i}": self.seq[i]})
+            st.r.hset(st.keys.stats(SENDER), "position", self.position)
         except redis.RedisError:
             st.redis_errors += 1
             st.outages.failed()
@@ -104,7 +104,7 @@ class Capture:
     # --- sending --------------------------------------------------------------------------
     def _send(self, i: int, ftype: str, body, block: bool) -> bool:
         if block:  # offline
-            self._checkpoint(i, body)
+            self._checkpoint(body)
         frame = encode(ftype, SENDER, self.seq[i], body)
         self.seq[i] += 1
         try:

@@ -44,23 +44,6 @@ def restarts(stats: dict[str, dict]) -> dict[str, int]:
     return {name: int(s.get("restarts", 0) or 0) for name, s in sorted(stats.items()) if s.get("restarts")}
 
 
-def combined(stats: dict[str, dict], stage: str) -> dict:
-    """One stage's stats: the service itself, or its shards' (``stage-0``, ...) counters summed;
-    ``eos`` only when every shard has it, ``heartbeat`` the latest."""
-    parts = [s for name, s in stats.items() if name == stage or name.startswith(stage + "-")]
-    if len(parts) <= 1:
-        return parts[0] if parts else {}
-    out: dict = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, int | float) and key not in ("pid", "started", "heartbeat", "index"):
-                out[key] = out.get(key, 0) + value
-    out["heartbeat"] = max(float(p.get("heartbeat", 0) or 0) for p in parts)
-    out["eos"] = 1 if all(p.get("eos") for p in parts) else 0
-    out["shards"] = len(parts)
-    return out
-
-
 def losses(stats: dict[str, dict]) -> dict[str, int]:
     """What never made it through, by conservation between the stages and by the gap counters.
 
@@ -75,7 +58,8 @@ def losses(stats: dict[str, dict]) -> dict[str, int]:
     if cap and decoders:
         taken = sum(int(s.get("packets_in", 0) or 0) for s in decoders)
         out["packets"] = max(0, int(cap.get("packets", 0) or 0) - int(cap.get("dropped", 0) or 0) - taken)
-    if ft and decoders:
+    sharded = any(name.startswith("flowtracker-") for name in stats)  # DNS records go to every shard
+    if ft and decoders and not sharded:
         sent = sum(int(s.get("records_out", 0) or 0) for s in decoders)
         out["records"] = max(0, sent - int(ft.get("records_in", 0) or 0))
     out["flows"] = int(ft.get("flows_lost", 0) or 0)
@@ -94,6 +78,23 @@ def format_losses(lost: dict[str, int]) -> str:
         "eos": "ends of stream",
     }
     return ", ".join(f"{names[k]} {v:,}" for k, v in lost.items() if v)
+
+
+def combined(stats: dict[str, dict], stage: str) -> dict:
+    """One stage's stats: the service itself, or its shards' (``stage-0``, ...) counters summed;
+    ``eos`` only when every shard has it, ``heartbeat`` the latest."""
+    parts = [s for name, s in stats.items() if name == stage or name.startswith(stage + "-")]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, int | float) and key not in ("pid", "started", "heartbeat", "index"):
+                out[key] = out.get(key, 0) + value
+    out["heartbeat"] = max(float(p.get("heartbeat", 0) or 0) for p in parts)
+    out["eos"] = 1 if all(p.get("eos") for p in parts) else 0
+    out["shards"] = len(parts)
+    return out
 
 
 def summarize(stats: dict[str, dict]) -> dict:

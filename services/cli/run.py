@@ -431,10 +431,14 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         while not interrupt.hit:
             if bar is not None:
                 bar.update()
-            if not cfg.live:
-                dets = [patient.call(lambda r, n=name: r.hgetall(keys.stats(n))) or {} for name in cfg.detector_names()]
-                if all(d.get("run_id") == cfg.run_id and d.get("eos") == "1" for d in dets):
-                    break
+            if not cfg.live and all(
+                det.get("run_id") == cfg.run_id and det.get("eos") == "1"
+                for det in (
+                    patient.call(lambda r, name=name: r.hgetall(keys.stats(name))) or {}
+                    for name in cfg.detector_names()
+                )
+            ):
+                break
             if not fallback_told:
                 fallback_told = attribution_mode.tell_fallback(r, keys, cfg.run_id)
             crashed = _crash_looping(sup, restarts)

@@ -91,16 +91,18 @@ class DecoderService:
         for key in COUNTERS:
             c[key] = 0
         self.gaps = SequenceGaps()
-        # restarted within the run: carry on the counters and the numbering, count what was lost
-        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
-        resumed = self.continuity.resume() or 0
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
         # one PUSH per flow-tracker shard, each with its own frame sequence numbers
         self.trackers = max(1, cfg.flowtrackers)
         self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)]
-        self.seqs = [resumed] * self.trackers
+        self.seqs = [0] * self.trackers
+        # restarted within the run: carry on the counters and the numbering, count what was lost
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        self.continuity.resume()
+        if self.continuity.restarted:
+            self.seqs = self.continuity.next_seqs(self.trackers)
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
         self.ring = self.ring_server = None
@@ -136,7 +138,7 @@ class DecoderService:
                 if self.handle(buf, stop):
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0
-                self.continuity.progress(max(self.seqs))
+                self.continuity.progress(self.seqs)
                 if self.ring_server is not None:
                     self.ring_server.poll()
                 self.stats.maybe_flush()
@@ -234,7 +236,8 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
-        self.stats.flush_final(eos=1)  # before the end of stream: downstream may finish the run at once
+        # before the end of stream (counted already): downstream may finish the run at once
+        self.stats.flush_final(eos=1, frames_out=c["frames_out"] + self.trackers)
         for j in range(self.trackers):
             self._send(FrameType.EOS, body, stop, j)
 

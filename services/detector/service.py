@@ -216,6 +216,8 @@ class DetectorService:
                     break
             elif self._tracker_ended_while_away(idle_since):
                 eos_body = {"origin": "flowtracker", "eos_lost": True}
+                if self.merge is not None:  # the other shards' bodies, those that did arrive
+                    eos_body = {"origin": "flowtracker", "eos_lost": True, "shards": self._eos_bodies}
                 break
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + MAINTENANCE_EVERY
@@ -245,8 +247,8 @@ class DetectorService:
         assert self.stats is not None
         if not self.stats.c["restarts"] or time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
-        names = self.cfg.tracker_names()
-        if len(ended_upstream(self.stats, names)) < len(names):
+        waiting = [n for n in self.cfg.tracker_names() if n not in self._eos_bodies]
+        if not waiting or len(ended_upstream(self.stats, waiting)) < len(waiting):
             return False
         log.warning("detector: the flow-tracker ended while we were down; its end of stream was lost")
         self.stats.c["eos_lost"] += 1

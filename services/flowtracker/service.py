@@ -97,14 +97,15 @@ class FlowTrackerService:
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
         self.flow_log = FlowLog(cfg.flow.flow_log, flow_process_lookup(cfg)) if cfg.flow.flow_log else None
+        self.seqs = [0] * self.detectors
         # restarted within the run: carry on counters and numbering; the flows the dead tracker
         # held are gone (they never end properly) and are counted as lost
         self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
-        resumed = self.continuity.resume() or 0
-        self.seqs = [resumed] * self.detectors
+        self.continuity.resume()
         prev = self.continuity.previous
         self.base = {name: c[name] for name in TABLE_COUNTERS}
         if self.continuity.restarted:
+            self.seqs = self.continuity.next_seqs(self.detectors)
             c["flows_lost"] += int(float(prev.get("flows_active", 0) or 0))
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
@@ -147,7 +148,7 @@ class FlowTrackerService:
                     )
                     return 0
                 self._update_counters()
-                self.continuity.progress(max(self.seqs))
+                self.continuity.progress(self.seqs)
                 self.stats.maybe_flush()
             log.info("flowtracker: stopping on signal")
             self._finish("shutdown", stop)
@@ -292,7 +293,8 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
-            self.stats.flush_final(eos=1)  # before the end of stream: the detector may end the run at once
+            # before the end of stream (counted already): the detectors may end the run at once
+            self.stats.flush_final(eos=1, frames_out=self.stats.c["frames_out"] + self.detectors)
             for k in range(self.detectors):
                 self._send(FrameType.EOS, body, stop, deadline, k)
         else:
