@@ -154,12 +154,16 @@ RTT_FIELDS = (
     "ipv6.dst",
     "tcp.dstport",
     "frame.time_epoch",
+    "frame.number",
 )
 
 
 def _rtt_mismatches(path: Path) -> tuple[int, list[str]]:
     streams: dict[str, dict] = {}
-    for stream, rtt, a4, a6, sport, b4, b6, dport, t in fields(str(path), RTT_FIELDS, "tcp"):
+    per_packet: dict[int, float] = {}
+    for stream, rtt, a4, a6, sport, b4, b6, dport, t, number in fields(str(path), RTT_FIELDS, "tcp"):
+        if rtt:
+            per_packet[int(number)] = round(float(rtt), 6)
         if not stream:
             continue
         ends = frozenset([(a4 or a6, int(sport)), (b4 or b6, int(dport))])
@@ -193,6 +197,17 @@ def _rtt_mismatches(path: Path) -> tuple[int, list[str]]:
     for f in flows:  # a flow with an RTT where tshark found none
         if f["initial_rtt"] is not None and id(f) not in claimed:
             bad.append(f"{path} flow {f['src']}:{f['sport']} -> {f['dst']}:{f['dport']}: RTT tshark has not")
+    # the packet field: wherever tshark shows tcp.analysis.initial_rtt, read's is the same (tshark
+    # leaves it out of packets without other SEQ/ACK analysis; read shows it from the ACK on)
+    packets = io.StringIO()
+    read_capture(str(path), packets, as_json=True, expr="tcp.analysis.initial_rtt")
+    ours = {}
+    for line in packets.getvalue().splitlines():
+        p = json.loads(line)
+        ours[p["frame"]["number"]] = round(p["tcp"]["analysis"]["initial_rtt"], 6)
+    for number, rtt in per_packet.items():
+        if ours.get(number) != rtt:
+            bad.append(f"{path} frame {number}: tcp.analysis.initial_rtt tshark {rtt}, pktscope {ours.get(number)}")
     return compared, bad
 
 

@@ -87,6 +87,8 @@ def _dedup_key(alert: dict) -> tuple:
         return kind, entity, d["new_identity"]
     if kind == "volume_spike":  # once per entity per cooldown: tell its intervals apart
         return kind, entity, d["interval_start"]
+    if kind == "cleartext_credential":
+        return kind, entity, d["protocol"], d["user"], alert["destination"]
     return kind, entity
 
 

@@ -141,6 +141,7 @@ def test_flowtracker_killed_mid_replay_finishes_and_reports_late_events(short_tm
     alerts = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
     keys_seen = [
         (a["kind"], a["entity"], a["destination"], a["detail"].get("label", ""), a["detail"].get("new", ""))
+        + (a["detail"].get("protocol", ""), a["detail"].get("user", ""))  # cleartext_credential
         for a in alerts
     ]
     assert len(keys_seen) == len(set(keys_seen))  # the restart raised nothing twice

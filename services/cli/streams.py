@@ -34,7 +34,8 @@ class StreamIndex:
 
     def __init__(self, max_conversations: int = MAX_CONVERSATIONS) -> None:
         self.max = max_conversations
-        # unordered endpoint pair -> [stream number, {sender endpoint: its first sequence number}]
+        # unordered endpoint pair -> [stream number, {sender endpoint: its first sequence number},
+        #                             time of the latest bare SYN, initial RTT]
         self.tcp: OrderedDict[frozenset, list] = OrderedDict()
         self.udp: OrderedDict[frozenset, int] = OrderedDict()
         self.next_tcp = 0
@@ -47,7 +48,9 @@ class StreamIndex:
         if isinstance(tcp, dict):
             ends = endpoints(fields, "tcp")
             if ends is not None and "seq" in tcp:
-                tcp["stream"] = self._tcp_stream(ends, tcp)
+                conv = self._tcp_stream(ends, tcp)
+                tcp["stream"] = conv[0]
+                self._rtt(conv, tcp, fields["frame"]["time_epoch"])
             return
         udp = fields.get("udp")
         if isinstance(udp, dict):
@@ -62,7 +65,19 @@ class StreamIndex:
                         self.udp.popitem(last=False)
                 udp["stream"] = number
 
-    def _tcp_stream(self, ends: tuple[tuple[str, int], tuple[str, int]], tcp: dict[str, Any]) -> int:
+    @staticmethod
+    def _rtt(conv: list, tcp: dict[str, Any], ts: float) -> None:
+        """``tcp.analysis.initial_rtt`` as Wireshark: latest bare SYN to the first ACK without SYN,
+        shown on that packet and every later one of the stream."""
+        flags = tcp["flags"]["value"] & 0x12
+        if flags == 0x02:
+            conv[2] = ts
+        elif flags == 0x10 and conv[2] is not None and conv[3] is None:
+            conv[3] = round(ts - conv[2], 9)
+        if conv[3] is not None:
+            tcp["analysis"] = {"initial_rtt": conv[3]}
+
+    def _tcp_stream(self, ends: tuple[tuple[str, int], tuple[str, int]], tcp: dict[str, Any]) -> list:
         key = frozenset(ends)
         sender = ends[0]
         seq = tcp["seq"]
@@ -74,7 +89,7 @@ class StreamIndex:
             if base is not None and base != seq:
                 conv = None  # the port pair is reused by a new connection
         if conv is None:
-            conv = [self.next_tcp, {}]
+            conv = [self.next_tcp, {}, None, None]
             self.next_tcp += 1
             self.tcp[key] = conv
             self.tcp.move_to_end(key)
@@ -83,4 +98,4 @@ class StreamIndex:
         bases = conv[1]
         if sender not in bases:
             bases[sender] = seq
-        return conv[0]
+        return conv
