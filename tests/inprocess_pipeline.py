@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from services.capture.service import TICK_EVERY_PACKETS, TICK_EVERY_SECONDS
+from services.capture.service import TICK_EVERY_PACKETS
 from services.capture.sharding import make_sharder
 from services.capture.sources import OfflineSource
 from services.decoder.app.inspector import AppInspector
@@ -47,7 +47,7 @@ def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple
     lt = source.linktype
     batches: list[list] = [[] for _ in range(decoders)]
     out: list[list[tuple]] = [[] for _ in range(decoders)]
-    num, ts, next_tick, next_tick_ts = 0, 0.0, TICK_EVERY_PACKETS, -math.inf
+    num, ts, next_tick = 0, 0.0, TICK_EVERY_PACKETS
 
     def flush(i: int) -> None:
         if batches[i]:
@@ -60,8 +60,8 @@ def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple
         batches[i].append((num, ts, lt, len(data), data))
         if len(batches[i]) >= batch_size:
             flush(i)
-        if num >= next_tick or ts >= next_tick_ts:
-            next_tick, next_tick_ts = num + TICK_EVERY_PACKETS, ts + TICK_EVERY_SECONDS
+        if num >= next_tick:
+            next_tick = num + TICK_EVERY_PACKETS
             for j in range(decoders):
                 flush(j)
                 out[j].append(("tick", (num, ts)))

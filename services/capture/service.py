@@ -8,7 +8,6 @@ per decoder, and libpcap's own drop counters are reported beside them.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import zmq
@@ -26,11 +25,14 @@ from shared.stats import ServiceStats, wait_until_ended, wait_until_ready
 log = logging.getLogger("capture")
 
 SENDER = "capture"
-TICK_EVERY_PACKETS = 4096  # offline: a watermark goes to every decoder at least this often
-TICK_EVERY_SECONDS = 1.0  # offline: and at least once a second of packet time
-LIVE_TICK_SECONDS = 0.5  # live: and this often on the wall clock, so idle decoders keep time
-LIVE_TICK_LAG = 1.0  # live: a tick's packet time trails the wall clock by this much, so packets
-#                      still in the kernel's buffer are not behind it
+# offline: a watermark goes to every decoder this often, so an idle shard holds the others back
+# by at most this many packets in the flow-tracker's merge. Not also per second of packet time:
+# every tick flushes every partial batch, and sv-merged.pcap's 4,138 distinct seconds made 20x
+# more frames that way.
+TICK_EVERY_PACKETS = 4096
+LIVE_TICK_SECONDS = 0.25  # live: and this often on the wall clock, so idle decoders keep time
+LIVE_TICK_LAG = 0.1  # live: a tick's packet time trails the wall clock by this much, so packets
+#                      still in the kernel's buffer (block mode: up to 50 ms) are not behind it
 EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
 DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
 
@@ -117,7 +119,7 @@ class Capture:
         """Start once the decoders, flow-tracker and detector are up (or after a while)."""
         if self.stats.r is None:
             return
-        names = [f"decoder-{i}" for i in range(self.n)] + ["flowtracker", "detector"]
+        names = [f"decoder-{i}" for i in range(self.n)] + self.cfg.tracker_names() + self.cfg.detector_names()
         late = wait_until_ready(self.stats.r, self.stats.keys, names, DOWNSTREAM_READY_WAIT)
         if late:
             log.warning(
@@ -135,7 +137,6 @@ class Capture:
         flush = self._flush
         num = 0
         next_tick = TICK_EVERY_PACKETS
-        next_tick_ts = -math.inf  # the first packet ticks, then once a second of packet time
         self._wait_for_downstream()
         self.stats.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up, left out by the bench
         self.stats.info["started_packets"] = time.time()
@@ -146,9 +147,8 @@ class Capture:
             b.append((num, ts, lt, len(data), data))
             if len(b) >= bsize:
                 flush(i)
-            if num >= next_tick or ts >= next_tick_ts:
+            if num >= next_tick:
                 next_tick = num + TICK_EVERY_PACKETS
-                next_tick_ts = ts + TICK_EVERY_SECONDS
                 self.count = num
                 self.last_ts = ts
                 self._tick()

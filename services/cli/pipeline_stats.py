@@ -44,11 +44,28 @@ def restarts(stats: dict[str, dict]) -> dict[str, int]:
     return {name: int(s.get("restarts", 0) or 0) for name, s in sorted(stats.items()) if s.get("restarts")}
 
 
+def combined(stats: dict[str, dict], stage: str) -> dict:
+    """One stage's stats: the service itself, or its shards' (``stage-0``, ...) counters summed;
+    ``eos`` only when every shard has it, ``heartbeat`` the latest."""
+    parts = [s for name, s in stats.items() if name == stage or name.startswith(stage + "-")]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, int | float) and key not in ("pid", "started", "heartbeat", "index"):
+                out[key] = out.get(key, 0) + value
+    out["heartbeat"] = max(float(p.get("heartbeat", 0) or 0) for p in parts)
+    out["eos"] = 1 if all(p.get("eos") for p in parts) else 0
+    out["shards"] = len(parts)
+    return out
+
+
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
     cap = stats.get("capture", {})
-    ft = stats.get("flowtracker", {})
-    det = stats.get("detector", {})
+    ft = combined(stats, "flowtracker")
+    det = combined(stats, "detector")
     started = float(cap.get("started_packets", 0) or 0)
     finished = float(det.get("heartbeat", 0) or 0) if det.get("eos") else 0.0
     elapsed = finished - started if started and finished > started else 0.0

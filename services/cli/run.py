@@ -55,6 +55,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"decoder processes (default: cores - 1 = {default_decoders()})",
     )
     p.add_argument(
+        "--flowtrackers",
+        type=int,
+        default=None,
+        help="flow-tracker shards (default 1); a flow's records all go to one, by flow hash",
+    )
+    p.add_argument(
+        "--detectors",
+        type=int,
+        default=None,
+        help="detector shards (default 1); a flow's events go to one, by its local address",
+    )
+    p.add_argument(
         "--run-dir", type=Path, default=None, help=f"sockets, config and logs (default {default_run_dir()})"
     )
     p.add_argument(
@@ -140,6 +152,13 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     _positive("--decoders", cfg.decoders, 1)
     if cfg.decoders > 64:
         raise CliError(f"--decoders {cfg.decoders} is more than 64; use at most one per core")
+    for flag, attr in (("--flowtrackers", "flowtrackers"), ("--detectors", "detectors")):
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(cfg, attr, value)
+        _positive(flag, getattr(cfg, attr), 1)
+        if getattr(cfg, attr) > 64:
+            raise CliError(f"{flag} {getattr(cfg, attr)} is more than 64; use at most one per core")
     cfg.redis_url = args.redis_url or cfg.redis_url
     cfg.redis_prefix = args.redis_prefix
     if args.alerts_endpoint:
@@ -304,10 +323,11 @@ def run(args: argparse.Namespace) -> int:
         while not interrupt.hit:
             if bar is not None:
                 bar.update()
-            if not cfg.live:
-                det = r.hgetall(keys.stats("detector"))
-                if det.get("run_id") == cfg.run_id and det.get("eos") == "1":
-                    break
+            if not cfg.live and all(
+                det.get("run_id") == cfg.run_id and det.get("eos") == "1"
+                for det in (r.hgetall(keys.stats(name)) for name in cfg.detector_names())
+            ):
+                break
             crashed = _crash_looping(sup, restarts)
             if crashed:
                 log = run_dir / "logs" / f"{crashed}.log"

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:14} {service_state(s, now):9} {cells}  {age:6.1f} s ago")
     for name, count in pipeline_stats.restarts(stats).items():
         print(f"{name}: restarted {count} time(s) in this run (pid now {stats[name].get('pid', '?')})")
-    det = stats.get("detector", {})
+    det = pipeline_stats.combined(stats, "detector")
     if learning or "learning" in det:
         end = learning.get("end")
         state = "learning" if int(det.get("learning", 0) or 0) else "detecting"

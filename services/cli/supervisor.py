@@ -41,6 +41,11 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         run_dir=cfg.run_dir,
         python=python,
         decoders=cfg.decoders,
+        flowtrackers=max(1, cfg.flowtrackers),
+        detectors=max(1, cfg.detectors),
+        # one instance keeps the plain name; shards are numbered (shared/config.py)
+        tracker_process="flowtracker" if cfg.flowtrackers <= 1 else "flowtracker-%(process_num)d",
+        detector_process="detector" if cfg.detectors <= 1 else "detector-%(process_num)d",
         redis_program=redis_program,
         observe_programs=programs(cfg, python),
     )

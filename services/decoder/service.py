@@ -19,6 +19,7 @@ from shared.config import PipelineConfig
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
+from shared.routing import names_copy, tracker_of
 from shared.service import loop_starting
 from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
 from shared.stats import ServiceStats, wait_until_ended
@@ -87,11 +88,13 @@ class DecoderService:
         for key in COUNTERS:
             c[key] = 0
         self.gaps = SequenceGaps()
-        self.seq = 0
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
-        self.push = connect_push(self.ctx, cfg.tracker_endpoint, cfg.hwm)
+        # one PUSH per flow-tracker shard, each with its own frame sequence numbers
+        self.trackers = max(1, cfg.flowtrackers)
+        self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)]
+        self.seqs = [0] * self.trackers
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -139,7 +142,8 @@ class DecoderService:
         if ftype == FrameType.PACKETS:
             self._packets(frame.body, stop)
         elif ftype == FrameType.TICK:
-            self._send(FrameType.TICK, frame.body, stop)
+            for j in range(self.trackers):
+                self._send(FrameType.TICK, frame.body, stop, j)
         elif ftype == FrameType.EOS:
             self._eos(frame.body, stop)
             self.ended = not stop
@@ -163,8 +167,24 @@ class DecoderService:
         c["malformed"] += result.malformed
         c["non_ip"] += result.non_ip
         c["app_errors"] += result.app_errors
-        if self._send(FrameType.RECORDS, result.records, stop):
-            c["records_out"] += len(result.records)
+        if self.trackers == 1:
+            if self._send(FrameType.RECORDS, result.records, stop):
+                c["records_out"] += len(result.records)
+            return
+        shards: list[list] = [[] for _ in range(self.trackers)]
+        n = self.trackers
+        for rec in result.records:
+            own = tracker_of(rec, n)
+            shards[own].append(rec)
+            if rec[12] is not None:
+                copy = names_copy(rec)
+                if copy is not None:
+                    for j in range(n):
+                        if j != own:
+                            shards[j].append(copy)
+        for j, part in enumerate(shards):
+            if part and self._send(FrameType.RECORDS, part, stop, j):
+                c["records_out"] += len(part)
 
     def _eos(self, upstream: Any, stop: Any) -> None:
         c = self.stats.c
@@ -180,13 +200,14 @@ class DecoderService:
             "app_errors": c["app_errors"],
             "upstream": upstream,
         }
-        self._send(FrameType.EOS, body, stop)
+        for j in range(self.trackers):
+            self._send(FrameType.EOS, body, stop, j)
         self.stats.flush(eos=1)
 
-    def _send(self, ftype: str, body: Any, stop: Any) -> bool:
+    def _send(self, ftype: str, body: Any, stop: Any, tracker: int = 0) -> bool:
         """Send with backpressure (block while the tracker is behind) but keep noticing SIGTERM."""
-        buf = frames.encode(ftype, self.name, self.seq, body)
-        push = self.push
+        buf = frames.encode(ftype, self.name, self.seqs[tracker], body)
+        push = self.pushes[tracker]
         while True:
             try:
                 push.send(buf, zmq.NOBLOCK)
@@ -196,16 +217,18 @@ class DecoderService:
                     log.warning("%s: stopping with a frame the tracker never took", self.name)
                     return False
                 push.poll(POLL_MS, zmq.POLLOUT)
-        self.seq += 1
+        self.seqs[tracker] += 1
         self.stats.c["frames_out"] += 1
         return True
 
     def close(self) -> None:
         if self.ended:
-            late = wait_until_ended(self.stats.r, self.stats.keys, ["flowtracker"], END_OF_STREAM_LINGER_MS / 1000)
+            names = self.cfg.tracker_names()
+            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000)
             if late:
-                log.warning("%s: the flow-tracker did not confirm the end of stream", self.name)
+                log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
         # after the end of stream, wait for a slow or restarting tracker to take the last frames
-        self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
+        for push in self.pushes:
+            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
         self.ctx.term()  # waits for them: plain process exit would drop what is still queued

@@ -9,9 +9,10 @@ from shared.service import StopFlag, profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_args("detector", argv=argv)
+    args = service_args("detector", with_index=True, argv=argv)
     stop = StopFlag()
-    return profiled("detector", DetectorService(args.cfg, stop).run)
+    service = DetectorService(args.cfg, stop, args.index)
+    return profiled(service.name, service.run)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class BaselineStore:
 
     # --- reading ---------------------------------------------------------------------------
     def learning(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.r.hgetall(self.keys.learning()).items()}
+        stored = self.r.hgetall(self.keys.learning())  # also "run": which run started it
+        return {k: float(stored[k]) for k in ("start", "end") if k in stored}
 
     def entities(self) -> list[str]:
         """Known entities, most recently seen first."""

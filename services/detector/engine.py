@@ -318,14 +318,12 @@ class DetectorEngine:
             self.learning_start, self.learning_end = float(start), float(end)
 
     def _start_learning(self, ts: float) -> None:
-        """The first event ever (SET NX: the first detector to get here wins) starts learning."""
+        """The first event ever starts learning (lua.START_LEARNING: detector shards of one run
+        agree on the earliest of their first events)."""
 
         def go() -> None:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.hsetnx(self.keys.learning(), "start", repr(ts))
-            pipe.hsetnx(self.keys.learning(), "end", repr(ts + self.det.learning))
-            pipe.hmget(self.keys.learning(), "start", "end")
-            start, end = pipe.execute()[-1]
+            args = (repr(ts), repr(float(self.det.learning)), self.run_id)
+            start, end = self.r.eval(lua.START_LEARNING, 1, self.keys.learning(), *args)
             self.learning_start, self.learning_end = float(start), float(end)
 
         self._run_with_retry(go)

@@ -225,6 +225,20 @@ return {0, '', ''}
 """
 )
 
+START_LEARNING = r"""
+-- KEYS[1] learning hash; ARGV: ts learning_seconds run_id
+-- The first event starts the learning window. With detector shards each sees its own first
+-- event; a shard of the same run with an earlier one moves the start back, so the window
+-- starts at the run's first outbound event whichever shard answered first. Another run's
+-- window is never moved.
+local start = tonumber(redis.call('HGET', KEYS[1], 'start'))
+local ts = tonumber(ARGV[1])
+if start == nil or (ts < start and redis.call('HGET', KEYS[1], 'run') == ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'start', ARGV[1], 'end', string.format('%.17g', ts + tonumber(ARGV[2])), 'run', ARGV[3])
+end
+return redis.call('HMGET', KEYS[1], 'start', 'end')
+"""
+
 TOUCH = r"""
 -- KEYS[1] entity hash; ARGV: ts display
 -- last_seen only moves forward (two detectors may write out of order)

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 import redis
 import zmq
@@ -14,6 +15,7 @@ from services.detector import alerts
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
+from services.detector.merge import EventMerge
 from services.detector.observers import Observers
 from shared import frames
 from shared import stats as stats_module
@@ -60,13 +62,18 @@ def connect_with_backoff(url: str, stop: StopFlag) -> redis.Redis | None:
 
 
 class DetectorService:
-    def __init__(self, cfg: PipelineConfig, stop: StopFlag) -> None:
+    def __init__(self, cfg: PipelineConfig, stop: StopFlag, index: int = 0) -> None:
         self.cfg = cfg
         self.stop = stop
+        self.index = index
+        self.name = cfg.detector_name(index)
         self.keys = DetectorKeys(cfg.redis_prefix)
         self.ctx = zmq.Context()
-        self.pull = bind_pull(self.ctx, cfg.detector_endpoint, cfg.hwm)
-        self.pub = bind_pub(self.ctx, cfg.alerts_pub_endpoint, cfg.hwm)
+        self.pull = bind_pull(self.ctx, cfg.detector_endpoint_of(index), cfg.hwm)
+        self.pub = bind_pub(self.ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm)
+        # several flow-tracker shards: their events are merged into one packet-time order
+        self.merge = EventMerge(cfg.flowtrackers) if cfg.flowtrackers > 1 else None
+        self._eos_bodies: dict[str, Any] = {}
         self.r = None
         self.stats: ServiceStats | None = None
         self.engine: DetectorEngine | None = None
@@ -79,10 +86,10 @@ class DetectorService:
         self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
         if self.r is None:
             return False
-        self.stats = ServiceStats("detector", self.r, self.keys)
-        seq_key = self.keys.receiver_seq("detector")
+        self.stats = ServiceStats(self.name, self.r, self.keys)
+        seq_key = self.keys.receiver_seq(self.name)
         self.gaps = frames.SequenceGaps({k: int(v) for k, v in self.r.hgetall(seq_key).items()})
-        self._continue_run(self.r.hgetall(self.keys.stats("detector")))
+        self._continue_run(self.r.hgetall(self.keys.stats(self.name)))
         self.engine = DetectorEngine(
             self.r,
             self.cfg,
@@ -121,7 +128,7 @@ class DetectorService:
         assert self.r is not None and self.stats is not None
         same_run = bool(stats_module.RUN_ID) and previous.get("run_id") == stats_module.RUN_ID
         if not same_run or previous.get("eos"):
-            self.r.delete(self.keys.stats("detector"))
+            self.r.delete(self.keys.stats(self.name))
             return
         for name in RUN_COUNTERS:
             self.stats.c[name] = _count(previous.get(name))
@@ -220,10 +227,13 @@ class DetectorService:
         missing = self.gaps.see(frame.sender, frame.seq)
         if missing:
             self._report_gap(frame.sender, frame.seq, missing)
-        seq_key = self.keys.receiver_seq("detector")
+        seq_key = self.keys.receiver_seq(self.name)
 
         def save_seq(batch) -> None:
             batch.command("hset", seq_key, frame.sender, frame.seq)
+
+        if self.merge is not None:
+            return self._handle_merged(frame, save_seq)
 
         if frame.type == frames.FrameType.FLOWS:
             body = frame.body if isinstance(frame.body, (list, tuple)) else None
@@ -241,6 +251,40 @@ class DetectorService:
         else:
             self.engine.tick(self.engine.watermark, extra=save_seq)
             return frame.body if frame.body is not None else {}
+        return None
+
+    def _handle_merged(self, frame: frames.Frame, save_seq: Any) -> object | None:
+        """With flow-tracker shards: buffer, then handle what every shard has passed, in order."""
+        assert self.engine is not None and self.stats is not None and self.merge is not None
+        merge = self.merge
+        if frame.type == frames.FrameType.FLOWS:
+            try:
+                merge.add(frame.sender, frame.body if isinstance(frame.body, (list, tuple)) else None)
+            except (ValueError, TypeError):
+                self.stats.c["bad_frames"] += 1
+                return None
+        elif frame.type == frames.FrameType.TICK:
+            ts = frame.body.get("ts") if isinstance(frame.body, dict) else None
+            if not isinstance(ts, (int, float)):
+                self.stats.c["bad_frames"] += 1
+                return None
+            merge.tick(frame.sender, float(ts))
+        else:
+            merge.finish(frame.sender)
+            self._eos_bodies[frame.sender] = frame.body
+        rows = merge.release()
+        if rows:
+            if self.observers is not None:  # the observer takes one frame of the merged rows
+                self._frame_buf = frames.encode(frames.FrameType.FLOWS, self.name, 0, rows)
+            self.publish(self.engine.process(rows, extra=save_seq))
+        bound = merge.bound()
+        if merge.all_finished:
+            self.engine.tick(self.engine.watermark, extra=save_seq)
+            return {"origin": self.name, "flowtrackers": [self._eos_bodies[s] for s in sorted(self._eos_bodies)]}
+        if bound > self.engine.watermark and bound != float("inf"):
+            self.publish(self.engine.tick(bound, extra=save_seq))
+        elif not rows:
+            self.engine.tick(self.engine.watermark, extra=save_seq)  # records the sequence number
         return None
 
 

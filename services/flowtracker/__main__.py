@@ -8,13 +8,13 @@ from shared.service import StopFlag, profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_args("flowtracker", argv=argv)
+    args = service_args("flowtracker", with_index=True, argv=argv)
     stop = StopFlag()
     from services.flowtracker.service import FlowTrackerService, connect_redis
 
     cfg = args.cfg
-    service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url))
-    return profiled("flowtracker", lambda: service.run(stop))
+    service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url), args.index)
+    return profiled(service.name, lambda: service.run(stop))
 
 
 if __name__ == "__main__":

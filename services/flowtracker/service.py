@@ -1,7 +1,8 @@
 """The flow-tracker service: RECORDS/TICK/EOS frames from the decoders in, FLOWS frames out.
 
-One process. It binds a PULL at ``cfg.tracker_endpoint`` that every decoder pushes to and
-pushes flow events to the detector. The decoders' records are put back in capture order
+One process per shard (``--flowtrackers M``; a flow's records all reach one shard, see
+shared/routing.py). It binds a PULL that every decoder pushes to and pushes flow events to the
+detector shard of each flow's local address. The decoders' records are put back in capture order
 (merge.py) before the flow table sees them, and timers run on packet time only (table.py), so
 a replay gives the same flow events, in the same order, however many decoders there are.
 The detector gets the events in packet-time order, and a TICK whenever packet time moved a
@@ -27,13 +28,13 @@ from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
+from shared.routing import NAMES_ONLY, detector_of
 from shared.service import loop_starting
 from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
 from shared.stats import ServiceStats, wait_until_ended
 
 log = logging.getLogger("pktscope.flowtracker")
 
-SENDER = "flowtracker"
 POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
 FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
@@ -70,25 +71,31 @@ def local_nets(cfg: PipelineConfig) -> LocalNets:
 
 
 class FlowTrackerService:
-    def __init__(self, cfg: PipelineConfig, r: redis.Redis | None) -> None:
+    def __init__(self, cfg: PipelineConfig, r: redis.Redis | None, index: int = 0) -> None:
         self.cfg = cfg
-        self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
+        self.index = index
+        self.name = cfg.tracker_name(index)
+        self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
         c = self.stats.c
         for key in COUNTERS:
             c[key] = 0
         if cfg.live:
             cfg.flow.reorder_window = min(cfg.flow.reorder_window, cfg.flow.live_reorder_window)
-        self.table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
+        shards = max(1, cfg.flowtrackers)
+        self.table = FlowTable(
+            cfg.flow, LocalMatcher(local_nets(cfg).networks), fid_start=index + 1, fid_step=shards
+        )
         self.merge = CaptureOrderMerge(cfg.decoders)
-        self.tick_sent = float("-inf")  # packet time of the last TICK to the detector
+        self.detectors = max(1, cfg.detectors)
+        self.tick_sent = [float("-inf")] * self.detectors  # packet time of the last TICK to each
         self.gaps = SequenceGaps()
         self.eos_bodies: dict[str, Any] = {}
         self.flow_log = FlowLog(cfg.flow.flow_log) if cfg.flow.flow_log else None
-        self.seq = 0
+        self.seqs = [0] * self.detectors
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
-        self.pull = bind_pull(self.ctx, cfg.tracker_endpoint, cfg.hwm)
-        self.push = connect_push(self.ctx, cfg.detector_endpoint, cfg.hwm)
+        self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
+        self.pushes = [connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)]
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -97,8 +104,8 @@ class FlowTrackerService:
         """Serve until every decoder's EOS or the stop flag; return the exit status (0 both ways)."""
         log.info(
             "flowtracker: %s -> %s, %d decoder(s)",
-            self.cfg.tracker_endpoint,
-            self.cfg.detector_endpoint,
+            self.cfg.tracker_endpoint_of(self.index),
+            ", ".join(self.cfg.detector_endpoint_of(k) for k in range(self.detectors)),
             self.cfg.decoders,
         )
         pull = self.pull
@@ -170,6 +177,8 @@ class FlowTrackerService:
         merge = self.merge
         records = merge.release()
         table = self.table
+        if records and self.cfg.flowtrackers > 1:
+            records = self._learn_names_only(records)
         if records:
             before = table.records
             table.add(records)
@@ -178,22 +187,52 @@ class FlowTrackerService:
             return  # _finish ends every flow and sends the rest
         table.advance(merge.watermark)
         rows = table.take_rows()
-        self._send_events(rows, stop)
-        horizon = table.horizon  # what the detector may take as passed: events before it are out
-        if rows:
-            self.tick_sent = max(self.tick_sent, rows[-1][2])
-        elif horizon >= self.tick_sent + DETECTOR_TICK_EVERY:
-            self.tick_sent = horizon
-            self._send(FrameType.TICK, {"ts": horizon}, stop)
+        sent = self._send_events(rows, stop)
+        horizon = table.horizon  # what a detector may take as passed: events before it are out
+        # A detector that got no events lately hears the horizon: it closes volume intervals by
+        # it and, with several flow-trackers, merges their events up to the lowest of them.
+        merging = self.cfg.flowtrackers > 1  # detectors merge shards: they need every horizon
+        for k in range(self.detectors):
+            last = sent[k]
+            if last is not None:
+                self.tick_sent[k] = max(self.tick_sent[k], last)
+                if not merging:
+                    continue
+            if horizon > self.tick_sent[k] + (0.0 if merging else DETECTOR_TICK_EVERY):
+                self.tick_sent[k] = horizon
+                self._send(FrameType.TICK, {"ts": horizon}, stop, None, k)
+
+    def _learn_names_only(self, records: list) -> list:
+        """DNS answers another tracker's flow carried (shared/routing.py): learned, not counted."""
+        names = [r for r in records if r[3] == NAMES_ONLY]
+        if not names:
+            return records
+        learn = self.table.names.learn
+        for rec in names:
+            if isinstance(rec[12], dict):
+                learn(rec[12], rec[1])
+        return [r for r in records if r[3] != NAMES_ONLY]
 
     # --- output ------------------------------------------------------------------------------------
-    def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> None:
+    def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> list:
+        """Send events to their detector shards; per shard the time of the last one sent (or None)."""
+        sent: list = [None] * self.detectors
         if not events:
-            return
+            return sent
         if self.flow_log is not None:
             self.flow_log.write(events)
-        if self._send(FrameType.FLOWS, events, stop, deadline):
-            self.stats.c["events_out"] += len(events)
+        if self.detectors == 1:
+            parts = [events]
+        else:
+            parts = [[] for _ in range(self.detectors)]
+            n = self.detectors
+            for row in events:
+                parts[detector_of(row, n)].append(row)
+        for k, part in enumerate(parts):
+            if part and self._send(FrameType.FLOWS, part, stop, deadline, k):
+                self.stats.c["events_out"] += len(part)
+                sent[k] = part[-1][2]
+        return sent
 
     def _finish(self, reason: str, stop: Any) -> None:
         """End every flow with ``reason``, send the events (and EOS at end of stream), flush stats."""
@@ -213,24 +252,27 @@ class FlowTrackerService:
         if reason == "eos":
             table = self.table
             body = {
-                "origin": SENDER,
+                "origin": self.name,
                 "flows": table.flows_started,
                 "packets": table.records,
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
-            self._send(FrameType.EOS, body, stop, deadline)
+            for k in range(self.detectors):
+                self._send(FrameType.EOS, body, stop, deadline, k)
             self.stats.flush(eos=1)
         else:
             self.stats.flush()
 
-    def _send(self, ftype: str, body: Any, stop: Any, deadline: float | None = None) -> bool:
+    def _send(
+        self, ftype: str, body: Any, stop: Any, deadline: float | None = None, detector: int = 0
+    ) -> bool:
         """Send with backpressure (block while the detector is behind) but keep noticing SIGTERM.
 
         While stopping, wait only until ``deadline`` for a detector that may be gone already.
         """
-        buf = frames.encode(ftype, SENDER, self.seq, body)
-        push = self.push
+        buf = frames.encode(ftype, self.name, self.seqs[detector], body)
+        push = self.pushes[detector]
         while True:
             try:
                 push.send(buf, zmq.NOBLOCK)
@@ -240,7 +282,7 @@ class FlowTrackerService:
                     log.warning("flowtracker: stopping with a %s frame the detector never took", ftype)
                     return False
                 push.poll(POLL_MS, zmq.POLLOUT)
-        self.seq += 1
+        self.seqs[detector] += 1
         self.stats.c["frames_out"] += 1
         return True
 
@@ -269,14 +311,14 @@ class FlowTrackerService:
 
     def close(self) -> None:
         if self.ended:
-            late = wait_until_ended(
-                self.stats.r, self.stats.keys, ["detector"], END_OF_STREAM_LINGER_MS / 1000
-            )
+            names = self.cfg.detector_names()
+            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000)
             if late:
-                log.warning("flowtracker: the detector did not confirm the end of stream")
+                log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
         # after the end of stream, wait for a slow or restarting detector to take the last frames
-        self.push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
+        for push in self.pushes:
+            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
         self.ctx.term()  # waits for that linger: exiting without it drops frames still queued
         if self.flow_log is not None:
             self.flow_log.close()

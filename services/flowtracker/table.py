@@ -97,6 +97,8 @@ class FlowTable:
         settings: FlowSettings | None = None,
         is_local: Callable[[bytes], bool] | None = None,
         names: DnsNames | None = None,
+        fid_start: int = 1,
+        fid_step: int = 1,
     ) -> None:
         s = settings or FlowSettings()
         self.settings = s
@@ -128,7 +130,7 @@ class FlowTable:
         self.horizon = -math.inf  # events before this packet time have been released
         self.out: list[list] = []
         self._n = itertools.count()
-        self._fid = itertools.count(1)
+        self._fid = itertools.count(fid_start, fid_step)  # shards number their flows apart
         # counters
         self.records = 0
         self.bad_records = 0
