@@ -223,9 +223,12 @@ class NotifierService:
                 return
 
     def _detector_finished(self) -> bool:
+        """Every detector (shard) of this run said end of stream."""
         assert self.r is not None
-        eos, run_id = self.r.hmget(self.keys.stats("detector"), "eos", "run_id")
-        return bool(eos) and run_id == stats_module.RUN_ID
+        pipe = self.r.pipeline(transaction=False)
+        for name in self.cfg.detector_names():
+            pipe.hmget(self.keys.stats(name), "eos", "run_id")
+        return all(bool(eos) and run_id == stats_module.RUN_ID for eos, run_id in pipe.execute())
 
     def run(self) -> int:
         if not self.start():
