@@ -115,8 +115,9 @@ def test_bench_capture_flow_ids_agree_across_event_types(short_tmp: Path) -> Non
             assert e["community_id"] == want
 
 
-def test_alerts_are_logged_with_their_flow(short_tmp: Path) -> None:
-    events = eve_of(CORPUS / CAPTURES[0], short_tmp)
+@pytest.mark.parametrize("shards", [(), ("--flowtrackers", "2", "--detectors", "2")], ids=["one", "sharded"])
+def test_alerts_are_logged_with_their_flow(short_tmp: Path, shards: tuple[str, ...]) -> None:
+    events = eve_of(CORPUS / CAPTURES[0], short_tmp, *shards)
     alerts = [e for e in events if e["event_type"] == "alert"]
     assert alerts, "a first replay with --learning 0 alerts on the host's first egress"
     flow_ids = {e["flow_id"] for e in events if e["event_type"] == "flow"}
