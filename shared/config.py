@@ -105,6 +105,7 @@ class PipelineConfig:
     eve_log: str = ""
     notify: list[str] = field(default_factory=list)
     metrics_listen: str = ""
+    observer: bool = False  # an observer service runs (pktscope run: always); the detector feeds it
 
     # --- derived endpoints ---------------------------------------------------------------
     @property

@@ -115,8 +115,9 @@ def test_bench_capture_flow_ids_agree_across_event_types(short_tmp: Path) -> Non
             assert e["community_id"] == want
 
 
-def test_alerts_are_logged_with_their_flow(short_tmp: Path) -> None:
-    events = eve_of(CORPUS / CAPTURES[0], short_tmp)
+@pytest.mark.parametrize("shards", [(), ("--flowtrackers", "2", "--detectors", "2")], ids=["one", "sharded"])
+def test_alerts_are_logged_with_their_flow(short_tmp: Path, shards: tuple[str, ...]) -> None:
+    events = eve_of(CORPUS / CAPTURES[0], short_tmp, *shards)
     alerts = [e for e in events if e["event_type"] == "alert"]
     assert alerts, "a first replay with --learning 0 alerts on the host's first egress"
     flow_ids = {e["flow_id"] for e in events if e["event_type"] == "flow"}
@@ -144,3 +145,33 @@ def test_sighup_reopens_the_log(tmp_path: Path) -> None:
     new = [json.loads(x) for x in path.read_text().splitlines()]
     assert [e["alert"]["signature"] for e in old] == ["one"]
     assert [e["alert"]["signature"] for e in new] == ["two"]
+
+
+def test_flow_line_template_matches_the_generic_path(tmp_path: Path) -> None:
+    """The templated flow event (hot path) says exactly what the map + json path says."""
+    from shared.flowevents import FIELDS
+
+    def row(**kw):
+        base = dict(ev="end", fid=7, ts=1700000010.5, proto=6, ipv=4, src="10.0.0.1", sport=40000,
+                    dst="93.184.216.34", dport=443, outbound=False, first=1700000000.25, last=1700000009.75,
+                    pkts_out=5, bytes_out=600, pkts_in=4, bytes_in=4000, d_pkts_out=0, d_bytes_out=0,
+                    d_pkts_in=0, d_bytes_in=0, state="CLOSED", name="", name_src="",
+                    app={"tls.sni": "example.com"}, reason="fin")  # fmt: skip
+        base.update(kw)
+        return tuple(base[f] for f in FIELDS)
+
+    for r in (row(), row(proto=17, state="", app={}, reason="idle", src="2001:db8::1", dst="2001:db8::2")):
+        fast, slow = EveWriter(str(tmp_path / "fast.json")), EveWriter(str(tmp_path / "slow.json"))
+        fast.observe(r, None)
+        slow._flow_line = lambda *_a: False  # force the generic path
+        slow.observe(r, None)
+        fast.close()
+        slow.close()
+        f = [json.loads(x) for x in (tmp_path / "fast.json").read_text().splitlines()]
+        s = [json.loads(x) for x in (tmp_path / "slow.json").read_text().splitlines()]
+        assert f == s and f[-1]["event_type"] == "flow"
+        assert not list(VALIDATOR.iter_errors(f[-1]))
+        (tmp_path / "fast.json").unlink()
+        (tmp_path / "slow.json").unlink()
+    bad = EveWriter(str(tmp_path / "bad.json"))
+    assert not bad._flow_line(row(src='1.2.3.4"x'), [1, "1:x", set()])  # anything odd: generic path

@@ -38,7 +38,7 @@ def hold_connection(port: int, seconds: float) -> subprocess.Popen:
 
 
 class ClosingServer:
-    """A TCP server on lo that reads one chunk and closes a second later: the flow ends (FIN both ways)."""
+    """A TCP server on lo that reads one chunk and closes 3 s later: the flow ends (FIN both ways)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -55,7 +55,7 @@ class ClosingServer:
                 return
             with conn:
                 conn.recv(4096)
-                time.sleep(1.0)  # the client is still there when the detector looks for its process
+                time.sleep(3.0)  # the client is still there when the detector looks for its process
 
 
 @pytest.fixture

@@ -272,3 +272,13 @@ def test_notifier_killed_and_restarted_sends_nothing_twice(short_tmp) -> None:
         receiver.stop()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_desktop_without_a_session_bus_is_counted_not_retried(monkeypatch) -> None:
+    from services.notifier.service import Channel
+    from shared.observe_keys import ObserveKeys
+
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+    ch = Channel(parse_target("desktop://?min_severity=warning"), ObserveKeys("t"), time.monotonic())
+    assert ch.send("title", "body", "warning") and ch.send("title", "body", "critical")
+    assert ch.unavailable == 2

@@ -122,12 +122,12 @@ class InspectSource:
                 "heartbeat_age": round(age, 1),
                 "restarts": s.get("restarts", 0),
             }
-        det = stats.get("detector", {})
+        dets = [s for name, s in stats.items() if name.split("-", 1)[0] == "detector"]  # shards too
         meta = self.r.hgetall(self.keys.live_meta())
         return {
             "services": services,
-            "learning": bool(int(det.get("learning", 0) or 0)) if det else None,
-            "alerts": int(det.get("alerts", 0) or 0),
+            "learning": any(int(d.get("learning", 0) or 0) for d in dets) if dets else None,
+            "alerts": sum(int(d.get("alerts", 0) or 0) for d in dets),
             "live_updated": float(meta.get("updated", 0) or 0),
             "watermark": float(meta.get("watermark", 0) or 0),
         }

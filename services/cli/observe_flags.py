@@ -52,6 +52,7 @@ def check_listen(value: str) -> tuple[str, int]:
 
 def apply(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     """Copy the flags into the pipeline config, each checked."""
+    cfg.observer = True  # `pktscope run` always runs the observer (live view, EVE log)
     if getattr(args, "eve_log", None):
         path = Path(args.eve_log).resolve()
         if path.is_dir():

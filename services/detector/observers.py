@@ -7,9 +7,10 @@ received them, plus what it alone knows of the frame's outbound flows (entity, p
 sent once per flow, again when it changes) and the alerts raised, as one three-part message on a
 PUSH socket to the observer (services/observer/), which does the rest on the other core.
 
-Offline the send blocks when the observer is behind (nothing is lost, as between the other
-stages); live it never blocks: a message the observer cannot take is dropped and counted
-(``observer_dropped``).
+Offline the send waits while the observer is behind (nothing is lost, as between the other
+stages), up to 5 s: an observer that is absent (a detector run on its own) or stuck does not
+stop the detector; live it never waits. A message the observer cannot take is dropped and
+counted (``observer_dropped``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shared.config import PipelineConfig
 from shared.sockets import connect_push
 
 EOS_MARK = b"eos"
+OFFLINE_WAIT_MS = 5000
 MAX_SENT = 200_000  # flows whose facts were sent (forgotten beyond: sent again, harmless)
 
 
@@ -47,8 +49,11 @@ class Observers:
         self.engine = engine
         self.c = counters
         self.live = cfg.live
-        self.push = connect_push(ctx, observer_endpoint(cfg), cfg.hwm, immediate=cfg.live)
+        # IMMEDIATE: nothing is queued for an observer that is not there (a detector run alone,
+        # or one whose observer is restarting), so the detector never waits on an absent one
+        self.push = connect_push(ctx, observer_endpoint(cfg), cfg.hwm, immediate=True)
         self.sent: dict[tuple, tuple] = {}
+        self.absent = False  # the last offline send found no observer: later ones do not wait
         engine.observed = []
 
     def frame(self, buf: bytes | None, raised: list[dict]) -> None:
@@ -82,10 +87,16 @@ class Observers:
         self._send([b"", b"\x90", b"\x90", EOS_MARK])
 
     def _send(self, parts: list[bytes]) -> None:
+        push = self.push
+        # offline: wait while the observer is behind (backpressure, nothing lost), but give up
+        # on one that does not take anything for OFFLINE_WAIT_MS (gone or stuck)
+        if not self.live and not self.absent and not push.poll(OFFLINE_WAIT_MS, zmq.POLLOUT):
+            self.absent = True
         try:
-            self.push.send_multipart(parts, flags=zmq.NOBLOCK if self.live else 0)
+            push.send_multipart(parts, flags=zmq.NOBLOCK)
+            self.absent = False
         except zmq.Again:
             self.c["observer_dropped"] += 1
 
     def close(self) -> None:
-        self.push.close(linger=60_000 if not self.live else 2000)
+        self.push.close(linger=10_000 if not self.live else 1000)

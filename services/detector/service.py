@@ -30,6 +30,7 @@ from shared.stats import ServiceStats
 log = logging.getLogger(__name__)
 
 POLL_MS = 200
+OBSERVER_READY_WAIT = 15.0  # offline: seconds the detector waits for the observer at start
 MAINTENANCE_EVERY = 10.0  # wall seconds between engine.maintenance() calls
 # Counters a detector restarted within one run (kill -9, crash, supervisorctl restart) takes over
 # from its predecessor's stats hash, so the run's figures cover every incarnation.
@@ -107,7 +108,10 @@ class DetectorService:
         )
         self.engine.outages = self.stats.outages  # its retries and slow answers count as outages
         self.stats.sources.append(self._enrichment_counters)
-        self.observers = Observers(self.cfg, self.engine, self.stats.c, self.ctx)
+        if self.cfg.observer:
+            self.observers = Observers(self.cfg, self.engine, self.stats.c, self.ctx)
+            if not self.cfg.live:  # a replay's first frames wait for the observer to be there
+                stats_module.wait_until_ready(self.r, self.keys, ["observer"], OBSERVER_READY_WAIT)
         for name in (
             "frames_in",
             "events_in",

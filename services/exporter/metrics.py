@@ -187,10 +187,18 @@ class PipelineCollector(Collector):
         yield beat
 
     def _pipeline(self, stats: dict[str, dict], memory: dict, learning: dict, live: dict) -> Iterator[Any]:
-        det = stats.get("detector", {})
-        ft = stats.get("flowtracker", {})
-        active = GaugeMetricFamily("pktscope_flows_active", "Flows in the flow table now")
-        active.add_metric([], _num(ft.get("flows_active")))
+        # with shards (detector-0, flowtracker-1, ...) the pipeline-wide figures are their sums
+        dets = [s for name, s in stats.items() if _stage(name) == "detector"]
+        det = {k: v for s in dets for k, v in s.items()}  # for the non-summed fields
+        for field in {f for s in dets for f in s if f.startswith(("alerts.", "attribution."))}:
+            if field != "attribution.mode":
+                det[field] = sum(_num(s.get(field)) for s in dets)
+        if dets:
+            det["learning"] = max(_num(s.get("learning")) for s in dets)
+        active = GaugeMetricFamily("pktscope_flows_active", "Flows in the flow tables now")
+        active.add_metric(
+            [], sum(_num(s.get("flows_active")) for n, s in stats.items() if _stage(n) == "flowtracker")
+        )
         yield active
         conns = GaugeMetricFamily(
             "pktscope_live_connections", "Open connections in the live view (pktscope inspect)"

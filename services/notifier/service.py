@@ -23,7 +23,7 @@ import redis
 
 from services.detector.alerts import from_entry
 from services.notifier.digest import Digest, Grouper, RateLimit, render
-from services.notifier.targets import Target, TargetError, notify_send, parse_target
+from services.notifier.targets import Target, TargetError, desktop_available, notify_send, parse_target
 from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.observe_keys import ObserveKeys
@@ -53,6 +53,8 @@ class Channel:
         self.failures_in_row = 0
         self.next_try = 0.0
         self.limited = False
+        self.warned = False
+        self.unavailable = 0  # desktop:// notifications with no desktop to show them
         self.apprise = None
         if target.scheme != "desktop":
             import apprise
@@ -65,6 +67,14 @@ class Channel:
 
     def send(self, title: str, body: str, severity: str) -> bool:
         if self.apprise is None:
+            if not desktop_available():
+                # no session bus (a service, root without a desktop): nothing can show it; counted
+                # (desktop_unavailable) and logged once, instead of retrying for ever
+                if not self.warned:
+                    log.warning("notifier: desktop:// has no session bus or notify-send here; skipping")
+                    self.warned = True
+                self.unavailable += 1
+                return True
             urgency = {"critical": "critical", "warning": "normal"}.get(severity, "low")
             return notify_send(title, body, urgency)
         import apprise
@@ -223,9 +233,12 @@ class NotifierService:
                 return
 
     def _detector_finished(self) -> bool:
+        """Every detector (shard) of this run said end of stream."""
         assert self.r is not None
-        eos, run_id = self.r.hmget(self.keys.stats("detector"), "eos", "run_id")
-        return bool(eos) and run_id == stats_module.RUN_ID
+        pipe = self.r.pipeline(transaction=False)
+        for name in self.cfg.detector_names():
+            pipe.hmget(self.keys.stats(name), "eos", "run_id")
+        return all(bool(eos) and run_id == stats_module.RUN_ID for eos, run_id in pipe.execute())
 
     def run(self) -> int:
         if not self.start():
@@ -255,6 +268,7 @@ class NotifierService:
                 time.sleep(0.5)
                 continue
             pending = sum(ch.pending() for ch in self.channels)
+            self.stats.c["desktop_unavailable"] = sum(ch.unavailable for ch in self.channels)
             self.stats.c["alerts_pending"] = pending
             self.stats.info["drained"] = int(self.detector_done and pending == 0)
             self.stats.maybe_flush()

@@ -64,6 +64,8 @@ def parse_target(url: str) -> Target:
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         (ours.__setitem__(key, value) if key in OPTION_NAMES else rest.append((key, value)))
     apprise_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment))
+    if parts.scheme == "desktop":
+        apprise_url = "desktop://"  # ours, not Apprise's: notify-send on the session bus
     severity = ours.get("min_severity", "info").lower()
     if severity not in SEVERITIES:
         raise TargetError(f"min_severity={severity!r}: use one of {', '.join(SEVERITIES)}")

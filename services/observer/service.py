@@ -5,7 +5,8 @@ and keeps the live view in Redis (services/detector/live_store.py) and the EVE l
 A frame's rows are the flow-tracker's events as the detector received them; the facts that
 come with them (entity, process, GeoIP of outbound flows) are remembered per 5-tuple until the
 flow ends. At the detector's end of stream the observer writes everything out, says ``eos`` in
-its stats (which `pktscope run` waits for) and exits 0.
+its stats (which `pktscope run` waits for) and exits 0; with detector shards, once every one
+of them ended. Each shard sends the facts of its own flows (a flow's events go to one shard).
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ class ObserverService:
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         ended = False
+        waiting = max(1, len(self.cfg.detector_names()))  # one end of stream per detector shard
         while not self.stop and not ended:
-            if poller.poll(POLL_MS):
-                ended = self.handle(pull.recv_multipart(), live, eve, stats)
+            if poller.poll(POLL_MS) and self.handle(pull.recv_multipart(), live, eve, stats):
+                waiting -= 1
+                ended = waiting <= 0
             live.maybe_flush()
             if eve is not None:
                 eve.maybe_reopen()
