@@ -146,6 +146,7 @@ class Capture:
         body = {
             "origin": SENDER,
             "packets": self.count,
+            "last_ts": self.last_ts,  # every flow-tracker shard ends its flows at the same time
             "error": error,
             "dropped": sum(self.drops),
             "pcap_recv": source_stats[0],

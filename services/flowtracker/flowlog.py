@@ -1,16 +1,19 @@
 """The flow log: one JSON line per ended flow (its "end" event), like Zeek's conn.log.
 
-Lines are appended and flushed per batch, so a reader (or a test) sees whole lines only and
-an interrupted run keeps what it logged. Names and app facts come from the network: JSON
+Lines are appended per batch with one write(2) on an O_APPEND descriptor, so a reader (or a
+test) sees whole lines only, an interrupted run keeps what it logged, and flow-tracker shards
+appending to one file never split each other's lines (a buffered text file did: its writes
+are cut at the buffer size). Names and app facts come from the network: JSON
 escapes their control characters.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from shared.flowevents import EV_END, from_row
 
@@ -25,13 +28,12 @@ class FlowLog:
         self.path = Path(path)
         self.process_of = process_of
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.lines = 0
 
     def write(self, events: Iterable[list | tuple]) -> int:
         """Append the end events among ``events`` (wire rows); return how many lines were written."""
-        f = self._file
-        if f is None:
+        if self._fd is None:
             return 0
         dumps = json.dumps
         ended = [from_row(row) for row in events if row[0] == EV_END]
@@ -40,15 +42,16 @@ class FlowLog:
                 event["process"] = self.process_of(event)
         lines = [dumps(event, separators=(",", ":")) for event in ended]
         if lines:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
+            data = ("\n".join(lines) + "\n").encode("utf-8")
+            while data:
+                data = data[os.write(self._fd, data) :]
             self.lines += len(lines)
         return len(lines)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_flow_log(path: str | Path) -> list[dict]:

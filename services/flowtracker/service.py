@@ -201,6 +201,11 @@ class FlowTrackerService:
         elif ftype == FrameType.EOS:
             self.eos_bodies[sender] = body
             merge.finish(sender)
+            # the capture's last packet time, so that every shard ends its flows ("eos") alike
+            upstream = body.get("upstream") if isinstance(body, dict) else None
+            last = upstream.get("last_ts") if isinstance(upstream, dict) else None
+            if isinstance(last, float | int) and last == last and last > merge.highest:
+                merge.highest = float(last)
         else:
             c["bad_frames"] += 1
             return False
