@@ -323,3 +323,16 @@ def test_records_of_any_shape_never_stop_the_table(records):
     table.finish("eos", 20.0)
     assert table.records + table.bad_records >= len(records) + 1
     assert any(e["dport"] == 443 and e["ev"] == "end" for e in table.take())
+
+
+def test_a_record_with_ports_of_the_wrong_type_is_counted_not_raised_at_release():
+    """Hypothesis found it: a None port reached the event heap, whose (time, key) order then
+    compared None with an int. Such a record is bad, and counted."""
+    table = FlowTable()
+    bad = (0, 5.0, 60, 6, b"\x0a\x00\x00\x01", b"\xc0\x00\x02\x01", None, 443, 2, 0, 0, 0, None)
+    good = rec(5.0, "10.0.0.1", "192.0.2.1", 40000, 443, flags=S)
+    table.add([bad, good])
+    table.advance(30.0)
+    table.finish("eos", 40.0)
+    assert table.bad_records == 1
+    assert [e["sport"] for e in table.take() if e["ev"] == "end"] == [40000]

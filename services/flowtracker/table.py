@@ -235,6 +235,9 @@ class FlowTable:
             raise TypeError("record with a bad timestamp or length")
         if len(src) not in (4, 16) or len(dst) != len(src) or not isinstance(flags, int):
             raise ValueError("record with bad addresses")
+        if type(sport) is not int or type(dport) is not int or type(proto) is not int:
+            # keys are compared when events of one time are ordered: all their parts must be ints
+            raise ValueError("record with bad ports or protocol")
         if old is not None:
             if ts - old[LAST] > old[IDLE]:
                 self._end(old, _STATE_REASON.get(old[STATE], "idle"), old[LAST] + old[IDLE])
