@@ -95,7 +95,9 @@ def alert_fields(alert: dict[str, Any]) -> dict[str, Any]:
 def make_filter(text: str):
     """A predicate over conn_fields/alert_fields dicts; InspectError with the parser's message."""
     try:
-        return compile_filter(text)
+        # not strict: connections and alerts have fields of their own (process.*, dest.*,
+        # alert.*, docs/filters.md "In pktscope inspect") beside Wireshark's names
+        return compile_filter(text, strict=False)
     except FilterError as exc:
         raise InspectError(str(exc)) from None
 

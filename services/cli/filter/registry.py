@@ -307,6 +307,22 @@ FIELDS = (
     )
     | frozenset(ALIASES)
     | PROTOCOLS
+    # what `read` adds beyond the decoders: stream numbers, TCP analysis, findings
+    | frozenset(
+        [
+            "tcp.stream",
+            "udp.stream",
+            "tcp.analysis",
+            "tcp.analysis.initial_rtt",
+            "anomaly",
+            "anomaly.kind",
+            "anomaly.protocol",
+            "anomaly.user",
+            "anomaly.port",
+            "anomaly.address",
+            "anomaly.direction",
+        ]
+    )
 )
 
 OPEN_PREFIXES = (
