@@ -156,7 +156,8 @@ def test_flow_line_template_matches_the_generic_path(tmp_path: Path) -> None:
                     dst="93.184.216.34", dport=443, outbound=False, first=1700000000.25, last=1700000009.75,
                     pkts_out=5, bytes_out=600, pkts_in=4, bytes_in=4000, d_pkts_out=0, d_bytes_out=0,
                     d_pkts_in=0, d_bytes_in=0, state="CLOSED", name="", name_src="",
-                    app={"tls.sni": "example.com"}, reason="fin")  # fmt: skip
+                    app={"tls.sni": "example.com"}, reason="fin", initial_rtt=0.0123,
+                    retransmissions=1, out_of_order=0)  # fmt: skip
         base.update(kw)
         return tuple(base[f] for f in FIELDS)
 

@@ -33,7 +33,6 @@ UNSUPPORTED = {
     "tcp contains 00:00": "'tcp contains'",
     "ip[0] == 45": "slices of the 'ip' layer",
     "tcp.analysis.retransmission": "field 'tcp.analysis.retransmission' is not decoded",
-    "tcp.stream == 0": "field 'tcp.stream' is not decoded",
     "http.cookie": "field 'http.cookie' is not decoded",
     'frame.time > "2020-01-01 00:00:00"': "field 'frame.time' is not decoded",
     "dns.qry.name.len > 10": "field 'dns.qry.name.len' is not decoded",

@@ -100,7 +100,7 @@ class Follower:
         # Wireshark compares relative sequence numbers: the base is a SYN's number (any SYN
         # re-bases), else one less than the direction's first packet's; acks are relative to
         # the other direction's base once it has one.
-        raw_seq = tcp["seq"]
+        raw_seq = tcp.get("seq_raw", tcp["seq"])  # the wire number: `seq` is relative
         if flags & 0x02:
             self._base[d] = raw_seq
         elif self._base[d] is None:

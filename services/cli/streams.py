@@ -80,7 +80,7 @@ class StreamIndex:
     def _tcp_stream(self, ends: tuple[tuple[str, int], tuple[str, int]], tcp: dict[str, Any]) -> list:
         key = frozenset(ends)
         sender = ends[0]
-        seq = tcp["seq"]
+        seq = tcp.get("seq_raw", tcp["seq"])  # the wire number: `seq` is relative (as Wireshark shows it)
         flags = tcp["flags"]["value"]
         conv = self.tcp.get(key)
         bare_syn = flags & 0x12 == 0x02
