@@ -15,6 +15,7 @@ from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
 from services.cli.inspect_data import (
@@ -305,7 +306,10 @@ class InspectApp(App):
 
     # --- alerts -------------------------------------------------------------------------------------
     def selected_alert(self) -> dict | None:
-        table = self.query_one("#alerts_table", DataTable)
+        try:
+            table = self.query_one("#alerts_table", DataTable)
+        except NoMatches:  # a refresh while the app starts or closes: no tables on screen
+            return None
         if not table.row_count:
             return None
         try:
@@ -316,7 +320,10 @@ class InspectApp(App):
 
     def _show_alert_detail(self) -> None:
         alert = self.selected_alert()
-        detail = self.query_one("#alert_detail", Static)
+        try:
+            detail = self.query_one("#alert_detail", Static)
+        except NoMatches:
+            return
         if alert is None:
             detail.update("")
             return

@@ -27,9 +27,11 @@ def read_all(r: redis.Redis, keys: Keys, run_id: str | None = None) -> dict[str,
     for name, raw in zip(names, pipe.execute(), strict=True):
         if not raw:
             continue
-        stats = {k: _typed(v) for k, v in raw.items()}
-        if run_id is not None and str(stats.get("run_id", "")) != run_id:
+        # run ids are hex: one like "1234e5678901" or "012345678901" reads as a number, so they
+        # are compared (and kept) as text; typed, such a run's stats all vanished (~1 run in 120)
+        if run_id is not None and raw.get("run_id", "") != run_id:
             continue
+        stats = {k: (v if k == "run_id" else _typed(v)) for k, v in raw.items()}
         out[name] = stats
     return out
 
