@@ -8,34 +8,17 @@ slowest shard's time shows up as a spike that is scored in the wrong interval, o
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import dpkt
 
+from tests.pipeline_helpers import _eth_ip_tcp as _tcp
 from tests.pipeline_helpers import write_pcap
 
 T0 = 1_700_000_000.0
 SPIKER, QUIET_B, QUIET_C = "10.1.0.1", "10.1.0.2", "10.1.0.3"
 REMOTE_US, REMOTE_DE, REMOTE_GB = "93.184.216.34", "81.169.145.10", "151.101.0.81"
 MSS = 8960  # jumbo frames keep a 40 MB flow at ~4,500 packets
-
-
-def _tcp(
-    src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes = b""
-) -> bytes:
-    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=65535, data=payload)
-    ip = dpkt.ip.IP(
-        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=dpkt.ip.IP_PROTO_TCP, ttl=64, data=tcp
-    )
-    ip.len = len(ip)
-    eth = dpkt.ethernet.Ethernet(
-        src=b"\x02\x00\x00\x00\x00\x01",
-        dst=b"\x02\x00\x00\x00\x00\x02",
-        type=dpkt.ethernet.ETH_TYPE_IP,
-        data=ip,
-    )
-    return bytes(eth)
 
 
 def upload(src: str, dst: str, sport: int, dport: int, t0: float, nbytes: int, duration: float) -> list:
