@@ -26,9 +26,16 @@ pytestmark = [
 TIMEOUT = 90.0  # generous: the machine is shared; normally well under 5 s
 
 
-def run(argv: list, check: bool = True) -> int:
+def run(argv: list, check: bool = True, explain=None) -> int:
+    """Run a test program to its end; on a hang, fail with ``explain()`` (the network's state)."""
     proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rc = proc.wait(timeout=60)
+    try:
+        rc = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        state = explain() if explain else ""
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{argv} did not end in 60 s\n{state}") from None
     if check:
         assert rc == 0, argv
     return proc.pid
@@ -105,6 +112,35 @@ class Netns:
         self.ns("ip", "-6", "addr", "add", f"{self.ns6}/64", "dev", self.ns_if, "nodad")
         self.ns("ip", "link", "set", self.ns_if, "up")
         self.ns("ip", "link", "set", "lo", "up")
+        self.wait_until_reachable()
+
+    def wait_until_reachable(self, timeout: float = 30.0) -> None:
+        """Ping the host's end from inside until it answers: a test's first SYN must not race the
+        veth's carrier or the first ARP exchange. Fails with the link and neighbour state."""
+        ping = shutil.which("ping")
+        if ping is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run(self.cmd(ping, "-c1", "-W1", self.host4), capture_output=True)
+            if probe.returncode == 0:
+                return
+        raise AssertionError(f"namespace {self.name} cannot reach {self.host4}:\n{self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        """Addresses, routes, neighbours and sockets on both ends, for a failure message."""
+        out = []
+        for argv in (
+            ["ip", "addr", "show", "dev", self.host_if],
+            ["ip", "neigh", "show", "dev", self.host_if],
+            self.cmd("ip", "addr"),
+            self.cmd("ip", "route"),
+            self.cmd("ip", "neigh"),
+            self.cmd("ss", "-tanp"),
+        ):
+            done = subprocess.run(argv, capture_output=True, text=True)
+            out.append(f"$ {' '.join(argv)}\n{done.stdout}{done.stderr}")
+        return "\n".join(out)
 
     @staticmethod
     def sh(*argv: str) -> None:
@@ -176,7 +212,7 @@ def test_inbound_connection_is_attributed_to_the_listening_server(short_tmp):
     )
     server = HttpResponder(net.host4)  # listens after procwatch started: its listen is seen
     try:
-        run(net.cmd(tcp, net.host4, server.port, 100))
+        run(net.cmd(tcp, net.host4, server.port, 100), explain=net.diagnostics)
 
         def line():
             return [f for f in flow_log_lines(flow_log) if f["dport"] == server.port and f["process"]]
