@@ -25,20 +25,34 @@ SUBCOMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose module is not services.cli.<name>
+_MODULE_OF = {"interfaces": "services.cli.capture"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command`` given and known) one with only that subcommand's module
+    imported: `pktscope read` then starts without importing redis, supervisor and the rest
+    (about 0.15 s of a 0.4 s start measured with -X importtime)."""
+    names = SUBCOMMANDS
+    if command is not None:
+        module = _MODULE_OF.get(command, f"services.cli.{command}")
+        if module in SUBCOMMANDS:
+            names = (module,)
     parser = argparse.ArgumentParser(
         prog="pktscope",
         description="Network egress monitor: what is this machine talking to, and is any of it new?",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
+    for name in names:
         module = importlib.import_module(name)
         module.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
