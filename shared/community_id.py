@@ -24,7 +24,7 @@ _PORTED = frozenset((TCP, UDP, ICMP, ICMP6, SCTP))
 _SEED, _PROTO, _PORTS = struct.Struct("!H"), struct.Struct("!BB"), struct.Struct("!HH")
 
 # ICMP type -> the type of the other half of its exchange (the spec's table, from Zeek)
-_ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 10: 9, 17: 18, 18: 17}
+_ICMP4_PAIRS = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 9: 10, 10: 9, 17: 18, 18: 17}
 _ICMP6_PAIRS = {128: 129, 129: 128, 133: 134, 134: 133, 135: 136, 136: 135, 130: 131, 131: 130}
 _ICMP6_PAIRS.update({139: 140, 140: 139, 144: 145, 145: 144})
 

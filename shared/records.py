@@ -23,7 +23,8 @@ P_NUM, P_TS, P_LINKTYPE, P_WIRELEN, P_DATA = range(5)
 #   tcp_flags  TCP flag bits (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 ...), 0 otherwise
 #   paylen     bytes of L4 payload
 #   frag       FRAG_NONE, FRAG_FIRST or FRAG_LATER
-#   tcp_seq    TCP sequence number, 0 otherwise
+#   tcp_seq    TCP sequence number; ICMP/ICMPv6: type << 8 | code (-1 for a non-first fragment);
+#              0 otherwise
 #   app        None, or a dict of application-layer fields found in/completed by this packet,
 #              keyed by display-filter names, e.g. {"tls.sni": "example.com"} or
 #              {"dns.answers": [[name, type, ttl, data], ...], "dns.queries": [[name, type], ...]}

@@ -27,3 +27,10 @@ def test_both_directions_agree_and_families_must_match() -> None:
     assert a != community_id(17, "10.0.0.1", "10.0.0.2", 40000, 443)
     with pytest.raises(ValueError):
         community_id(6, "10.0.0.1", "::1", 1, 2)
+
+
+def test_icmp_router_solicitation_and_advertisement_are_one_flow():
+    """The spec pairs ICMP types 10 and 9 both ways, as it does echo (8/0): tshark agrees."""
+    forward = community_id(1, "192.0.2.1", "192.0.2.2", 10, 0)
+    assert forward == community_id(1, "192.0.2.2", "192.0.2.1", 9, 0)
+    assert forward != community_id(1, "192.0.2.1", "192.0.2.2", 8, 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from conftest import BENCH_PCAP, CORPUS
 from pipeline_helpers import pktscope
 
-from services.detector.eve import EveWriter
+from services.detector.eve import EveWriter, eve_time
 from shared.community_id import community_id
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "eve_schema.json").read_text())
@@ -113,6 +114,42 @@ def test_bench_capture_flow_ids_agree_across_event_types(short_tmp: Path) -> Non
         if proto in (6, 17):
             want = community_id(proto, e["src_ip"], e["dest_ip"], e["src_port"], e["dest_port"])
             assert e["community_id"] == want
+    # ICMP: the flow's id is its first packet's, as tshark's Community ID dissector computes it
+    icmp = [e for e in flows if e["proto"] in ("ICMP", "IPv6-ICMP")]
+    assert len(icmp) > 50 and all("icmp_type" in e for e in icmp)
+    oracle = _tshark_icmp_community_ids(BENCH_PCAP)
+    keys = [(e["flow"]["start"], e["src_ip"], e["dest_ip"]) for e in icmp]
+    # a flow that starts with an IP fragment: tshark shows the ICMP at the reassembling frame
+    unmatched = [k for k in keys if k not in oracle]
+    assert len(unmatched) <= 2, unmatched
+    compared = [(k, e["community_id"], oracle[k]) for k, e in zip(keys, icmp, strict=True) if oracle.get(k)]
+    assert len(compared) > 50 and all(ours == theirs for _, ours, theirs in compared), [
+        c for c in compared if c[1] != c[2]
+    ][:5]
+
+
+def _tshark_icmp_community_ids(pcap: Path) -> dict[tuple[str, str, str], str | None]:
+    """(EVE time, src, dst) -> tshark's communityid of every ICMP/ICMPv6 packet; None where the
+    packet has two address pairs (an ICMP error quoting one, or a tunnel) and the id is ambiguous."""
+    out = subprocess.run(
+        ["tshark", "-n", "-r", str(pcap), "--enable-protocol", "communityid", "-Y", "icmp or icmpv6"]
+        + ["-T", "fields", "-E", "separator=|", "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst"]
+        + ["-e", "ipv6.src", "-e", "ipv6.dst", "-e", "communityid"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found: dict[tuple[str, str, str], str] = {}
+    for line in out.splitlines():
+        epoch, src4, dst4, src6, dst6, cid = line.split("|")
+        src, dst = (src4, dst4) if src4 else (src6, dst6)
+        when = eve_time(float(epoch))
+        if "," in src or "," in dst:  # the flow is the outer pair's (ICMP error) or the inner's (tunnel)
+            for pair in ((src.split(",")[0], dst.split(",")[0]), (src.split(",")[-1], dst.split(",")[-1])):
+                found.setdefault((when, *pair), None)
+        else:
+            found.setdefault((when, src, dst), cid)
+    return found
 
 
 @pytest.mark.parametrize("shards", [(), ("--flowtrackers", "2", "--detectors", "2")], ids=["one", "sharded"])

@@ -77,6 +77,9 @@ def packet_record(fields: dict[str, Any], l4: L4Tuple | None, app: dict | None) 
         elif proto == UDP:
             udp = fields["udp"]
             sport, dport = udp["srcport"], udp["dstport"]
+    if proto in (1, 58):  # type and code in the seq slot, as the fast path (shared/records.py)
+        icmp = fields.get("icmp" if proto == 1 else "icmpv6")
+        seq = icmp["type"] << 8 | icmp["code"] if frag != FRAG_LATER and isinstance(icmp, dict) else -1
     return (num, ts, wirelen, proto, src, dst, sport, dport, flags, paylen, frag, seq, app)
 
 

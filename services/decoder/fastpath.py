@@ -227,9 +227,14 @@ def decode_batch(
                     non_ip += 1
             else:
                 # ICMP: the check icmp.parse makes, inline (77k packets of sv-merged.pcap)
-                if (proto == 1 or proto == 58) and (l4len < icmp.HDR_MIN or l4 + icmp.HDR_MIN > n):
-                    raise Malformed
-                append((num, ts, wirelen, proto, src, dst, 0, 0, 0, l4len, frag, 0, None))
+                if proto == 1 or proto == 58:
+                    if l4len < icmp.HDR_MIN or l4 + icmp.HDR_MIN > n:
+                        raise Malformed
+                    # type and code ride in the seq slot (shared/records.py): EVE's community_id
+                    seq = data[l4] << 8 | data[l4 + 1] if frag != FRAG_LATER else -1
+                    append((num, ts, wirelen, proto, src, dst, 0, 0, 0, l4len, frag, seq, None))
+                else:
+                    append((num, ts, wirelen, proto, src, dst, 0, 0, 0, l4len, frag, 0, None))
         except errors:
             malformed += 1
 

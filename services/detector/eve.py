@@ -10,8 +10,9 @@ pid, exe, name, user, cmdline, entity) and ``pktscope`` (destination label, GeoI
 
 ``flow_id`` is a 51-bit number derived from the flow's 5-tuple and first packet time, the same
 on every event of the flow and on every replay of the same capture. ``src`` is the flow's
-initiator on every event. ICMP flow events carry no type/code, so an ICMP flow's
-``community_id`` is computed for type 0 code 0 and will not match Suricata's.
+initiator on every event. An ICMP flow's ``community_id`` uses the type and code of its first
+packet (the flow-tracker keeps them as the app facts ``icmp.type``/``icmp.code``), and its events
+carry ``icmp_type``/``icmp_code`` as Suricata's do.
 
 SIGHUP makes the detector reopen the file (for logrotate's ``postrotate``); the writer never
 blocks the pipeline on anything but the local file.
@@ -228,6 +229,19 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # 
 _BUILD = {"dns": _dns, "tls": _tls, "http": _http, "quic": _quic}
 
 
+def _icmp_of(row: tuple) -> tuple[int, int] | None:
+    """(type, code) of an ICMP/ICMPv6 flow's first packet, as the flow-tracker keeps them."""
+    if row[_PROTO] not in (1, 58):
+        return None
+    app = row[_APP]
+    if not isinstance(app, dict):
+        return None
+    t, c = app.get("icmp.type"), app.get("icmp.code")
+    if type(t) is int and type(c) is int and 0 <= t <= 255 and 0 <= c <= 255:
+        return t, c
+    return None
+
+
 def _plain(text: str) -> bool:
     """True when ``text`` goes into a JSON string as it is (printable ASCII, no quote or backslash)."""
     return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
@@ -306,6 +320,9 @@ class EveWriter:
         key = (proto, src, sport, dst, dport, row[_FIRST])
         state = self.flows.get(key)
         if state is None:
+            icmp = _icmp_of(row)
+            if icmp is not None:  # Community ID: an ICMP flow's "ports" are its type and code
+                sport, dport = icmp
             state = [flow_id(conn_key(row)), _cid(proto, src, dst, sport or 0, dport or 0), set()]
             self.flows[key] = state
             if len(self.by_tuple) >= MAX_FLOWS:
@@ -333,6 +350,9 @@ class EveWriter:
             event["app_proto"] = (
                 "http2" if types[0] == "http" and row[_APP].get("http.version") == "2" else types[0]
             )
+        icmp = _icmp_of(row)
+        if icmp is not None:
+            event["icmp_type"], event["icmp_code"] = icmp
         if flow is not None:
             proc = process_facts(flow.proc)
             proc["entity"] = flow.entity
@@ -427,6 +447,9 @@ class EveWriter:
         start = eve_time(first)
         flow_state = "closed" if reason in ("fin", "rst") else "established" if row[_PIN] else "new"
         tcp = f',"tcp":{{"state":"{str(tcp_state).lower()}"}}' if proto == 6 and tcp_state else ""
+        icmp = _icmp_of(row)
+        if icmp is not None:
+            app += f',"icmp_type":{icmp[0]},"icmp_code":{icmp[1]}'
         line = (
             f'{{"timestamp":"{start}","flow_id":{state[0]},"event_type":"flow","src_ip":"{src}",'
             f'"src_port":{row[_SPORT]},"dest_ip":"{dst}","dest_port":{row[_DPORT]},'

@@ -295,6 +295,8 @@ class FlowTable:
             None,
             None,
         ]
+        if (proto == ICMP or proto == ICMP6) and isinstance(seq, int) and seq >= 0:
+            st[APP] = {"icmp.type": seq >> 8, "icmp.code": seq & 0xFF}  # the first packet's (EVE)
         flows[key] = st
         lru[key] = None
         self.flows_started += 1
