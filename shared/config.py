@@ -52,6 +52,11 @@ class FlowSettings:
     reorder_window: float = 10.0
     live_reorder_window: float = 0.25  # live: what alerts wait for it (one interface: in order)
     max_flows: int = 500_000  # hard cap; the least recently seen flow is evicted (and counted)
+    # Events waiting out the reorder window, at most: a flood of new flows (100k a second of
+    # packet time) would otherwise hold ~450 bytes per flow on top of the table. Beyond it the
+    # oldest leave early (counted, ``release_forced``); a straggler behind them then reaches the
+    # detector late, where it is counted too (``late_events``).
+    max_pending_events: int = 32_768
     flow_log: str = ""  # optional path: one JSON line per ended flow
 
 

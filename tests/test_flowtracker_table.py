@@ -336,3 +336,26 @@ def test_a_record_with_ports_of_the_wrong_type_is_counted_not_raised_at_release(
     table.finish("eos", 40.0)
     assert table.bad_records == 1
     assert [e["sport"] for e in table.take() if e["ev"] == "end"] == [40000]
+
+
+def test_a_flood_of_new_flows_holds_at_most_max_pending_events_and_loses_none():
+    """10,000 new flows in one second of packet time against a 10 s reorder window: the waiting
+    events stay within their bound, the oldest leave early (counted), in time order, and every
+    flow's start still comes out exactly once."""
+    t = FlowTable(FlowSettings(reorder_window=10.0, max_pending_events=1000))
+    records = [
+        rec(1.0 + i * 1e-4, f"10.1.{i >> 8}.{i & 255}", "192.0.2.1", 40000 + i, 443, flags=S)
+        for i in range(10_000)
+    ]
+    peak, out = 0, []
+    for i in range(0, len(records), 500):
+        t.add(records[i : i + 500])
+        t.advance(records[i + 499][1])
+        peak = max(peak, t.waiting)
+        out += t.take()
+    assert peak <= 1000 and t.release_forced >= 8000
+    assert [e["ts"] for e in out] == sorted(e["ts"] for e in out)
+    t.finish("eos", 2.0)
+    out += t.take()
+    starts = [e["sport"] for e in out if e["ev"] == "start"]
+    assert sorted(starts) == list(range(40000, 50000))

@@ -57,9 +57,10 @@ COUNTERS = (
     "eos_lost",
     "merge_forced",
     "merge_resets",
+    "release_forced",
 )
 # counters the flow table keeps itself: a restarted tracker adds its predecessor's to its own
-TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records")
+TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records", "release_forced")
 
 
 def connect_redis(url: str) -> redis.Redis:
@@ -337,6 +338,7 @@ class FlowTrackerService:
         c["flows_active"] = len(table)
         c["evicted"] = base["evicted"] + table.evicted
         c["bad_records"] = base["bad_records"] + table.bad_records
+        c["release_forced"] = base["release_forced"] + table.release_forced
         c["events_waiting"] = table.waiting
         c["dns_names"] = len(table.names)
         info = self.stats.info
