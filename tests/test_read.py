@@ -651,3 +651,25 @@ def test_flows_local_net_decides_outbound_as_run_does():
     assert custom["outbound"] is False  # its network is not a local one now
     bad = read(DNS_PCAP, "--flows", "--local-net", "10.0.0.300/8")
     assert bad.returncode == 2 and "write it like 10.1.0.0/16" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["tcp.stream == 3", "udp.stream <= 2", "tcp.analysis.initial_rtt", "tcp.flags.syn == 1", "anomaly", "dns"],
+)
+def test_summary_lines_match_the_frames_json_mode_matches(expr):
+    """`read -Y` without --json skips the stream/RTT/findings state unless the filter reads it:
+    the frames it prints are those --json (which always keeps that state) prints."""
+    import io
+
+    from services.cli.read import read_capture
+
+    pcap = PCAPS / "vxlan-decoder-03" / "vxlan.pcap"  # TCP streams with handshakes, DNS over UDP
+    text, js = io.StringIO(), io.StringIO()
+    read_capture(str(pcap), text, expr=expr)
+    read_capture(str(pcap), js, expr=expr, as_json=True)
+    summary_frames = [int(line.split()[0]) for line in text.getvalue().splitlines()]
+    json_frames = [json.loads(line)["frame"]["number"] for line in js.getvalue().splitlines()]
+    assert summary_frames == json_frames
+    if expr != "anomaly":
+        assert summary_frames, f"{expr} matches nothing in {pcap}: pick a capture where it does"

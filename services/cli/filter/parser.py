@@ -49,6 +49,7 @@ class _Parser:
         self.depth = 0
         self.strict = strict
         self.kinds: dict[int, str] = {}  # id(getter) -> field name, "bytes" (a slice) or "len"
+        self.names: set[str] = set()  # every field and protocol name the filter reads
 
     # -- token helpers -------------------------------------------------------------------------
     def peek(self) -> Token:
@@ -145,6 +146,7 @@ class _Parser:
             raise FilterError(tok.col, f"'{text}' is not a field name (values go on the right of an operator)")
         if strict_field:
             check_field(name, tok.col, self.strict)
+        self.names.add(name)
         get = getter(name)
         if spec is not None:
             if name in PROTOCOL_ONLY:
@@ -431,3 +433,12 @@ def compile_filter(text: str, strict: bool = True) -> Predicate:
     if not text.strip():
         return lambda p: True
     return _Parser(text, strict).parse()
+
+
+def filter_fields(text: str) -> frozenset[str]:
+    """The field and protocol names a valid filter reads (``read`` skips work no one reads)."""
+    if not text.strip():
+        return frozenset()
+    parser = _Parser(text, strict=False)
+    parser.parse()
+    return frozenset(parser.names)
