@@ -186,6 +186,25 @@ def test_json_snapshot_and_history(live, short_tmp) -> None:
         holder.wait()
 
 
+def test_a_refresh_that_lands_while_the_app_closes_is_kept_not_raised(rdb) -> None:
+    """The fetch runs in a thread; its answer can arrive after the widgets are gone (CI saw it)."""
+    app = InspectApp(InspectSource(rdb, "pks", "run"), refresh_seconds=60)
+    status = {"services": {"decoder-0": {"state": "up"}}, "learning": False}
+
+    async def drive() -> None:
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.pause(0.1)
+            await app.query_one("#status").remove()
+            app._apply(status, [], [])  # the status line is gone: no NoMatches
+            assert app.status_data is status
+            app._say("cannot read Redis")
+
+    asyncio.run(drive())
+    before = app.refreshes
+    app._apply(status, [], [])  # no screen at all once the app has exited
+    assert app.refreshes == before + 1
+
+
 def test_filter_fields_and_history_query_parsing() -> None:
     conn = {
         "src": "127.0.0.1",

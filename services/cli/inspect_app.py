@@ -7,13 +7,14 @@ the host: cells are plain rich Text (no markup) and control characters are escap
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
@@ -180,12 +181,16 @@ class InspectApp(App):
         self.call_from_thread(self._apply, status, conns, alerts)
 
     def _say(self, message: str) -> None:
-        self.query_one("#message", Static).update(Text(message))
+        # the answer can come back while the app closes: then there is nothing left to tell
+        with contextlib.suppress(NoMatches, ScreenStackError):
+            self.query_one("#message", Static).update(Text(message))
 
     def _apply(self, status: dict, conns: list[dict], alerts: list[dict]) -> None:
         self.status_data, self.conns, self.alert_rows = status, conns, alerts
         self.refreshes += 1
-        self._draw()
+        # the fetch can finish while the screen is torn down: the data is kept, nothing is drawn
+        with contextlib.suppress(NoMatches, ScreenStackError):
+            self._draw()
 
     def _draw(self) -> None:
         shown = [c for c in self.conns if self._keep(conn_fields(c))]
