@@ -52,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     if auto:
         from services.decoder.index_claim import IndexClaim
 
-        claim = IndexClaim(cfg.effective_redis_url, Keys(cfg.redis_prefix), cfg.decoders, on_lost=_stop_self)
+        claim = IndexClaim(
+            cfg.effective_redis_url,
+            Keys(cfg.redis_prefix),
+            cfg.decoders,
+            on_lost=_stop_self,
+            cluster=cfg.redis_cluster,
+        )
         index = claim.claim(stop=lambda: bool(stop))
         if index is None:
             log.info("stopping on signal before a decoder index was claimed")
@@ -64,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from services.decoder.service import DecoderService, connect_redis, load_app_inspector
 
         service = DecoderService(
-            cfg, args.index, load_app_inspector(), connect_redis(cfg.effective_redis_url)
+            cfg,
+            args.index,
+            load_app_inspector(),
+            connect_redis(cfg.effective_redis_url, cluster=cfg.redis_cluster),
         )
         if claim is not None:
             service.stats.info["claim"] = claim.owner

@@ -60,10 +60,10 @@ def load_app_inspector() -> Any | None:
         return None
 
 
-def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
+def connect_redis(url: str, wait: float = 2.0, cluster: bool = False) -> redis.Redis | None:
     """Redis for stats. Unreachable now is no reason to give up: every write retries (and counts
     the outage); monitoring must not stop decoding."""
-    client = connect(url, socket_connect_timeout=1, socket_timeout=2)
+    client = connect(url, cluster=cluster, socket_connect_timeout=1, socket_timeout=2)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -96,7 +96,9 @@ class DecoderService:
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
         # one PUSH per flow-tracker shard, each with its own frame sequence numbers
         self.trackers = max(1, cfg.flowtrackers)
-        self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)]
+        self.pushes = [
+            connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)
+        ]
         self.seqs = [0] * self.trackers
         # restarted within the run: carry on the counters and the numbering, count what was lost
         self.continuity = Continuity(self.stats, self.gaps, COUNTERS)

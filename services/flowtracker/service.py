@@ -62,9 +62,9 @@ COUNTERS = (
 TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records")
 
 
-def connect_redis(url: str) -> redis.Redis:
+def connect_redis(url: str, cluster: bool = False) -> redis.Redis:
     """A Redis client for stats; an outage only counts errors in ServiceStats, never stops us."""
-    return connect(url, socket_connect_timeout=0.5, socket_timeout=2)
+    return connect(url, cluster=cluster, socket_connect_timeout=0.5, socket_timeout=2)
 
 
 def local_nets(cfg: PipelineConfig) -> LocalNets:
@@ -110,7 +110,9 @@ class FlowTrackerService:
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
-        self.pushes = [connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)]
+        self.pushes = [
+            connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)
+        ]
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -161,7 +163,9 @@ class FlowTrackerService:
         dead predecessor. Count them as finished (``eos_lost``); True once every decoder is."""
         if time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
-        waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
+        waiting = [
+            f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished
+        ]
         for name in ended_upstream(self.stats, waiting):
             log.warning("flowtracker: %s ended while we were down; its end of stream was lost", name)
             self.stats.c["eos_lost"] += 1
