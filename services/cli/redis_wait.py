@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis
 
 from shared.outages import Outages
-from shared.redis_conn import UNAVAILABLE
+from shared.redis_conn import UNAVAILABLE, recover
 
 T = TypeVar("T")
 
@@ -43,6 +43,7 @@ class PatientRedis:
                         file=sys.stderr,
                     )
                 self.outages.failed()
+                recover(self.r)
                 if self.stopped() or (give_up is not None and give_up()):
                     return None
                 time.sleep(delay)

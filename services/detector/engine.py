@@ -40,7 +40,7 @@ from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_CRED, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
-from shared.redis_conn import UNAVAILABLE, evalsha, is_cluster
+from shared.redis_conn import UNAVAILABLE, evalsha, is_cluster, recover
 
 log = logging.getLogger(__name__)
 
@@ -787,6 +787,7 @@ class DetectorEngine:
                 if outages is not None:
                     outages.failed()
                 self.redis_errors += 1
+                recover(self.r)
                 if self.stop():
                     log.error("Redis unavailable while stopping: %s", exc)
                     return None
