@@ -151,6 +151,10 @@ class RedisClusterFixture:
     def alive(self) -> list[int]:
         return [p for p, proc in self.procs.items() if proc.poll() is None]
 
+    def alive_url(self) -> str:
+        """A URL naming a node that still runs (``url``'s node may be the one a test killed)."""
+        return f"redis://127.0.0.1:{self.alive()[0]}/0"
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

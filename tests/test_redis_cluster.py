@@ -124,7 +124,7 @@ def test_a_master_killed_mid_replay_fails_over_without_duplicate_alerts(short_tm
     summary = replay.summary()
     assert summary["packets"] == 5 * 183_388
     assert summary["redis_outages"], "the failover went unreported"
-    r = connect(fixture.url, cluster=True)
+    r = connect(fixture.alive_url(), cluster=True)
     got = _alert_keys(r, "fo")
     assert len(got) == len(set(got)), [k for k, n in Counter(got).items() if n > 1][:5]
     assert summary["alerts"] == len(got)
@@ -137,7 +137,9 @@ def test_a_master_killed_mid_replay_fails_over_without_duplicate_alerts(short_tm
     )
     assert not Counter(got) - expected
     missing = sum((expected - Counter(got)).values())
-    assert missing <= summary["lost"]["frames"] * 50 + detector_resent(r, "fo"), (missing, summary["lost"])
+    # an alert can only go missing with a decision whose answer the dead master took along
+    # (sent again, found taken): those are counted in the detector's redis_commands_resent
+    assert missing <= detector_resent(r, "fo"), (missing, summary["lost"])
 
 
 def detector_resent(r, prefix: str) -> int:

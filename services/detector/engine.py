@@ -741,8 +741,9 @@ class DetectorEngine:
                     if isinstance(answer, UNAVAILABLE):
                         retry.append(i)
                         unavailable = unavailable or answer
-                if retry and retry != pending:
-                    self.c["redis_commands_resent"] += len(retry)
+                # sent, unanswered, and sent again: a script among them may have run on the dead
+                # master (its alert then missing, never doubled); counted so the loss is told
+                self.c["redis_commands_resent"] += len(retry)
                 pending[:] = retry
                 if unavailable is not None:
                     raise unavailable  # _run_with_retry waits, counts the outage, calls again
