@@ -35,7 +35,9 @@ def _script_routing() -> Any:
     except ImportError:  # another redis-py: its own routing
         return None
 
-    keyed = CommandPolicies(request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED)
+    keyed = CommandPolicies(
+        request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED
+    )
 
     class ScriptsByKeys(BasePolicyResolver):
         def __init__(self, fallback: Any = None) -> None:
