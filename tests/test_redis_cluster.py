@@ -92,6 +92,11 @@ def test_replay_on_a_cluster_gives_the_default_runs_alerts_and_spreads_entities(
     assert set(by_master) == set(cluster.masters()), by_master
     assert r.keyslot("cl:alerts") == r.keyslot(f"{{{'cl:alerts'}}}:appended")
 
+    # resetting the whole baseline finds the entity keys on every master (SCAN on each)
+    pktscope("baseline", "reset", *flags)
+    assert json.loads(pktscope("baseline", "show", "--json", *flags).stdout)["entities"] == []
+    assert not list(r.scan_iter(match="cl:ent:*", count=1000))
+
 
 def _glob(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
@@ -171,3 +176,17 @@ def test_compose_cluster_example_parses_and_matches_the_real_config():
     for name in ("detector", "observer", "flowtracker", "decoder", "capture"):
         module = services[name]["command"][2]
         assert module == f"services.{name}" and (ROOT / "services" / name / "__main__.py").exists()
+
+
+def test_redis_cluster_without_a_cluster_url_is_refused_before_anything_starts(short_tmp, redis_url):
+    no_url = pktscope(
+        "run", "--read", str(BENCH_PCAP), "--redis-cluster", "--run-dir", str(short_tmp / "a"), check=False
+    )
+    assert no_url.returncode == 2 and "--redis-cluster needs --redis-url" in no_url.stderr
+    assert not (short_tmp / "a" / "supervisord.conf").exists()
+    # a unix socket is never a cluster; a plain redis-server on TCP says it is not one
+    unix = pktscope(
+        "run", "--read", str(BENCH_PCAP), "--redis-url", redis_url, "--redis-cluster",
+        "--run-dir", str(short_tmp / "b"), check=False,
+    )  # fmt: skip
+    assert unix.returncode == 2 and "--redis-cluster needs --redis-url" in unix.stderr
