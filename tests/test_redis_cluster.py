@@ -92,6 +92,19 @@ def test_replay_on_a_cluster_gives_the_default_runs_alerts_and_spreads_entities(
     assert set(by_master) == set(cluster.masters()), by_master
     assert r.keyslot("cl:alerts") == r.keyslot(f"{{{'cl:alerts'}}}:appended")
 
+    # the exporter reads stats from the cluster, and Redis memory summed over the masters
+    from services.exporter.metrics import PipelineCollector
+    from shared.config import PipelineConfig
+
+    cfg = PipelineConfig.load(Path(run_dir) / "pipeline.json")
+    assert cfg.redis_cluster
+    families = {
+        f.name: f for f in PipelineCollector(connect(cfg.effective_redis_url, cluster=True), cfg).collect()
+    }
+    assert families["pktscope_redis_up"].samples[0].value == 1.0
+    one_node = connect(cluster.url, cluster=True).info("memory")["used_memory"]
+    assert families["pktscope_redis_memory_used_bytes"].samples[0].value > one_node
+
     # resetting the whole baseline finds the entity keys on every master (SCAN on each)
     pktscope("baseline", "reset", *flags)
     assert json.loads(pktscope("baseline", "show", "--json", *flags).stdout)["entities"] == []
