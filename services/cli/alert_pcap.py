@@ -21,16 +21,12 @@ from shared.redis_conn import connect
 
 
 def add_to(asub: argparse._SubParsersAction) -> None:
-    pp = asub.add_parser(
-        "pcap", help="write the packets of an alert's flow to a capture file (run --keep-packets)"
-    )
+    pp = asub.add_parser("pcap", help="write the packets of an alert's flow to a capture file (run --keep-packets)")
     add_common(pp)
     pp.add_argument("alert_id", metavar="ALERT_ID", help="the alert's id (see `pktscope alerts list`)")
     pp.add_argument("-w", "--write", metavar="FILE", required=True, help="pcap, or pcapng if it ends .pcapng")
     pp.add_argument("--pcapng", action="store_true", help="write pcapng whatever the name")
-    pp.add_argument(
-        "--wait", type=float, default=2.0, metavar="SECONDS", help="wait this long for the packets"
-    )
+    pp.add_argument("--wait", type=float, default=2.0, metavar="SECONDS", help="wait this long for the packets")
     pp.set_defaults(func=run_pcap)
 
 
@@ -59,9 +55,7 @@ def run_pcap(args: argparse.Namespace) -> int:
             for ts, linktype, wirelen, data in packets:
                 iface = interfaces.setdefault(linktype, len(interfaces))
                 ticks = round(ts * 1_000_000)
-                writer.write(
-                    Record(iface, ticks, len(data), max(wirelen, len(data)), data), Interface(linktype)
-                )
+                writer.write(Record(iface, ticks, len(data), max(wirelen, len(data)), data), Interface(linktype))
     except CapfileError as err:
         print(f"pktscope alerts pcap: {err}", file=sys.stderr)
         return 1

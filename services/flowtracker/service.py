@@ -110,9 +110,7 @@ class FlowTrackerService:
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
-        self.pushes = [
-            connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)
-        ]
+        self.pushes = [connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)]
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -163,9 +161,7 @@ class FlowTrackerService:
         dead predecessor. Count them as finished (``eos_lost``); True once every decoder is."""
         if time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
-        waiting = [
-            f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished
-        ]
+        waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
         for name in ended_upstream(self.stats, waiting):
             log.warning("flowtracker: %s ended while we were down; its end of stream was lost", name)
             self.stats.c["eos_lost"] += 1
