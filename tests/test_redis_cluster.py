@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from webhook_receiver import Receiver
 
 from shared.redis_conn import connect
 from tests.conftest import BENCH_PCAP, ROOT
 from tests.fault_helpers import Replay
 from tests.pipeline_helpers import pktscope, read_summary
 from tests.redis_cluster import RedisClusterFixture, redis_cluster
+from tests.test_notifier import DESTS, HOSTS, alerts_pcap, run_args
 
 ALERT_FIELDS = ("kind", "entity", "title", "ts", "detail", "destination", "severity")
 
@@ -109,6 +111,22 @@ def test_replay_on_a_cluster_gives_the_default_runs_alerts_and_spreads_entities(
     pktscope("baseline", "reset", *flags)
     assert json.loads(pktscope("baseline", "show", "--json", *flags).stdout)["entities"] == []
     assert not list(r.scan_iter(match="cl:ent:*", count=1000))
+
+
+def test_notifier_on_a_cluster_delivers_every_alert_once(short_tmp, cluster):
+    """The notifier's consumer group, sent set and acks work across the cluster's slots."""
+    receiver = Receiver()
+    try:
+        pcap = alerts_pcap(short_tmp / "alerts.pcap")
+        target = f"json://127.0.0.1:{receiver.port}/all?group_window=3600&rate_limit=1000/1"
+        flags = ("--redis-url", cluster.url, "--redis-cluster", "--redis-prefix", "nt")
+        pktscope(*run_args(short_tmp, pcap, target), *flags)
+        listed = pktscope("alerts", "list", "--json", "--run-dir", str(short_tmp / "run")).stdout
+        ids = [a["id"] for a in map(json.loads, listed.splitlines())]
+        assert len(ids) == HOSTS * (1 + DESTS)
+        assert sorted(receiver.ids("/all")) == sorted(ids)
+    finally:
+        receiver.stop()
 
 
 def _glob(text: str) -> str:
