@@ -99,6 +99,7 @@ class PipelineConfig:
     hwm: int = 200  # frames queued per socket before the sender blocks (offline) or drops (live)
     redis_url: str = ""  # empty: the private redis-server in the run directory
     redis_prefix: str = "pktscope"
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster (RedisCluster client)
     alerts_endpoint: str = ""  # empty: ipc://<run_dir>/alerts.ipc
     alerts_curve_dir: str = ""  # CURVE keys (`pktscope keys`) for an alerts endpoint beyond loopback
     insecure_listen: bool = False  # accepted: alerts beyond loopback without CURVE (warned at every start)

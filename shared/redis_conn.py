@@ -1,15 +1,115 @@
-"""Opening Redis the same way everywhere (redis-py with hiredis, unix socket or TCP URL)."""
+"""Opening Redis the same way everywhere (redis-py with hiredis, unix socket or TCP URL, or a Cluster)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
+from redis.retry import Retry
+
+# Errors that mean "Redis is not answering right now" (paused, restarting, a Cluster failing a
+# master over): wait and try again, never give up the work. A cluster adds its own kinds.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 
-def connect(url: str, **kw) -> redis.Redis:
-    """Connect to ``unix:///path/redis.sock`` or ``redis://host:port/db``; responses decoded as text."""
+def _script_routing() -> Any:
+    """A policy resolver that routes EVAL/EVALSHA by their declared keys.
+
+    Without it a Cluster pipeline asks the default node (``COMMAND GETKEYS``) where each script
+    goes: one more round trip per script, and when the default node is the master that just
+    died, every pipeline fails until the process restarts.
+    """
+    try:
+        from redis._parsers.commands import CommandPolicies, RequestPolicy, ResponsePolicy
+        from redis.commands.policies import BasePolicyResolver, StaticPolicyResolver
+    except ImportError:  # another redis-py: its own routing
+        return None
+
+    keyed = CommandPolicies(
+        request_policy=RequestPolicy.DEFAULT_KEYED, response_policy=ResponsePolicy.DEFAULT_KEYED
+    )
+
+    class ScriptsByKeys(BasePolicyResolver):
+        def __init__(self, fallback: Any = None) -> None:
+            super().__init__({"core": {"evalsha": keyed, "eval": keyed}}, fallback or StaticPolicyResolver())
+
+        def with_fallback(self, fallback: Any) -> Any:
+            return ScriptsByKeys(fallback)
+
+    return ScriptsByKeys()
+
+
+def recover(r: Any) -> None:
+    """After a Cluster call failed: re-read the slot map and move off a default node that died.
+
+    redis-py refreshes the map itself on most failures, but keeps sending keyless commands to
+    its default node (the URL's node) even when that node is the master that was failed over.
+    """
+    if not is_cluster(r):
+        return
+    try:
+        r.nodes_manager.initialize()
+        r.replace_default_node()
+    except Exception:  # noqa: BLE001 - mid-failover; the caller retries and we come back here
+        pass
+
+
+class _Cluster(RedisCluster):
+    """RedisCluster whose pipelines route scripts like the client does (redis-py does not hand
+    its ``policy_resolver`` on to pipelines)."""
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        pipe = super().pipeline(transaction, shard_hint)
+        if hasattr(pipe, "_policy_resolver"):
+            pipe._policy_resolver = self._policy_resolver
+        return pipe
+
+
+def connect(url: str, cluster: bool = False, **kw: Any) -> redis.Redis:
+    """Connect to ``unix:///path/redis.sock`` or ``redis://host:port/db``; responses decoded as text.
+
+    ``cluster``: ``url`` names one node of a Redis Cluster (``--redis-cluster``); the client learns
+    the others from it, follows MOVED/ASK and, when a master dies, refreshes the slot map and
+    retries (the callers' own retry loops wait out the seconds a failover takes).
+    """
     kw.setdefault("decode_responses", True)
     kw.setdefault("socket_connect_timeout", 5)
+    if cluster:
+        # a few quick tries per call (each one re-reads the slot map); longer waits are the
+        # callers' backoff loops, which count the outage
+        kw.setdefault("retry", Retry(ExponentialBackoff(cap=0.5, base=0.05), 4))
+        kw.setdefault("require_full_coverage", False)  # serve the healthy slots during a failover
+        resolver = _script_routing()
+        if resolver is not None:
+            kw.setdefault("policy_resolver", resolver)
+        try:
+            return _Cluster.from_url(url, **kw)  # type: ignore[return-value]
+        except RedisClusterException as exc:
+            if "not enabled" in str(exc):
+                raise
+            # no node answered the slot map: the callers' "Redis unreachable" handling applies
+            raise redis.ConnectionError(f"Redis Cluster at {redact(url)}: {exc}") from exc
     return redis.Redis.from_url(url, **kw)
+
+
+def is_cluster(r: Any) -> bool:
+    """True for a Redis Cluster client: scripts touch one slot each, EVALSHA is sent raw in pipelines."""
+    return isinstance(r, RedisCluster)
+
+
+def evalsha(pipe: Any, sha: str, keys: list[str], args: list[Any] | tuple[Any, ...]) -> None:
+    """Queue EVALSHA on ``pipe``; a Cluster pipeline refuses ``pipe.evalsha`` but routes the raw command by its keys."""
+    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def redact(url: str) -> str:

@@ -29,6 +29,14 @@ class Keys:
         """Stream: the durable alert history, capped with MAXLEN ~."""
         return f"{self.prefix}:alerts"
 
+    def alerts_appended(self) -> str:
+        """Sorted set: digests of alerts appended outside the decision scripts (Redis Cluster).
+
+        Its hash tag is the stream's whole name, so it shares the stream's slot and one script
+        can check and append atomically, while the stream keeps its untagged name.
+        """
+        return f"{{{self.alerts()}}}:appended"
+
     # --- baseline --------------------------------------------------------------------------
     def learning(self) -> str:
         """Hash: learning window start/end in packet time."""

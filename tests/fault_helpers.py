@@ -58,7 +58,7 @@ class Replay:
     def redis(self):
         def up():
             try:
-                r = connect(self.cfg.effective_redis_url, socket_timeout=5)
+                r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster, socket_timeout=5)
                 r.ping()
                 return r
             except Exception:  # not up yet

@@ -55,7 +55,9 @@ class Capture:
         self.batches: list[list[tuple]] = [[] for _ in range(self.n)]
         self.drops = [0] * self.n
         try:
-            r = connect(cfg.effective_redis_url, socket_timeout=1)  # stats must not hold capture up
+            r = connect(
+                cfg.effective_redis_url, cluster=cfg.redis_cluster, socket_timeout=1
+            )  # stats must not hold capture up
         except Exception:  # stats are best effort; redis-py raises several types here
             r = None
         self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))

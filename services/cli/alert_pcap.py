@@ -32,7 +32,7 @@ def add_to(asub: argparse._SubParsersAction) -> None:
 
 def run_pcap(args: argparse.Namespace) -> int:
     resolve_redis(args)
-    r = connect(args.redis_url, decode_responses=False)
+    r = connect(args.redis_url, cluster=args.redis_cluster, decode_responses=False)
     deadline = time.monotonic() + max(0.0, args.wait)
     try:
         while True:

@@ -87,7 +87,7 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
 
 def run_list(args: argparse.Namespace) -> int:
     resolve_redis(args)
-    r = connect(args.redis_url)
+    r = connect(args.redis_url, cluster=args.redis_cluster)
     key = Keys(args.redis_prefix).alerts()
     try:
         entries = r.xrevrange(key, count=args.count) if args.count else r.xrevrange(key)
@@ -128,7 +128,7 @@ def run_follow(args: argparse.Namespace) -> int:
     last: tuple[int, int] = (-1, -1)
     shown = 0
     if args.since is not None:
-        r = connect(args.redis_url)
+        r = connect(args.redis_url, cluster=args.redis_cluster)
         key = Keys(args.redis_prefix).alerts()
         start = "-" if args.since in ("0", "-", "") else f"({args.since}"
         try:

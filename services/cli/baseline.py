@@ -54,7 +54,9 @@ def add_actions(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "redis_url", None) is None or getattr(args, "redis_prefix", None) is None:
         resolve_redis(args)
-    store = BaselineStore(connect(args.redis_url), DetectorKeys(args.redis_prefix))
+    store = BaselineStore(
+        connect(args.redis_url, cluster=args.redis_cluster), DetectorKeys(args.redis_prefix)
+    )
     try:
         return ACTIONS[args.baseline_command](store, args)
     except BaselineError as exc:

@@ -29,6 +29,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         "(default: the private redis-server of the pipeline in --run-dir)",
     )
     parser.add_argument("--redis-prefix", default=None, help="key prefix (default: pktscope)")
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help="--redis-url names a node of a Redis Cluster (default: as the pipeline in --run-dir was run)",
+    )
 
 
 def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
@@ -59,21 +65,25 @@ def resolve_redis(args: argparse.Namespace) -> None:
                 "start one with `pktscope run`, or pass --run-dir / --redis-url"
             )
         args.redis_url = cfg.effective_redis_url
-        if not cfg.redis_url and cfg.state_dir and not _answers(args.redis_url):
+        if not cfg.redis_url and cfg.state_dir and not _answers(args.redis_url, cfg.redis_cluster):
             args.redis_url = _start_offline_redis(cfg)
     if getattr(args, "redis_prefix", None) is None:
         args.redis_prefix = cfg.redis_prefix if cfg else "pktscope"
+    if not getattr(args, "redis_cluster", None):
+        # the pipeline's own Redis is a cluster when it was run so, unless another URL was given
+        same_redis = cfg is not None and args.redis_url == cfg.effective_redis_url
+        args.redis_cluster = bool(same_redis and cfg.redis_cluster)
     args.pipeline = cfg
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, cluster: bool = False) -> bool:
     import redis
 
     from shared.redis_conn import connect
 
     try:
-        return bool(connect(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
+        return bool(connect(url, cluster=cluster, socket_connect_timeout=1).ping())
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
         return False
 
 

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--limit must be >= 1, got {args.limit}")
     since = parse_since(args.since) if args.since else None
     resolve_redis(args)
-    r = connect(args.redis_url)
+    r = connect(args.redis_url, cluster=args.redis_cluster)
     try:
         rows = connections.read(r, args.redis_prefix, since, args.process, args.limit)
     except redis.RedisError as exc:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         if args.pipeline is not None and args.redis_url == args.pipeline.effective_redis_url
         else None
     )
-    source = InspectSource(connect(args.redis_url), args.redis_prefix, run_id)
+    source = InspectSource(connect(args.redis_url, cluster=args.redis_cluster), args.redis_prefix, run_id)
     try:
         predicate = make_filter(args.filter)
     except InspectError as exc:

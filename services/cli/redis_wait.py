@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import redis
 
 from shared.outages import Outages
+from shared.redis_conn import UNAVAILABLE, recover
 
 T = TypeVar("T")
 
@@ -35,13 +36,14 @@ class PatientRedis:
             started = time.monotonic()
             try:
                 result = fn(self.r)
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            except UNAVAILABLE as exc:
                 if not self.outages.down:
                     print(
                         f"pktscope: Redis at {self.where} is not answering ({exc}); waiting for it",
                         file=sys.stderr,
                     )
                 self.outages.failed()
+                recover(self.r)
                 if self.stopped() or (give_up is not None and give_up()):
                     return None
                 time.sleep(delay)

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
 from services.cli import attribution_mode, observe_flags, observe_programs, pipeline_stats
@@ -85,6 +86,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rediss://... for TLS (?ssl_ca_certs=CA.pem), unix:///PATH",
     )
     p.add_argument("--redis-prefix", default="pktscope", help="prefix of every Redis key (default pktscope)")
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="--redis-url names a node of a Redis Cluster (3 masters or more, with replicas)",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON file of pipeline settings (see docs)")
     p.add_argument("--learning", type=float, default=None, help="learning window in seconds (default 7 days)")
     p.add_argument("--demo", action="store_true", help="a 5-second learning window, for trying it out")
@@ -197,6 +203,11 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
             raise CliError(f"{flag} {getattr(cfg, attr)} is more than 64; use at most one per core")
     cfg.redis_url = args.redis_url or cfg.redis_url
     cfg.redis_prefix = args.redis_prefix
+    cfg.redis_cluster = args.redis_cluster or cfg.redis_cluster
+    if cfg.redis_cluster and not cfg.redis_url.startswith(("redis://", "rediss://")):
+        raise CliError("--redis-cluster needs --redis-url redis://HOST:PORT/0 naming one node of the cluster")
+    if cfg.redis_cluster and ("{" in cfg.redis_prefix or "}" in cfg.redis_prefix):
+        raise CliError("--redis-prefix may not contain { or }: they are Redis Cluster hash tags in key names")
     if args.alerts_endpoint:
         cfg.alerts_endpoint = args.alerts_endpoint
     _secure_alerts_endpoint(cfg, args)
@@ -319,12 +330,23 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
 
 
 def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
-    r = connect(cfg.effective_redis_url, socket_timeout=5)
     deadline = time.time() + timeout
     while True:
         try:
+            # a Cluster client reads the slot map when made: that is its first call to Redis
+            r = connect(cfg.effective_redis_url, cluster=cfg.redis_cluster, socket_timeout=5)
             r.ping()
             return r
+        except RedisClusterException as exc:
+            if "not enabled" in str(exc):
+                raise CliError(
+                    f"Redis at {redact(cfg.effective_redis_url)} is not a cluster node: {exc}"
+                ) from None
+            if time.time() > deadline:
+                raise CliError(
+                    f"Redis Cluster at {redact(cfg.effective_redis_url)} did not answer: {exc}"
+                ) from None
+            time.sleep(0.2)
         except redis.AuthenticationError as exc:
             raise CliError(
                 f"Redis at {redact(cfg.effective_redis_url)} refused the password: {exc} "

@@ -48,7 +48,7 @@ def service_state(stats: dict, now: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     resolve_redis(args)
-    r = connect(args.redis_url)
+    r = connect(args.redis_url, cluster=args.redis_cluster)
     keys = Keys(args.redis_prefix)
     run_id = None if args.all_runs or args.pipeline is None else args.pipeline.run_id
     try:

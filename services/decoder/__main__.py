@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if auto:
         from services.decoder.index_claim import IndexClaim
 
-        claim = IndexClaim(cfg.effective_redis_url, Keys(cfg.redis_prefix), cfg.decoders, on_lost=_stop_self)
+        url, cluster = cfg.effective_redis_url, cfg.redis_cluster
+        claim = IndexClaim(url, Keys(cfg.redis_prefix), cfg.decoders, on_lost=_stop_self, cluster=cluster)
         index = claim.claim(stop=lambda: bool(stop))
         if index is None:
             log.info("stopping on signal before a decoder index was claimed")
@@ -63,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from services.decoder.service import DecoderService, connect_redis, load_app_inspector
 
-        service = DecoderService(
-            cfg, args.index, load_app_inspector(), connect_redis(cfg.effective_redis_url)
-        )
+        r = connect_redis(cfg.effective_redis_url, cluster=cfg.redis_cluster)
+        service = DecoderService(cfg, args.index, load_app_inspector(), r)
         if claim is not None:
             service.stats.info["claim"] = claim.owner
         code = profiled(service.name, lambda: service.run(stop))

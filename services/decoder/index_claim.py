@@ -89,8 +89,10 @@ class IndexClaim:
         ttl: float = LEASE_SECONDS,
         owner: str | None = None,
         on_lost: Callable[[], None] | None = None,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.cluster = cluster
         self.keys = keys
         self.slots = max(1, slots)
         self.ttl_ms = max(1, int(ttl * 1000))
@@ -99,7 +101,7 @@ class IndexClaim:
         self.on_lost = on_lost
         self.index: int | None = None
         self.lost = False
-        self.r = connect(url, socket_connect_timeout=1, socket_timeout=2)
+        self.r = connect(url, cluster=cluster, socket_connect_timeout=1, socket_timeout=2)
         self._claim = self.r.register_script(CLAIM_LOWEST)
         self._release = self.r.register_script(RELEASE)
         self._halt = threading.Event()
@@ -169,7 +171,12 @@ class IndexClaim:
         self._thread.start()
 
     def _beat(self) -> None:
-        r = connect(self.url, socket_connect_timeout=1, socket_timeout=min(2.0, self.renew_every))
+        r = connect(
+            self.url,
+            cluster=self.cluster,
+            socket_connect_timeout=1,
+            socket_timeout=min(2.0, self.renew_every),
+        )
         renew = r.register_script(RENEW)
         key = self.key
         failing = False

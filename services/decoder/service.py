@@ -60,10 +60,10 @@ def load_app_inspector() -> Any | None:
         return None
 
 
-def connect_redis(url: str, wait: float = 2.0) -> redis.Redis | None:
+def connect_redis(url: str, wait: float = 2.0, cluster: bool = False) -> redis.Redis | None:
     """Redis for stats. Unreachable now is no reason to give up: every write retries (and counts
     the outage); monitoring must not stop decoding."""
-    client = connect(url, socket_connect_timeout=1, socket_timeout=2)
+    client = connect(url, cluster=cluster, socket_connect_timeout=1, socket_timeout=2)
     deadline = time.monotonic() + wait
     while True:
         try:

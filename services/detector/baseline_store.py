@@ -11,6 +11,7 @@ import redis
 
 from services.detector.engine import SET_CAP
 from services.detector.keys import ENTITY_SETS, SET_ASN, SET_COUNTRY, SET_DEST, DetectorKeys
+from shared.redis_conn import is_cluster
 
 EXPORT_FORMAT = "pktscope-baseline"
 EXPORT_VERSION = 1
@@ -23,6 +24,8 @@ class BaselineError(ValueError):
 
 class BaselineStore:
     def __init__(self, r: redis.Redis, keys: DetectorKeys) -> None:
+        # a Cluster runs MULTI only within one slot; these writes span the entity and the index
+        self.atomic = not is_cluster(r)
         self.r = r
         self.keys = keys
 
@@ -69,7 +72,7 @@ class BaselineStore:
         """Add facts to an entity's baseline so that they never alert."""
         if not any((label, country, asn is not None, identity)):
             raise BaselineError("give a LABEL, --country, --asn or --identity")
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=self.atomic)
         self._register(pipe, entity)
         if label:
             pipe.sadd(self.keys.entity_set(entity, SET_DEST), label)
@@ -128,7 +131,7 @@ class BaselineStore:
         entities = data.get("entities")
         if not isinstance(entities, dict):
             raise BaselineError("'entities' must be a map")
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=self.atomic)
         learning = data.get("learning") or {}
         if isinstance(learning, dict):
             for field in ("start", "end"):

@@ -40,6 +40,7 @@ from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_CRED, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
+from shared.redis_conn import UNAVAILABLE, evalsha, is_cluster, recover
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,9 @@ class DetectorEngine:
         self.keys = keys or DetectorKeys(cfg.redis_prefix)
         self.enr = enrichers or Enrichers()
         self.c: Counter[str] = counters if counters is not None else Counter()
-        self.append_in_script = append_in_script
+        # a Cluster keeps the stream in its own slot: a decision script cannot append there
+        self.cluster = is_cluster(r)
+        self.append_in_script = append_in_script and not self.cluster
         self.name_wait = name_wait
         self.max_flows = max_flows
         self.stop = stop
@@ -156,6 +159,7 @@ class DetectorEngine:
             "identity": lua.CHECK_IDENTITY,
             "volume": lua.VOLUME,
             "touch": lua.TOUCH,
+            "append_once": lua.APPEND_ONCE,
         }
         self._run_with_retry(self._load_state)
 
@@ -651,7 +655,7 @@ class DetectorEngine:
         commands = batch.checks + batch.plain
         if not commands:
             return []
-        results = self._run_with_retry(lambda: self._execute(commands))
+        results = self._run_with_retry(self._executor(commands))
         if results is None:
             self.c["batches_dropped"] += 1
             return []
@@ -691,36 +695,75 @@ class DetectorEngine:
         return raised
 
     def _append(self, raised: list[dict]) -> None:
-        """Cluster mode: the process that won the decision appends the alerts itself."""
+        """Cluster mode: the process that won the decision appends the alerts itself, once each
+        (lua.APPEND_ONCE skips an alert already in the stream: a retried append never doubles)."""
+        argv: list[Any] = [self.det.alert_stream_max]
+        for alert in raised:
+            stored = {k: v for k, v in alert.items() if k != "id"}  # the id is the entry's, added by readers
+            argv += [repr(float(alert.get("ts") or 0.0)), alert["kind"], alerts.to_json(stored)]
+        keys = [self.keys.alerts(), self.keys.alerts_appended()]
+        results = self._run_with_retry(self._executor([("append_once", (keys, argv), {})])) or [[]]
+        ids = results[0] if isinstance(results[0], list) else []
+        if isinstance(results[0], Exception):
+            log.error("alert append failed: %s", results[0])
+            self.redis_errors += 1
+        for alert, entry_id in zip(raised, ids, strict=False):
+            if entry_id:
+                alert["id"] = entry_id
+            else:
+                self.c["alerts_already_appended"] += 1
+
+    def _executor(self, commands: list[tuple[str, tuple, dict]]) -> Callable[[], list]:
+        """One round trip's commands as a retryable call: each retry sends only what has no answer yet.
+
+        A Cluster pipeline spreads the commands over the masters; when one master fails over, the
+        others' answers are kept, and only the dead master's commands go again (to the promoted
+        replica) once it answers. Their scripts are idempotent, so what the dead master had done
+        and replicated is found done, not done twice.
+        """
+        results: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
 
         def go() -> list:
-            pipe = self.r.pipeline(transaction=False)
-            for alert in raised:
-                pipe.xadd(
-                    self.keys.alerts(),
-                    {"kind": alert["kind"], "alert": alerts.to_json(alert)},
-                    maxlen=self.det.alert_stream_max,
-                    approximate=True,
-                )
-            return pipe.execute()
+            while pending:
+                answers = self._execute([commands[i] for i in pending])
+                retry: list[int] = []
+                unavailable: Exception | None = None
+                for i, answer in zip(list(pending), answers, strict=True):
+                    results[i] = answer
+                    if isinstance(answer, UNAVAILABLE):
+                        retry.append(i)
+                        unavailable = unavailable or answer
+                # sent, unanswered, and sent again: a script among them may have run on the dead
+                # master (its alert then missing, never doubled); counted so the loss is told
+                self.c["redis_commands_resent"] += len(retry)
+                pending[:] = retry
+                if unavailable is not None:
+                    raise unavailable  # _run_with_retry waits, counts the outage, calls again
+            return results
 
-        ids = self._run_with_retry(go) or []
-        for alert, entry_id in zip(raised, ids, strict=False):
-            alert["id"] = entry_id
+        return go
 
     def _execute(self, commands: list[tuple[str, tuple, dict]]) -> list:
         pipe = self.r.pipeline(transaction=False)
         for name, args, kwargs in commands:
             if name in self._sha:
                 keys, argv = args
-                pipe.evalsha(self._sha[name], len(keys), *keys, *argv)
+                evalsha(pipe, self._sha[name], keys, argv)
+            elif name in ("evalsha", "eval"):  # a Cluster pipeline refuses these methods: send them raw
+                pipe.execute_command(name.upper(), *args)
             else:
                 getattr(pipe, name)(*args, **kwargs)
         results = pipe.execute(raise_on_error=False)
-        if any(isinstance(x, redis.exceptions.NoScriptError) for x in results):
-            # Redis restarted or flushed its script cache: nothing ran, load and go again
+        missing = [i for i, x in enumerate(results) if isinstance(x, redis.exceptions.NoScriptError)]
+        if missing:
+            # Redis restarted, flushed its script cache, or a replica took over (scripts loaded
+            # with SCRIPT LOAD are not replicated): those did not run; load and send only them
+            # (on a Cluster the other masters' scripts did run and must not run twice)
             self._sha.update({n: self.r.script_load(t) for n, t in self._scripts.items()})
-            return self._execute(commands)
+            again = self._execute([commands[i] for i in missing])
+            for i, answer in zip(missing, again, strict=True):
+                results[i] = answer
         return results
 
     def _run_with_retry(self, fn: Callable[[], Any]) -> Any:
@@ -734,10 +777,11 @@ class DetectorEngine:
                 if outages is not None:
                     outages.slow(started)
                 return result
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            except UNAVAILABLE as exc:
                 if outages is not None:
                     outages.failed()
                 self.redis_errors += 1
+                recover(self.r)
                 if self.stop():
                     log.error("Redis unavailable while stopping: %s", exc)
                     return None

@@ -62,7 +62,11 @@ class Enrichers:
             kernel = _module("kernel_attribution") if cfg.procwatch_enabled else None
             if kernel is not None:  # kernel events first, the psutil poll for what they miss
                 out.attributor = kernel.KernelAttributor(
-                    cfg.procwatch_endpoint, cfg.effective_redis_url, cfg.redis_prefix, fallback=out.attributor
+                    cfg.procwatch_endpoint,
+                    cfg.effective_redis_url,
+                    cfg.redis_prefix,
+                    fallback=out.attributor,
+                    redis_cluster=cfg.redis_cluster,
                 )
             identity = _module("identity")
             if identity is not None:

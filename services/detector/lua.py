@@ -269,3 +269,27 @@ if last == nil or tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'las
 redis.call('HSETNX', KEYS[1], 'display', ARGV[2])
 return 0
 """
+
+APPEND_ONCE = r"""
+-- Redis Cluster: the decision scripts cannot reach the alert stream (another slot), so the
+-- process that won a decision appends the alert with this script afterwards.
+-- KEYS[1] alert stream, KEYS[2] sorted set of appended alerts' digests (same slot: hash tag
+-- naming the stream key). ARGV: maxlen, then per alert: ts kind alert_json
+-- An alert whose exact JSON was appended before is skipped: an append retried after its reply
+-- was lost (a master failing over), or a decision taken again because the promoted replica had
+-- not yet received it, never writes a second entry. Returns one stream id ('' if skipped) per alert.
+-- The digests are scored by packet time and capped like the stream (the oldest go first).
+local cap = tonumber(ARGV[1])
+local out = {}
+for i = 2, #ARGV, 3 do
+  local digest = redis.sha1hex(ARGV[i + 2])
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[i], digest) == 1 then
+    out[#out + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'kind', ARGV[i + 1], 'alert', ARGV[i + 2])
+  else
+    out[#out + 1] = ''
+  end
+end
+local size = redis.call('ZCARD', KEYS[2])
+if size > cap then redis.call('ZPOPMIN', KEYS[2], size - cap) end
+return out
+"""

@@ -48,12 +48,12 @@ RUN_COUNTERS = (
 )
 
 
-def connect_with_backoff(url: str, stop: StopFlag) -> redis.Redis | None:
+def connect_with_backoff(url: str, stop: StopFlag, cluster: bool = False) -> redis.Redis | None:
     """Redis is required: keep trying (0.1 s doubling to 5 s) until it answers or we are stopped."""
     delay = 0.1
     while not stop:
         try:
-            r = connect(url)
+            r = connect(url, cluster=cluster)
             r.ping()
             return r
         except redis.RedisError as exc:
@@ -87,7 +87,7 @@ class DetectorService:
         self._frame_buf: bytes | None = None
 
     def start(self) -> bool:
-        self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
+        self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster)
         if self.r is None:
             return False
         self.stats = ServiceStats(self.name, self.r, self.keys)

@@ -20,10 +20,12 @@ from typing import Any
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+from redis.cluster import RedisCluster
 
 from services.cli import pipeline_stats
 from shared.config import PipelineConfig
 from shared.observe_keys import ObserveKeys
+from shared.redis_conn import is_cluster
 
 STALE_AFTER = 5.0  # heartbeat age that counts as down (as `pktscope status`)
 KINDS = ("new_process_dest", "new_process_egress", "new_geo", "volume_spike", "identity_change")
@@ -124,7 +126,7 @@ class PipelineCollector(Collector):
     def collect(self) -> Iterator[Any]:
         try:
             stats = pipeline_stats.read_all(self.r, self.keys, self.cfg.run_id or None)
-            memory = self.r.info("memory")
+            memory = _memory(self.r)
             learning = self.r.hgetall(self.keys.learning())
             live = self.r.hgetall(self.keys.live_meta())
         except redis.RedisError:
@@ -245,3 +247,14 @@ class PipelineCollector(Collector):
             if field.startswith("eve.") and field != "eve.errors":
                 eve.add_metric([field[4:]], _num(value))
         yield eve
+
+
+def _memory(r: redis.Redis) -> dict:
+    """INFO memory; on a Redis Cluster ``used_memory`` summed over the masters (one node's alone
+    would be a third of the store)."""
+    if not is_cluster(r):
+        return r.info("memory")
+    per_node = r.info("memory", target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    if per_node and all(isinstance(v, dict) for v in per_node.values()):
+        return {"used_memory": sum(_num(v.get("used_memory")) for v in per_node.values())}
+    return per_node

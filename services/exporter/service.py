@@ -26,7 +26,7 @@ class ExporterService:
 
     def run(self) -> int:
         host, port = check_listen(self.cfg.metrics_listen)
-        r = connect(self.cfg.effective_redis_url, socket_timeout=5)
+        r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster, socket_timeout=5)
         registry = CollectorRegistry(auto_describe=False)
         collector = PipelineCollector(r, self.cfg)
         registry.register(collector)

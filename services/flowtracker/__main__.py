@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.flowtracker.service import FlowTrackerService, connect_redis
 
     cfg = args.cfg
-    service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url), args.index)
+    service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url, cfg.redis_cluster), args.index)
     return profiled(service.name, lambda: service.run(stop))
 
 

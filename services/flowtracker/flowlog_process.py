@@ -25,7 +25,12 @@ def flow_process_lookup(cfg: PipelineConfig) -> Callable[[dict], dict[str, Any] 
     attributor: Any = fallback
     if cfg.procwatch_enabled:
         attributor = KernelAttributor(
-            cfg.procwatch_endpoint, cfg.effective_redis_url, cfg.redis_prefix, fallback=fallback, max_wait=0.0
+            cfg.procwatch_endpoint,
+            cfg.effective_redis_url,
+            cfg.redis_prefix,
+            fallback=fallback,
+            max_wait=0.0,
+            redis_cluster=cfg.redis_cluster,
         )
 
     def lookup(event: dict) -> dict[str, Any] | None:

@@ -63,9 +63,9 @@ COUNTERS = (
 TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records", "release_forced")
 
 
-def connect_redis(url: str) -> redis.Redis:
+def connect_redis(url: str, cluster: bool = False) -> redis.Redis:
     """A Redis client for stats; an outage only counts errors in ServiceStats, never stops us."""
-    return connect(url, socket_connect_timeout=0.5, socket_timeout=2)
+    return connect(url, cluster=cluster, socket_connect_timeout=0.5, socket_timeout=2)
 
 
 def local_nets(cfg: PipelineConfig) -> LocalNets:

@@ -27,7 +27,7 @@ from services.notifier.targets import Target, TargetError, desktop_available, no
 from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.observe_keys import ObserveKeys
-from shared.redis_conn import connect
+from shared.redis_conn import connect, is_cluster
 from shared.service import StopFlag, loop_starting
 from shared.stats import ServiceStats
 
@@ -104,7 +104,7 @@ class NotifierService:
         delay = 0.1
         while not self.stop:
             try:
-                self.r = connect(self.cfg.effective_redis_url)
+                self.r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster)
                 self.r.ping()
                 return True
             except redis.RedisError as exc:
@@ -208,7 +208,8 @@ class NotifierService:
             title, body, severity = render(batch)
             if ch.send(title, body, severity):
                 ids = [i for d in batch for i in d.ids]
-                pipe = self.r.pipeline(transaction=True)
+                # one slot only on a Cluster: there the three writes go unbatched (still idempotent)
+                pipe = self.r.pipeline(transaction=not is_cluster(self.r))
                 pipe.zadd(ch.sent_key, {i: time.time() for i in ids})
                 pipe.xack(self.keys.alerts(), ch.group, *ids)
                 pipe.zremrangebyrank(ch.sent_key, 0, -MAX_SENT - 1)

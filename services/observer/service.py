@@ -70,7 +70,7 @@ class ObserverService:
         delay = 0.1
         while not self.stop:
             try:
-                r = connect(self.cfg.effective_redis_url)
+                r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster)
                 r.ping()
                 return r
             except redis.RedisError as exc:

@@ -137,7 +137,7 @@ class ProcwatchService:
         return out
 
     def run(self) -> int:
-        r = connect_with_backoff(self.cfg.effective_redis_url, self.stop)
+        r = connect_with_backoff(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster)
         if r is None:
             return 0
         self.stats = ServiceStats("procwatch", r, self.keys)

@@ -84,6 +84,7 @@ class KernelAttributor:
         max_wait: float = 0.5,
         max_wait_share: float = 0.2,
         ctx: zmq.Context | None = None,
+        redis_cluster: bool = False,
     ) -> None:
         self.owners = SocketOwners()
         self.fallback = fallback
@@ -100,7 +101,7 @@ class KernelAttributor:
         self._lock = threading.Condition()
         self._closing = False
         self._reader = threading.Thread(target=self._read_loop, name="procwatch-facts", daemon=True)
-        self._redis = connect(redis_url) if redis_url else None
+        self._redis = connect(redis_url, cluster=redis_cluster) if redis_url else None
         self._stats_key = Keys(redis_prefix).stats("procwatch")
         self._mode = ""
         self._mode_at = -1e18
