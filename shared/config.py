@@ -89,7 +89,9 @@ class PipelineConfig:
     decoders: int = field(default_factory=default_decoders)
     flowtrackers: int = 1  # flow-tracker shards: a flow's records go to one, by its flow hash
     detectors: int = 1  # detector shards: a flow's events go to one, by its local address
-    batch_size: int = 512  # packets per frame (512 measured fastest on sv-merged: 1.30 s vs 1.66 s at 256, 2.1 s at 1024)
+    batch_size: int = (
+        512  # packets per frame (512 measured fastest on sv-merged: 1.30 s vs 1.66 s at 256, 2.1 s at 1024)
+    )
     batch_timeout: float = 0.05  # live: flush a partial batch after this many seconds
     hwm: int = 200  # frames queued per socket before the sender blocks (offline) or drops (live)
     redis_url: str = ""  # empty: the private redis-server in the run directory
@@ -106,6 +108,17 @@ class PipelineConfig:
     notify: list[str] = field(default_factory=list)
     metrics_listen: str = ""
     observer: bool = False  # an observer service runs (pktscope run: always); the detector feeds it
+    # many hosts (issue 15; services/cli/roles.py): "all" runs every stage here; "sensor" runs
+    # capture, decoders and flow-trackers and sends flow events to a detector pool over TCP;
+    # "pool" runs the detector shards, each bound at pool_listen's port + its index
+    role: str = "all"
+    sensor_name: str = ""  # sensor: the host name its entities carry (default: this host's name)
+    pool_endpoints: list[str] = field(default_factory=list)  # sensor: detector shard k's TCP endpoint
+    pool_listen: str = ""  # pool: tcp://ADDR:PORT; shard k binds PORT + k
+    link_curve_dir: str = ""  # CURVE keys of the sensor -> pool link (`pktscope keys`)
+    link_client: str = ""  # sensor: its key pair's name in <link_curve_dir>/clients/
+    sensor_queue: int = 1000  # sensor: frames kept per shard while the pool is unreachable, then dropped
+    sensor_silence: float = 10.0  # pool: wall seconds a silent sensor holds back the merge
 
     # --- derived endpoints ---------------------------------------------------------------
     @property
@@ -137,7 +150,21 @@ class PipelineConfig:
         return self._ipc(f"{self.tracker_name(index)}.ipc")
 
     def detector_endpoint_of(self, index: int) -> str:
+        """Detector shard ``index``'s flow-event endpoint: ipc here, the pool's TCP elsewhere."""
+        if self.role == "sensor" and self.pool_endpoints:
+            return self.pool_endpoints[index]
+        if self.role == "pool" and self.pool_listen:
+            host, _, port = self.pool_listen.rpartition(":")
+            return f"{host}:{int(port) + index}"
         return self._ipc(f"{self.detector_name(index)}.ipc")
+
+    def local_detector_names(self) -> list[str]:
+        """Detectors that run (and write stats) beside this process: none on a sensor."""
+        return [] if self.role == "sensor" else self.detector_names()
+
+    def sender_name(self, name: str) -> str:
+        """A stage's name in frames to the pool: ``<sensor>/<name>`` on a sensor, unique across hosts."""
+        return f"{self.sensor_name}/{name}" if self.role == "sensor" else name
 
     @property
     def tracker_endpoint(self) -> str:
