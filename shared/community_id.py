@@ -58,7 +58,5 @@ def community_id(
             one_way = True
     if not one_way and (src, sp) > (dst, dp):
         src, dst, sp, dp = dst, src, dp, sp
-    data = b"".join(
-        (_SEED.pack(seed), src, dst, _PROTO.pack(proto, 0), _PORTS.pack(sp, dp) if ported else b"")
-    )
+    data = b"".join((_SEED.pack(seed), src, dst, _PROTO.pack(proto, 0), _PORTS.pack(sp, dp) if ported else b""))
     return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()

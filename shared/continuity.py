@@ -61,7 +61,9 @@ class Continuity:
             st.c[name] = _count(prev.get(name))
         st.c["restarts"] = _count(prev.get("restarts")) + 1
         st.redis_errors = _count(prev.get("redis_errors"))
-        self.gaps.last.update({k[4:]: _count(v) for k, v in prev.items() if k.startswith("seq.") and k[4:]})
+        self.gaps.last.update(
+            {k[4:]: _count(v) for k, v in prev.items() if k.startswith("seq.") and k[4:]}
+        )
         self.gaps.lost = _count(prev.get("frames_lost"))
         log.warning(
             "%s: restarted within run %s (pid %s before); carrying on its counters",

@@ -43,10 +43,8 @@ def migrate_to_aof(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
         deadline = time.time() + 120
         while time.time() < deadline:
             info = r.info("persistence")
-            if (
-                info.get("aof_enabled")
-                and not info.get("aof_rewrite_in_progress")
-                and not info.get("aof_rewrite_scheduled")
+            if info.get("aof_enabled") and not info.get("aof_rewrite_in_progress") and not info.get(
+                "aof_rewrite_scheduled"
             ):
                 break
             time.sleep(0.05)
@@ -88,18 +86,7 @@ def start_redis_server(
             dbfilename,
             "--save",
             "",
-            *(
-                AOF_ARGS
-                if aof
-                else (
-                    "--appenddirname",
-                    "pktscope-aof",
-                    "--appendfilename",
-                    "pktscope.aof",
-                    "--appendonly",
-                    "no",
-                )
-            ),
+            *(AOF_ARGS if aof else ("--appenddirname", "pktscope-aof", "--appendfilename", "pktscope.aof", "--appendonly", "no")),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

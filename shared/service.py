@@ -83,9 +83,7 @@ def service_args(name: str, with_index: bool = False, argv: list[str] | None = N
     )
     parser.add_argument("--config", required=True, help="pipeline.json written by `pktscope run`")
     if with_index:
-        parser.add_argument(
-            "--index", type=int, default=0, help="which instance of the stage this is (0-based)"
-        )
+        parser.add_argument("--index", type=int, default=0, help="which instance of the stage this is (0-based)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     # under supervisord: if it is killed (even -9), stop instead of running on unsupervised
