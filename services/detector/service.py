@@ -303,15 +303,20 @@ class DetectorService:
         except frames.FrameError:
             self.stats.c["bad_frames"] += 1
             return None
-        if frame.type == frames.FrameType.STATS and self.pool_merge is not None:
-            return self._sensor_stats(frame)
-        if frame.type not in (frames.FrameType.FLOWS, frames.FrameType.TICK, frames.FrameType.EOS):
+        pool_stats = frame.type == frames.FrameType.STATS and self.pool_merge is not None
+        if not pool_stats and frame.type not in (
+            frames.FrameType.FLOWS,
+            frames.FrameType.TICK,
+            frames.FrameType.EOS,
+        ):
             self.stats.c["bad_frames"] += 1
             return None
         self.stats.c["frames_in"] += 1
         missing = self.gaps.see(frame.sender, frame.seq)
         if missing:
             self._report_gap(frame.sender, frame.seq, missing)
+        if pool_stats:  # a sensor's instances' stats: numbered with its events
+            return self._sensor_stats(frame)
         seq_key = self.keys.receiver_seq(self.name)
 
         def save_seq(batch) -> None:

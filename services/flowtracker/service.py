@@ -324,11 +324,11 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
+            if self.uplink is not None:
+                self._end_sensor_stream(body, stop)
+                return
             # before the end of stream (counted already): the detectors may end the run at once
             self.stats.flush_final(eos=1, frames_out=self.stats.c["frames_out"] + self.detectors)
-            if self.relay is not None:  # the pool gets the sensor's final figures before its end
-                self.relay.next = 0.0
-                self._relay_stats(stop)
             for k in range(self.detectors):
                 self._send(FrameType.EOS, body, stop, deadline, k)
         else:
@@ -360,6 +360,19 @@ class FlowTrackerService:
         self.seqs[detector] += 1
         self.stats.c["frames_out"] += 1
         return True
+
+    def _end_sensor_stream(self, body: dict, stop: Any) -> None:
+        """A sensor's end: EOS to every shard, the pool given a bounded time to take what waits
+        (the rest dropped and counted), then the final stats, on which `pktscope run` ends."""
+        assert self.uplink is not None
+        for k in range(self.detectors):
+            self._send(FrameType.EOS, body, stop, None, k)
+        self.uplink.drain(SENSOR_DRAIN)
+        self.stats.flush_final(eos=1)
+        if self.relay is not None:  # the pool gets the sensor's final figures (if it is there)
+            self.relay.next = 0.0
+            self._relay_stats(stop)
+            self.uplink.drain(SHUTDOWN_SEND_GRACE)
 
     def _relay_stats(self, stop: Any) -> None:
         """A sensor's flow-tracker 0 sends the sensor's stats to the pool now and then."""
@@ -399,9 +412,9 @@ class FlowTrackerService:
             if late:
                 log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
-        if self.uplink is not None:  # bounded: a pool that is gone costs a sensor sensor_drain s
-            self.uplink.drain(SENSOR_DRAIN if self.ended else SHUTDOWN_SEND_GRACE)
-            self.stats.flush()
+        if self.uplink is not None:  # bounded: a pool that is gone costs a sensor SENSOR_DRAIN s
+            if self.uplink.drain(SHUTDOWN_SEND_GRACE):
+                self.stats.flush()
             self.uplink.close()
         # after the end of stream, wait for a slow or restarting detector to take the last frames
         for push in self.pushes:
