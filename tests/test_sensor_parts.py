@@ -267,3 +267,68 @@ def test_each_role_runs_its_share_of_the_programs(tmp_path):
     )
     assert single.role == "all" and "[program:detector]" in render_config(single)
     assert Path(single.detector_endpoint_of(0)).name == "detector.ipc"
+
+
+def test_a_pool_detector_takes_a_sensor_under_its_key_name_only(short_tmp, redis_url, rdb):
+    """A real pool detector process: web-1's events become web-1's entity; frames that web-1's key
+    sends under another sensor's name are dropped and counted; its stats land per sensor."""
+    import json
+    import signal
+
+    from shared import frames
+    from shared.config import PipelineConfig
+
+    keys = short_tmp / "keys"
+    create_keys(keys, "web-1")
+    create_keys(keys, "web-2")
+    port = _free_port_below_the_ephemeral_range()
+    cfg = PipelineConfig(run_dir=str(short_tmp), redis_url=redis_url, redis_prefix="t", role="pool")
+    cfg.pool_listen, cfg.link_curve_dir, cfg.detectors = f"tcp://127.0.0.1:{port}", str(keys), 1
+    cfg.detector.learning = 0.0
+    cfg.detector.attribute_processes = False
+    cfg.save()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.detector", "--config", str(short_tmp / "pipeline.json")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ctx = zmq.Context()
+    counters: Counter = Counter()
+    uplink = Uplink(ctx, [cfg.detector_endpoint_of(0)], 10, str(keys), "web-1", 100, counters)
+    try:
+        t0 = 1_700_000_000.0
+        for seq, (sender, ftype, body) in enumerate(
+            [
+                ("web-1/flowtracker", frames.FrameType.FLOWS, [row(t0, "10.0.0.5")]),
+                ("web-1/flowtracker", frames.FrameType.TICK, {"ts": t0 + 100}),
+                ("web-1/flowtracker", frames.FrameType.STATS, {"capture": {"packets": 7}}),
+            ]
+        ):
+            uplink.send(0, frames.encode(ftype, sender, seq, body), 1)
+        impostor = [row(t0 + 1, "10.0.0.6")]
+        uplink.send(0, frames.encode(frames.FrameType.FLOWS, "web-2/flowtracker", 0, impostor), 1)
+        uplink.send(0, frames.encode(frames.FrameType.TICK, "web-2/flowtracker", 1, {"ts": t0 + 100}), 0)
+
+        def entities() -> set[str]:
+            return {json.loads(f["alert"])["entity"] for _, f in rdb.xrange("t:alerts")}
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            "host:10.0.0.5@web-1" in entities()
+            and int(rdb.hget("t:stats:detector", "sensor_name_refused") or 0) >= 2
+        ):
+            uplink.pump()
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        assert "host:10.0.0.5@web-1" in entities()
+        assert not any(e.endswith("@web-2") for e in entities()), "web-1's key cannot speak for web-2"
+        assert int(rdb.hget("t:stats:detector", "sensor_name_refused") or 0) >= 2
+        assert rdb.hget("t:sensor:web-1:stats:capture", "packets") == "7"
+        assert not rdb.exists("t:sensor:web-2:stats:capture")
+    finally:
+        uplink.close()
+        ctx.term()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read() if proc.stderr else ""
+    assert rc == 0, err
+    assert "sent with the key of sensor 'web-1'" in err

@@ -56,15 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--sensor-name",
         default=None,
-        help="sensor: the host name its entities carry (default this host's name: "
-        f"{_host_name()!r}); letters, digits, '.', '-', '_'",
-    )
-    g.add_argument(
-        "--sensor-key",
-        default=None,
-        metavar="NAME",
-        help="sensor: its CURVE key pair <keys>/clients/NAME.key_secret (default the sensor name; "
-        "make it with `pktscope keys --client NAME`)",
+        help="sensor: the host name its entities carry, and the name of its CURVE key pair "
+        f"<keys>/clients/NAME.key_secret (default this host's name: {_host_name()!r}); "
+        "letters, digits, '.', '-', '_'",
     )
     g.add_argument(
         "--sensor-queue",
@@ -150,7 +144,7 @@ def _sensor(args: argparse.Namespace, cfg: PipelineConfig, source: bool) -> None
     cfg.sensor_name = name
     cfg.observer = False  # the pool runs the observer with its detectors
     keys_dir = Path(args.curve_keys or Path(cfg.state_dir) / "curve").resolve()
-    client = args.sensor_key or name
+    client = name  # the pool takes a sensor's frames only under its key's name (pool_link.py)
     have = (keys_dir / "server.key").is_file() and (keys_dir / "clients" / f"{client}.key_secret").is_file()
     if have and not args.insecure_listen:
         cfg.link_curve_dir, cfg.link_client = str(keys_dir), client

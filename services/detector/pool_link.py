@@ -6,6 +6,9 @@ With keys (``pktscope keys``) it is a CURVE server, and ZeroMQ's ZAP handler (py
 ``ThreadAuthenticator``) lets in only clients whose public key is in ``<keys>/authorized/``.
 A refused sensor never gets a frame through; the refusal is logged with its key and counted
 (``auth_refused`` in the shard's stats), so a forgotten key shows instead of a silent sensor.
+An admitted connection's ZAP user id is the name of its key file (``authorized/web-1.key``:
+``web-1``); the detector takes only frames whose sensor name is that, so one sensor's key
+cannot write into another sensor's entities.
 Without keys, plain TCP needs ``--insecure-listen`` (checked by ``pktscope run``).
 """
 
@@ -34,6 +37,17 @@ class CountingAuthenticator(ThreadAuthenticator):
         self.refused = 0
         self.refused_keys: set[str] = set()
         self._lock = threading.Lock()
+        self.names: dict[bytes, str] = {}  # raw public key -> its file's name in authorized/
+        for path in sorted(authorized.glob("*.key")):
+            try:
+                public, _ = zmq.auth.load_certificate(str(path))
+            except (OSError, ValueError):
+                continue
+            self.names[z85.decode(public)] = path.stem
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The sensor a key belongs to: its key file's name (frames must carry that name)."""
+        return self.names.get(client_public_key, "")
 
     async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
         allowed, reason = await super()._authenticate_curve(domain, client_key)

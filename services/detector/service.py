@@ -90,6 +90,8 @@ class DetectorService:
         # several flow-tracker shards: their events are merged into one packet-time order
         self.merge = EventMerge(cfg.flowtrackers) if cfg.flowtrackers > 1 else None
         self.pool_merge = PoolMerge(cfg.sensor_silence) if self.pool else None
+        self._peer = ""  # the sensor (key name) of the frame being handled, on a CURVE pool
+        self._impostors: set[tuple[str, str]] = set()
         self._eos_bodies: dict[str, Any] = {}
         self.r = None
         self.stats: ServiceStats | None = None
@@ -239,7 +241,7 @@ class DetectorService:
         while not self.stop:
             if poller.poll(POLL_MS):
                 idle_since = time.monotonic()
-                eos_body = self.handle(self.pull.recv())
+                eos_body = self.handle(self._recv())
                 if eos_body is not None:
                     break
             elif self.pool_merge is not None:
@@ -273,6 +275,17 @@ class DetectorService:
         self.ctx.term()
         return 0
 
+    def _recv(self) -> bytes:
+        """A frame; on a CURVE pool, with the sensor its key belongs to (ZAP user id) noted."""
+        if self.pull_auth is None:
+            return self.pull.recv()
+        msg = self.pull.recv(copy=False)
+        try:
+            self._peer = msg.get("User-Id") or ""
+        except zmq.ZMQError:
+            self._peer = ""
+        return msg.bytes
+
     def _tracker_ended_while_away(self, idle_since: float) -> bool:
         """Restarted, idle, and the flow-tracker says it ended: its end of stream was lost with our
         predecessor, and waiting for it would hang the run."""
@@ -302,6 +315,9 @@ class DetectorService:
             frame = frames.decode(buf)
         except frames.FrameError:
             self.stats.c["bad_frames"] += 1
+            return None
+        if self.pull_auth is not None and frame.sender.partition("/")[0] != self._peer:
+            self._impostor(frame.sender)
             return None
         pool_stats = frame.type == frames.FrameType.STATS and self.pool_merge is not None
         if not pool_stats and frame.type not in (
@@ -383,6 +399,20 @@ class DetectorService:
         return None
 
     # --- a detector pool (role "pool"): every sensor's flow-trackers -----------------------------
+    def _impostor(self, sender: str) -> None:
+        """A frame whose sensor name is not its key's: dropped, counted, logged once per pair."""
+        assert self.stats is not None
+        self.stats.c["sensor_name_refused"] += 1
+        pair = (self._peer, sender)
+        if pair not in self._impostors and len(self._impostors) < 1000:
+            self._impostors.add(pair)
+            log.warning(
+                "detector: dropped frames from %r sent with the key of sensor %r: a sensor's --sensor-name "
+                "must be its key's name in authorized/",
+                sender,
+                self._peer,
+            )
+
     def _sensor_stats(self, frame: frames.Frame) -> None:
         """A sensor's instances' stats, kept for `pktscope status` (sensor_stats.py)."""
         assert self.stats is not None and self.r is not None
