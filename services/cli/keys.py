@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from services.cli.common import CliError
+from services.detector.sensor_entity import valid_sensor_name
 from shared.curve import create_keys
 
 
@@ -35,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     keys_dir = (args.dir or _default_dir()).resolve()
-    if not args.client.replace("-", "").replace("_", "").isalnum():
-        raise CliError(f"--client {args.client!r}: use letters, digits, '-' and '_' only")
+    if not valid_sensor_name(args.client):  # a sensor's key is named as the sensor (host-name-like)
+        raise CliError(f"--client {args.client!r}: use letters, digits, '.', '-' and '_' (not first)")
     try:
         made = create_keys(keys_dir, args.client)
     except OSError as exc:
