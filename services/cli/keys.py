@@ -44,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot write keys in {keys_dir}: {exc}") from None
     print(f"pktscope: CURVE keys in {keys_dir}")
     print(f"  detector public key   {made['server_public']}")
-    print(
-        f"  subscriber {args.client!r} key  {made['client_secret']} (keep it secret; copy it with server.key)"
-    )
+    print(f"  subscriber {args.client!r} key  {made['client_secret']} (keep it secret; copy it with server.key)")
     print(f"  authorized keys       {made['authorized']}/ (delete a file there to revoke a subscriber)")
     return 0

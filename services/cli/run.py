@@ -497,9 +497,7 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         stats = patient.call(lambda r: pipeline_stats.read_all(r, keys, cfg.run_id), lambda: again.hit) or {}
         summary = pipeline_stats.summarize(stats)
         # the durable record, not a counter a restarted detector may have lost part of
-        in_stream = patient.call(
-            lambda r: pipeline_stats.alerts_since(r, keys, alerts_from), lambda: again.hit
-        )
+        in_stream = patient.call(lambda r: pipeline_stats.alerts_since(r, keys, alerts_from), lambda: again.hit)
         summary["alerts"] = max(summary["alerts"], in_stream or 0)
         summary["redis_outages"] = pipeline_stats.outages(stats, patient.summary())
         outcome = "done" if ends else "stopped"

@@ -232,14 +232,7 @@ class DetectorEngine:
             if touched.get(flow.entity, 0.0) < ev.ts:
                 touched[flow.entity] = ev.ts
             self.history.add(
-                key,
-                flow.entity,
-                flow.label,
-                ev.ts,
-                ev.d_bytes_out,
-                ev.d_bytes_in,
-                ev.ev == EV_END,
-                flow.started,
+                key, flow.entity, flow.label, ev.ts, ev.d_bytes_out, ev.d_bytes_in, ev.ev == EV_END, flow.started
             )
             if observed is not None:
                 observed.append((raw, flow))

@@ -182,11 +182,7 @@ class DetectorService:
         assert self.engine is not None
         enr = self.engine.enr
         out: dict[str, int] = {}
-        for prefix, part in (
-            ("geoip", enr.geoip),
-            ("attribution", enr.attributor),
-            ("identity", enr.identity),
-        ):
+        for prefix, part in (("geoip", enr.geoip), ("attribution", enr.attributor), ("identity", enr.identity)):
             counters = getattr(part, "counters", None)
             if counters:
                 out.update({f"{prefix}.{k}": v for k, v in counters.items()})
@@ -388,10 +384,7 @@ class DetectorService:
         bound = merge.bound()
         if merge.all_finished:
             self.engine.tick(self.engine.watermark, extra=save_seq)
-            return {
-                "origin": self.name,
-                "flowtrackers": [self._eos_bodies[s] for s in sorted(self._eos_bodies)],
-            }
+            return {"origin": self.name, "flowtrackers": [self._eos_bodies[s] for s in sorted(self._eos_bodies)]}
         if bound > self.engine.watermark and bound != float("inf"):
             self.publish(self.engine.tick(bound, extra=save_seq))
         elif not rows:

@@ -184,9 +184,7 @@ class FlowTrackerService:
         dead predecessor. Count them as finished (``eos_lost``); True once every decoder is."""
         if time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
-        waiting = [
-            f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished
-        ]
+        waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
         for name in ended_upstream(self.stats, waiting):
             log.warning("flowtracker: %s ended while we were down; its end of stream was lost", name)
             self.stats.c["eos_lost"] += 1
