@@ -204,7 +204,9 @@ def format_summary(s: dict, source: str, outcome: str = "done") -> str:
         f"  decoded      {s['decoded']:,} ({s['non_ip']:,} not IP), decode errors {s['malformed']:,}",
         f"  flows        {s['flows']:,} ({s['flows_evicted']:,} evicted at the table cap)",
         f"  flow events  {s['flow_events']:,}",
-        f"  alerts       {s['alerts']:,}",
+        f"  alerts       {s['alerts']:,}"
+        if "pool_events" not in s["drops"]
+        else "  alerts       raised by the detector pool (`pktscope alerts list` there)",
     ]
     if s.get("late_events"):
         lines.append(f"  late events  {s['late_events']:,} (behind packet time already handled; counted)")
