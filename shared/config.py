@@ -112,6 +112,17 @@ class PipelineConfig:
     notify: list[str] = field(default_factory=list)
     metrics_listen: str = ""
     observer: bool = False  # an observer service runs (pktscope run: always); the detector feeds it
+    # many hosts (issue 15; services/cli/roles.py): "all" runs every stage here; "sensor" runs
+    # capture, decoders and flow-trackers and sends flow events to a detector pool over TCP;
+    # "pool" runs the detector shards, each bound at pool_listen's port + its index
+    role: str = "all"
+    sensor_name: str = ""  # sensor: the host name its entities carry (default: this host's name)
+    pool_endpoints: list[str] = field(default_factory=list)  # sensor: detector shard k's TCP endpoint
+    pool_listen: str = ""  # pool: tcp://ADDR:PORT; shard k binds PORT + k
+    link_curve_dir: str = ""  # CURVE keys of the sensor -> pool link (`pktscope keys`)
+    link_client: str = ""  # sensor: its key pair's name in <link_curve_dir>/clients/
+    sensor_queue: int = 1000  # sensor: frames kept per shard while the pool is unreachable, then dropped
+    sensor_silence: float = 10.0  # pool: wall seconds a silent sensor holds back the merge
 
     # --- derived endpoints ---------------------------------------------------------------
     @property
@@ -143,7 +154,21 @@ class PipelineConfig:
         return self._ipc(f"{self.tracker_name(index)}.ipc")
 
     def detector_endpoint_of(self, index: int) -> str:
+        """Detector shard ``index``'s flow-event endpoint: ipc here, the pool's TCP elsewhere."""
+        if self.role == "sensor" and self.pool_endpoints:
+            return self.pool_endpoints[index]
+        if self.role == "pool" and self.pool_listen:
+            host, _, port = self.pool_listen.rpartition(":")
+            return f"{host}:{int(port) + index}"
         return self._ipc(f"{self.detector_name(index)}.ipc")
+
+    def local_detector_names(self) -> list[str]:
+        """Detectors that run (and write stats) beside this process: none on a sensor."""
+        return [] if self.role == "sensor" else self.detector_names()
+
+    def sender_name(self, name: str) -> str:
+        """A stage's name in frames to the pool: ``<sensor>/<name>`` on a sensor, unique across hosts."""
+        return f"{self.sensor_name}/{name}" if self.role == "sensor" else name
 
     @property
     def tracker_endpoint(self) -> str:

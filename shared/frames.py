@@ -30,10 +30,19 @@ class FrameType:
     TICK = "tick"  # any stage -> next: {"ts": packet-time watermark}, keeps timers moving when idle
     EOS = "eos"  # end of stream: {"origin": ..., counters...}; forwarded stage by stage
     ALERT = "alert"  # detector -> PUB subscribers (the topic frame carries the alert kind)
+    STATS = "stats"  # sensor -> detector pool: {service: stats hash} of the sensor's instances
 
 
 ALL_TYPES = frozenset(
-    (FrameType.PACKETS, FrameType.RECORDS, FrameType.FLOWS, FrameType.TICK, FrameType.EOS, FrameType.ALERT)
+    (
+        FrameType.PACKETS,
+        FrameType.RECORDS,
+        FrameType.FLOWS,
+        FrameType.TICK,
+        FrameType.EOS,
+        FrameType.ALERT,
+        FrameType.STATS,
+    )
 )
 
 

@@ -167,7 +167,11 @@ class Capture:
         """Start once the decoders, flow-tracker and detector are up (or after a while)."""
         if self.stats.r is None:
             return
-        names = [f"decoder-{i}" for i in range(self.n)] + self.cfg.tracker_names() + self.cfg.detector_names()
+        names = (
+            [f"decoder-{i}" for i in range(self.n)]
+            + self.cfg.tracker_names()
+            + self.cfg.local_detector_names()
+        )
         if self.cfg.procwatch_enabled:
             names.append("procwatch")  # its BPF programs attached: the first flows are attributed
         late = wait_until_ready(self.stats.r, self.stats.keys, names, DOWNSTREAM_READY_WAIT)

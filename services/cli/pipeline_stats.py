@@ -68,6 +68,10 @@ def losses(stats: dict[str, dict]) -> dict[str, int]:
     for s in stats.values():
         out["frames"] += int(s.get("frames_lost", 0) or 0) + int(s.get("bad_frames", 0) or 0)
         out["eos"] += int(s.get("eos_lost", 0) or 0)
+    # a sensor: flow events its queue for an unreachable pool dropped (services/flowtracker/uplink.py)
+    pool_dropped = int(ft.get("pool_dropped_events", 0) or 0)
+    if pool_dropped:
+        out["pool_events"] = pool_dropped
     return out
 
 
@@ -78,6 +82,7 @@ def format_losses(lost: dict[str, int]) -> str:
         "flows": "flows",
         "frames": "frames",
         "eos": "ends of stream",
+        "pool_events": "flow events dropped for the pool",
     }
     return ", ".join(f"{names[k]} {v:,}" for k, v in lost.items() if v)
 
@@ -108,7 +113,7 @@ def summarize(stats: dict[str, dict]) -> dict:
     finished = float(det.get("heartbeat", 0) or 0) if det.get("eos") else 0.0
     elapsed = finished - started if started and finished > started else 0.0
     packets = int(cap.get("packets", 0) or 0)
-    return {
+    summary = {
         "packets": packets,
         "capture_error": cap.get("error", "") or "",
         "decoded": total(stats, "decoder-", "decoded"),
@@ -141,6 +146,11 @@ def summarize(stats: dict[str, dict]) -> dict:
         "elapsed": round(elapsed, 3),
         "packets_per_second": round(packets / elapsed) if elapsed else 0,
     }
+    if "pool_dropped_events" in ft:  # a sensor: what it sent to the pool, and what it dropped
+        summary["flow_events"] = int(ft.get("events_out", 0) or 0)
+        summary["drops"]["pool_frames"] = int(ft.get("pool_dropped_frames", 0) or 0)
+        summary["drops"]["pool_events"] = int(ft.get("pool_dropped_events", 0) or 0)
+    return summary
 
 
 def outages(stats: dict[str, dict], own: dict | None = None) -> dict[str, dict]:
@@ -194,7 +204,9 @@ def format_summary(s: dict, source: str, outcome: str = "done") -> str:
         f"  decoded      {s['decoded']:,} ({s['non_ip']:,} not IP), decode errors {s['malformed']:,}",
         f"  flows        {s['flows']:,} ({s['flows_evicted']:,} evicted at the table cap)",
         f"  flow events  {s['flow_events']:,}",
-        f"  alerts       {s['alerts']:,}",
+        f"  alerts       {s['alerts']:,}"
+        if "pool_events" not in s["drops"]
+        else "  alerts       raised by the detector pool (`pktscope alerts list` there)",
     ]
     if s.get("late_events"):
         lines.append(f"  late events  {s['late_events']:,} (behind packet time already handled; counted)")

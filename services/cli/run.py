@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import attribution_mode, observe_flags, observe_programs, pipeline_stats
+from services.cli import attribution_mode, observe_flags, observe_programs, pipeline_stats, roles
 from services.cli.common import CliError, local_net_list
 from services.cli.progress import ReplayProgress
 from services.cli.redis_wait import PatientRedis
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run capture -> decoders -> flow-tracker -> detector under supervisord. "
         "With --read the replay stops by itself and prints a summary; with --interface it runs until Ctrl-C.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # required but by --role pool (services/cli/roles.py)
     src.add_argument("--read", "-r", metavar="CAPTURE", help="pcap or pcapng file to replay")
     src.add_argument("--interface", "-i", metavar="IFACE", help="live interface to capture on (needs root)")
     p.add_argument("--bpf", default="", help="BPF capture filter for live capture, e.g. 'tcp or udp'")
@@ -154,6 +154,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or socket-table polling only (psutil)",
     )
     observe_flags.add_arguments(p)
+    roles.add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -185,7 +186,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     if args.read:
         cfg.read_path, cfg.interface = str(Path(args.read).resolve()), ""
     else:
-        cfg.interface, cfg.read_path = args.interface, ""
+        cfg.interface, cfg.read_path = args.interface or "", ""
     cfg.bpf = args.bpf or cfg.bpf
     cfg.snaplen = args.snaplen
     cfg.promisc = not args.no_promisc
@@ -263,6 +264,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         if reason:
             raise CliError(f"--attribution bpf: {reason}; use --attribution auto to fall back to psutil")
     observe_flags.apply(args, cfg)
+    roles.apply(args, cfg)
     return cfg
 
 
@@ -287,6 +289,8 @@ def _secure_alerts_endpoint(cfg: PipelineConfig, args: argparse.Namespace) -> No
 
 
 def _check_source(cfg: PipelineConfig) -> None:
+    if cfg.role == "pool":
+        return  # its sensors capture
     if cfg.read_path:
         try:
             OfflineSource(cfg.read_path)
@@ -431,6 +435,24 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     try:
         r = _wait_redis(cfg)
         source = cfg.read_path or f"live on {cfg.interface}"
+        # a replay ends by itself: when its last stage says eos (a sensor's: its flow-trackers)
+        ends = bool(cfg.read_path)
+        last_stage = cfg.tracker_names() if cfg.role == "sensor" else cfg.detector_names()
+        if cfg.role == "pool":
+            source = f"detector pool on {cfg.pool_listen}"
+            print(
+                f"pktscope: detector pool: {cfg.detectors} shard(s) for sensors on "
+                + ", ".join(cfg.detector_endpoint_of(k) for k in range(cfg.detectors))
+                + (" (CURVE)" if cfg.link_curve_dir else " (PLAIN TCP: --insecure-listen)")
+                + "; Ctrl-C stops",
+                file=sys.stderr,
+            )
+        elif cfg.role == "sensor":
+            print(
+                f"pktscope: sensor {cfg.sensor_name}: flow events to {', '.join(cfg.pool_endpoints)}"
+                + (" (CURVE)" if cfg.link_curve_dir else " (PLAIN TCP)"),
+                file=sys.stderr,
+            )
         if cfg.insecure_listen:
             print(
                 f"pktscope: warning: alerts on {cfg.alerts_pub_endpoint} are sent unencrypted and "
@@ -453,11 +475,11 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         while not interrupt.hit:
             if bar is not None:
                 bar.update()
-            if not cfg.live and all(
+            if ends and all(
                 det.get("run_id") == cfg.run_id and det.get("eos") == "1"
                 for det in (
                     patient.call(lambda r, name=name: r.hgetall(keys.stats(name))) or {}
-                    for name in cfg.detector_names()
+                    for name in last_stage
                 )
             ):
                 break
@@ -485,10 +507,10 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
             time.sleep(0.1)
         if bar is not None:
             bar.close()
-        interrupted = interrupt.hit and not cfg.live
-        if not cfg.live and not exit_code and not interrupted:
+        interrupted = interrupt.hit and ends
+        if ends and cfg.observer and not exit_code and not interrupted:
             observe_flags.wait_for_observation(r, keys, cfg, lambda: interrupt.hit)
-        if cfg.live or exit_code or interrupted:
+        if not ends or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
         # the final figures: waited for through an outage, but not past a second Ctrl-C
@@ -500,10 +522,10 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
         in_stream = patient.call(lambda r: pipeline_stats.alerts_since(r, keys, alerts_from), lambda: again.hit)
         summary["alerts"] = max(summary["alerts"], in_stream or 0)
         summary["redis_outages"] = pipeline_stats.outages(stats, patient.summary())
-        outcome = "stopped" if cfg.live else "done"
+        outcome = "done" if ends else "stopped"
         if interrupted:
             outcome, exit_code = "interrupted", 130
-        elif not cfg.live and any(summary["lost"].values()):
+        elif ends and any(summary["lost"].values()):
             # a replay that lost anything must not look like a clean one
             outcome = "incomplete"
             exit_code = exit_code or EXIT_INCOMPLETE

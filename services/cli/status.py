@@ -11,10 +11,12 @@ import redis
 
 from services.cli import attribution_mode, pipeline_stats
 from services.cli.common import CliError, add_common, resolve_redis
+from services.detector import sensor_stats
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 
 STALE_AFTER = 5.0  # seconds without a heartbeat before a service counts as down
+SENSOR_STALE_AFTER = 10.0  # a sensor's stats arrive every 2 s (services/flowtracker/stats_relay.py)
 
 # Columns: (heading, counter names summed into it)
 COLUMNS = (
@@ -54,13 +56,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         stats = pipeline_stats.read_all(r, keys, run_id)
         learning = r.hgetall(keys.learning())
+        sensors = sensor_stats.read_all(r, keys.prefix)
     except redis.RedisError as exc:
         raise CliError(f"cannot reach Redis at {args.redis_url}: {exc} (is the pipeline running?)") from None
     now = time.time()
     if args.json:
-        print(json.dumps({"services": stats, "learning": learning}, sort_keys=True, default=str))
+        print(
+            json.dumps(
+                {"services": stats, "learning": learning, "sensors": sensors}, sort_keys=True, default=str
+            )
+        )
         return 0
-    if not stats:
+    if not stats and not sensors:
         print("no services have reported yet")
         return 1
     head = f"{'service':14} {'state':9} " + " ".join(f"{h:>{WIDTH}}" for h, _ in COLUMNS) + "  heartbeat"
@@ -69,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
         cells = " ".join(f"{sum(int(s.get(c, 0) or 0) for c in cols):>{WIDTH},}" for _, cols in COLUMNS)
         age = now - float(s.get("heartbeat", 0) or 0)
         print(f"{name:14} {service_state(s, now):9} {cells}  {age:6.1f} s ago")
+    _print_sensors(sensors, now)
+    refused = pipeline_stats.combined(stats, "detector").get("auth_refused")
+    if refused:
+        print(
+            f"pool: refused {int(refused):,} sensor connection(s) with unknown CURVE keys (see the detector logs)"
+        )
     for name, count in pipeline_stats.restarts(stats).items():
         print(f"{name}: restarted {count} time(s) in this run (pid now {stats[name].get('pid', '?')})")
     det = pipeline_stats.combined(stats, "detector")
@@ -103,6 +116,26 @@ def run(args: argparse.Namespace) -> int:
     if app:
         print("application layers: " + ", ".join(f"{k} {v:,}" for k, v in app))
     return 0
+
+
+def _print_sensors(sensors: dict[str, dict[str, dict[str, str]]], now: float) -> None:
+    """A detector pool: every sensor's instances, as they last reported (sensor_stats.py)."""
+    for sensor in sorted(sensors):
+        for name, raw in sorted(sensors[sensor].items(), key=lambda kv: _order(kv[0])):
+            s = {k: pipeline_stats._typed(v) for k, v in raw.items()}
+            cells = " ".join(f"{sum(_int(s.get(c)) for c in cols):>{WIDTH},}" for _, cols in COLUMNS)
+            age = now - float(s.get("relayed_at", 0) or 0)
+            state = "finished" if s.get("eos") else ("up" if age <= SENSOR_STALE_AFTER else "down")
+            dropped = _int(s.get("pool_dropped_events"))
+            extra = f"  pool dropped {dropped:,} events" if dropped else ""
+            print(f"{sensor + '/' + name:14} {state:9} {cells}  {age:6.1f} s ago{extra}")
+
+
+def _int(value: object) -> int:
+    try:
+        return int(float(value or 0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _packet_time(ts: float) -> str:

@@ -42,8 +42,9 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
             python=python, run_dir=cfg.run_dir
         )
     from services.cli.observe_programs import programs
+    from services.cli.roles import keep_programs
 
-    return Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
+    conf = Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
         run_dir=cfg.run_dir,
         python=python,
         decoders=cfg.decoders,
@@ -56,6 +57,7 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         procwatch_program=procwatch_program,
         observe_programs=programs(cfg, python),
     )
+    return keep_programs(conf, cfg)  # a sensor or a pool runs its share only
 
 
 def running_pid(run_dir: Path) -> int | None:

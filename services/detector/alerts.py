@@ -29,6 +29,8 @@ from typing import Any
 
 import msgpack
 
+from services.detector import sensor_entity
+
 KINDS = (
     "new_process_dest",
     "new_process_egress",
@@ -68,7 +70,11 @@ def clean_value(value: Any) -> Any:
 
 
 def display_name(entity: str) -> str:
-    """How a title names an entity: the executable's base name, or 'host 10.0.0.5'."""
+    """How a title names an entity: the executable's base name, or 'host 10.0.0.5', and on a
+    detector pool the sensor it was seen on ('curl on web-1')."""
+    base, sensor = sensor_entity.split(entity)
+    if sensor:
+        return f"{display_name(base)} on {sensor}"
     if entity.startswith("host:"):
         return "host " + entity[5:]
     return entity.rstrip("/").rsplit("/", 1)[-1] or entity

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from services.detector import alerts, lua
+from services.detector import alerts, lua, sensor_entity
 from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
@@ -142,6 +142,8 @@ class DetectorEngine:
         # (row, FlowState or None for inbound flows), for the live view and the EVE log.
         self.observed: list[tuple[Any, FlowState | None]] | None = None
         self.flows: OrderedDict[tuple, FlowState] = OrderedDict()
+        # a detector pool: the sensor the events being processed come from (sensor_entity.py)
+        self.sensor = ""
         # Facts already in the baseline, so most flows need no Redis check at all. Cleared by
         # maintenance() every few seconds so that a `baseline reset` is noticed.
         self.known: set[tuple] = set()
@@ -199,6 +201,8 @@ class DetectorEngine:
             if self.learning_end is None:
                 self._start_learning(ev.ts)
             key = (ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
+            if self.sensor:  # two sensors may see the same private 5-tuple
+                key += (self.sensor,)
             flow = self.flows.get(key)
             first = flow is None
             if flow is None:
@@ -410,10 +414,10 @@ class DetectorEngine:
             except Exception:
                 proc = None
             if proc is not None and getattr(proc, "exe", ""):
-                return proc.exe, proc
+                return sensor_entity.qualify(proc.exe, self.sensor), proc
             if count_miss:
                 self.c["unattributed"] += 1
-        return "host:" + ev.src, None
+        return sensor_entity.qualify("host:" + ev.src, self.sensor), None
 
     def _facts(self, flow: FlowState, ev: FlowEvent, name: str) -> dict[str, Any]:
         facts: dict[str, Any] = {
@@ -422,6 +426,9 @@ class DetectorEngine:
         if name:
             facts["name"] = name
             facts["name_src"] = ev.name_src
+        sensor = sensor_entity.split(flow.entity)[1]
+        if sensor:
+            facts["sensor"] = sensor
         if flow.cc:
             facts["country"] = flow.cc
         if flow.asn:
@@ -792,5 +799,5 @@ class DetectorEngine:
 
 def _synthetic(key: tuple, ts: float) -> FlowEvent:
     """An event standing for a flow when no real event is at hand (name wait over, eviction)."""
-    proto, src, sport, dst, dport = key
+    proto, src, sport, dst, dport = key[:5]
     return FlowEvent("update", ts, proto, src, sport, dst, dport, True, 0, "", "")

@@ -6,17 +6,21 @@ import contextlib
 import json
 import logging
 import time
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import redis
 import zmq
 
-from services.detector import alerts
+from services.detector import alerts, sensor_entity, sensor_stats
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.detector.keys import DetectorKeys
 from services.detector.merge import EventMerge
 from services.detector.observers import Observers
+from services.detector.pool_link import bind_pool_pull
+from services.detector.pool_merge import PoolMerge
 from shared import frames, packet_ring
 from shared import stats as stats_module
 from shared.config import PipelineConfig
@@ -71,12 +75,23 @@ class DetectorService:
         self.name = cfg.detector_name(index)
         self.keys = DetectorKeys(cfg.redis_prefix)
         self.ctx = zmq.Context()
-        self.pull = bind_pull(self.ctx, cfg.detector_endpoint_of(index), cfg.hwm)
+        # a detector pool: sensors connect over TCP (CURVE); their events are merged by packet time
+        self.pool = cfg.role == "pool"
+        self.pull_auth = None
+        if self.pool:
+            self.pull, self.pull_auth = bind_pool_pull(
+                self.ctx, cfg.detector_endpoint_of(index), cfg.hwm, cfg.link_curve_dir
+            )
+        else:
+            self.pull = bind_pull(self.ctx, cfg.detector_endpoint_of(index), cfg.hwm)
         self.pub, self.auth = bind_alerts_pub(
             self.ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm, cfg.alerts_curve_dir, cfg.insecure_listen
         )
         # several flow-tracker shards: their events are merged into one packet-time order
         self.merge = EventMerge(cfg.flowtrackers) if cfg.flowtrackers > 1 else None
+        self.pool_merge = PoolMerge(cfg.sensor_silence) if self.pool else None
+        self._peer = ""  # the sensor (key name) of the frame being handled, on a CURVE pool
+        self._impostors: set[tuple[str, str]] = set()
         self._eos_bodies: dict[str, Any] = {}
         self.r = None
         self.stats: ServiceStats | None = None
@@ -176,6 +191,13 @@ class DetectorService:
     def _gauges(self) -> None:
         assert self.stats is not None and self.engine is not None
         self.stats.c["learning"] = int(self.engine.learning)
+        if self.pool_merge is not None:
+            self.stats.c["sensor_inputs"] = self.pool_merge.inputs
+            self.stats.c["sensor_inputs_stalled"] = self.pool_merge.stalled
+            self.stats.c["sensor_inputs_ended"] = self.pool_merge.ended
+            self.stats.c["merge_forced"] = self.pool_merge.forced
+        if self.pull_auth is not None:
+            self.stats.c["auth_refused"] = self.pull_auth.refused
         self.stats.c["frames_lost"] = self.gaps.lost
         # the engine's Redis errors add to those of the stats writer itself
         self.stats.redis_errors += self.engine.redis_errors - self._engine_errors_seen
@@ -215,9 +237,11 @@ class DetectorService:
         while not self.stop:
             if poller.poll(POLL_MS):
                 idle_since = time.monotonic()
-                eos_body = self.handle(self.pull.recv())
+                eos_body = self.handle(self._recv())
                 if eos_body is not None:
                     break
+            elif self.pool_merge is not None:
+                self._release_pool(None)  # a silent sensor holds the others back only so long
             elif self._tracker_ended_while_away(idle_since):
                 eos_body = {"origin": "flowtracker", "eos_lost": True}
                 if self.merge is not None:  # the other shards' bodies, those that did arrive
@@ -242,8 +266,21 @@ class DetectorService:
         self.pub.close(linger=500)
         if self.auth is not None:
             self.auth.stop()
+        if self.pull_auth is not None:
+            self.pull_auth.stop()
         self.ctx.term()
         return 0
+
+    def _recv(self) -> bytes:
+        """A frame; on a CURVE pool, with the sensor its key belongs to (ZAP user id) noted."""
+        if self.pull_auth is None:
+            return self.pull.recv()
+        msg = self.pull.recv(copy=False)
+        try:
+            self._peer = msg.get("User-Id") or ""
+        except zmq.ZMQError:
+            self._peer = ""
+        return msg.bytes
 
     def _tracker_ended_while_away(self, idle_since: float) -> bool:
         """Restarted, idle, and the flow-tracker says it ended: its end of stream was lost with our
@@ -275,18 +312,30 @@ class DetectorService:
         except frames.FrameError:
             self.stats.c["bad_frames"] += 1
             return None
-        if frame.type not in (frames.FrameType.FLOWS, frames.FrameType.TICK, frames.FrameType.EOS):
+        if self.pull_auth is not None and frame.sender.partition("/")[0] != self._peer:
+            self._impostor(frame.sender)
+            return None
+        pool_stats = frame.type == frames.FrameType.STATS and self.pool_merge is not None
+        if not pool_stats and frame.type not in (
+            frames.FrameType.FLOWS,
+            frames.FrameType.TICK,
+            frames.FrameType.EOS,
+        ):
             self.stats.c["bad_frames"] += 1
             return None
         self.stats.c["frames_in"] += 1
         missing = self.gaps.see(frame.sender, frame.seq)
         if missing:
             self._report_gap(frame.sender, frame.seq, missing)
+        if pool_stats:  # a sensor's instances' stats: numbered with its events
+            return self._sensor_stats(frame)
         seq_key = self.keys.receiver_seq(self.name)
 
         def save_seq(batch) -> None:
             batch.command("hset", seq_key, frame.sender, frame.seq)
 
+        if self.pool_merge is not None:
+            return self._handle_pool(frame, save_seq)
         if self.merge is not None:
             return self._handle_merged(frame, save_seq)
 
@@ -341,6 +390,78 @@ class DetectorService:
         elif not rows:
             self.engine.tick(self.engine.watermark, extra=save_seq)  # records the sequence number
         return None
+
+    # --- a detector pool (role "pool"): every sensor's flow-trackers -----------------------------
+    def _impostor(self, sender: str) -> None:
+        """A frame whose sensor name is not its key's: dropped, counted, logged once per pair."""
+        assert self.stats is not None
+        self.stats.c["sensor_name_refused"] += 1
+        pair = (self._peer, sender)
+        if pair not in self._impostors and len(self._impostors) < 1000:
+            self._impostors.add(pair)
+            log.warning(
+                "detector: dropped frames from %r sent with the key of sensor %r: a sensor's --sensor-name "
+                "must be its key's name in authorized/",
+                sender,
+                self._peer,
+            )
+
+    def _sensor_stats(self, frame: frames.Frame) -> None:
+        """A sensor's instances' stats, kept for `pktscope status` (sensor_stats.py)."""
+        assert self.stats is not None and self.r is not None
+        sensor = frame.sender.partition("/")[0]
+        try:
+            stored = sensor_stats.save(self.r, self.cfg.redis_prefix, sensor, frame.body)
+        except redis.RedisError:
+            self.stats.c["sensor_stats_errors"] += 1
+            return None
+        self.stats.c["sensor_stats" if stored else "bad_frames"] += 1
+        return None
+
+    def _handle_pool(self, frame: frames.Frame, save_seq: Any) -> None:
+        """Buffer a sensor's frame; handle what every live sensor has passed. A pool never ends
+        on a sensor's end of stream: that sensor just leaves the merge."""
+        assert self.stats is not None and self.pool_merge is not None
+        sensor, _, stage = frame.sender.partition("/")
+        if not stage or not sensor_entity.valid_sensor_name(sensor):
+            self.stats.c["bad_frames"] += 1
+            return None
+        merge = self.pool_merge
+        if frame.type == frames.FrameType.FLOWS:
+            try:
+                merge.add(frame.sender, frame.body if isinstance(frame.body, (list, tuple)) else None)
+            except (ValueError, TypeError):
+                self.stats.c["bad_frames"] += 1
+                return None
+        elif frame.type == frames.FrameType.TICK:
+            ts = frame.body.get("ts") if isinstance(frame.body, dict) else None
+            if not isinstance(ts, (int, float)):
+                self.stats.c["bad_frames"] += 1
+                return None
+            merge.tick(frame.sender, float(ts))
+        else:
+            merge.finish(frame.sender)
+            log.info("detector: %s ended its stream", frame.sender)
+        self._release_pool(save_seq)
+        return None
+
+    def _release_pool(self, save_seq: Any) -> None:
+        """Handle the merged events, one run of one sensor's events at a time (its entities)."""
+        assert self.engine is not None and self.pool_merge is not None
+        engine = self.engine
+        pairs = self.pool_merge.release_pairs()
+        for sender, run in groupby(pairs, key=itemgetter(1)):
+            rows = [row for row, _ in run]
+            engine.sensor = sender.partition("/")[0]
+            if self.observers is not None:
+                self._frame_buf = frames.encode(frames.FrameType.FLOWS, self.name, 0, rows)
+            self.publish(engine.process(rows, extra=save_seq))
+        engine.sensor = ""
+        bound = self.pool_merge.bound()
+        if bound > engine.watermark and bound != float("inf"):
+            self.publish(engine.tick(bound, extra=save_seq))
+        elif not pairs and save_seq is not None:
+            engine.tick(engine.watermark, extra=save_seq)  # records the sequence number
 
 
 def _count(value: str | None) -> int:

@@ -22,7 +22,9 @@ from services.flowtracker.flowlog import FlowLog
 from services.flowtracker.flowlog_process import flow_process_lookup
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.merge import CaptureOrderMerge
+from services.flowtracker.stats_relay import StatsRelay
 from services.flowtracker.table import FlowTable
+from services.flowtracker.uplink import Uplink
 from shared import frames
 from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
@@ -39,6 +41,7 @@ log = logging.getLogger("pktscope.flowtracker")
 
 POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
 FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
+SENSOR_DRAIN = 10.0  # seconds a sensor's finished replay waits for the pool to take what it queued
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
 DETECTOR_TICK_EVERY = 1.0  # packet-time seconds between two TICKs to the detector
 COUNTERS = (
@@ -111,7 +114,22 @@ class FlowTrackerService:
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
-        self.pushes = [connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)]
+        # a sensor sends to the pool over TCP and never blocks on it (uplink.py); else ipc PUSH
+        self.uplink: Uplink | None = None
+        self.relay: StatsRelay | None = None
+        self.sender = cfg.sender_name(self.name)
+        if cfg.role == "sensor":
+            endpoints = [cfg.detector_endpoint_of(k) for k in range(self.detectors)]
+            self.uplink = Uplink(
+                self.ctx, endpoints, cfg.hwm, cfg.link_curve_dir, cfg.link_client, cfg.sensor_queue, c
+            )
+            self.pushes = []
+            if index == 0:
+                self.relay = StatsRelay(cfg, r, Keys(cfg.redis_prefix))
+        else:
+            self.pushes = [
+                connect_push(self.ctx, cfg.detector_endpoint_of(k), cfg.hwm) for k in range(self.detectors)
+            ]
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
@@ -133,6 +151,9 @@ class FlowTrackerService:
                     buf = pull.recv(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
                     self._publish_stats()
+                    if self.uplink is not None:
+                        self.uplink.pump()
+                        self._relay_stats(stop)
                     self.poller.poll(POLL_MS)
                     if not (self.continuity.restarted and self._decoders_ended_while_away(idle_since)):
                         continue
@@ -151,6 +172,8 @@ class FlowTrackerService:
                 self._update_counters()
                 self.continuity.progress(self.seqs)
                 self.stats.maybe_flush()
+                if self.relay is not None:
+                    self._relay_stats(stop)
             log.info("flowtracker: stopping on signal")
             self._finish("shutdown", stop)
             return 0
@@ -232,7 +255,8 @@ class FlowTrackerService:
         horizon = table.horizon  # what a detector may take as passed: events before it are out
         # A detector that got no events lately hears the horizon: it closes volume intervals by
         # it and, with several flow-trackers, merges their events up to the lowest of them.
-        merging = self.cfg.flowtrackers > 1  # detectors merge shards: they need every horizon
+        # detectors merge shards (and a pool merges every sensor's): they need every horizon
+        merging = self.cfg.flowtrackers > 1 or self.uplink is not None
         for k in range(self.detectors):
             last = sent[k]
             if last is not None:
@@ -299,6 +323,9 @@ class FlowTrackerService:
                 "evicted": table.evicted,
                 "decoders": [self.eos_bodies[s] for s in sorted(self.eos_bodies)],
             }
+            if self.uplink is not None:
+                self._end_sensor_stream(body, stop)
+                return
             # before the end of stream (counted already): the detectors may end the run at once
             self.stats.flush_final(eos=1, frames_out=self.stats.c["frames_out"] + self.detectors)
             for k in range(self.detectors):
@@ -313,7 +340,12 @@ class FlowTrackerService:
 
         While stopping, wait only until ``deadline`` for a detector that may be gone already.
         """
-        buf = frames.encode(ftype, self.name, self.seqs[detector], body)
+        buf = frames.encode(ftype, self.sender, self.seqs[detector], body)
+        if self.uplink is not None:  # a sensor: queued or dropped and counted, never blocking
+            self.uplink.send(detector, buf, len(body) if ftype == FrameType.FLOWS else 0)
+            self.seqs[detector] += 1
+            self.stats.c["frames_out"] += 1
+            return True
         push = self.pushes[detector]
         while True:
             try:
@@ -327,6 +359,26 @@ class FlowTrackerService:
         self.seqs[detector] += 1
         self.stats.c["frames_out"] += 1
         return True
+
+    def _end_sensor_stream(self, body: dict, stop: Any) -> None:
+        """A sensor's end: EOS to every shard, the pool given a bounded time to take what waits
+        (the rest dropped and counted), then the final stats, on which `pktscope run` ends."""
+        assert self.uplink is not None
+        for k in range(self.detectors):
+            self._send(FrameType.EOS, body, stop, None, k)
+        self.uplink.drain(SENSOR_DRAIN)
+        self.stats.flush_final(eos=1)
+        if self.relay is not None:  # the pool gets the sensor's final figures (if it is there)
+            self.relay.next = 0.0
+            self._relay_stats(stop)
+            self.uplink.drain(SHUTDOWN_SEND_GRACE)
+
+    def _relay_stats(self, stop: Any) -> None:
+        """A sensor's flow-tracker 0 sends the sensor's stats to the pool now and then."""
+        if self.relay is not None and self.relay.due():
+            body = self.relay.collect()
+            if body:
+                self._send(FrameType.STATS, body, stop, None, 0)
 
     # --- stats ---------------------------------------------------------------------------------------
     def _update_counters(self) -> None:
@@ -355,11 +407,15 @@ class FlowTrackerService:
 
     def close(self) -> None:
         if self.ended:
-            names = self.cfg.detector_names()
+            names = self.cfg.local_detector_names()
             late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000)
             if late:
                 log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
+        if self.uplink is not None:  # bounded: a pool that is gone costs a sensor SENSOR_DRAIN s
+            if self.uplink.drain(SHUTDOWN_SEND_GRACE):
+                self.stats.flush()
+            self.uplink.close()
         # after the end of stream, wait for a slow or restarting detector to take the last frames
         for push in self.pushes:
             push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
