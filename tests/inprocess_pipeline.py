@@ -7,13 +7,19 @@ flow-tracker's CaptureOrderMerge and FlowTable with the service's release rule; 
 engine on a real Redis. The decoders' frames reach the tracker in a seeded random
 interleaving (each decoder's own frames in order), as ZeroMQ's fair queueing may deliver them.
 The process-level equivalence is checked separately by the pipeline tests.
+
+``impl`` picks the hot modules' implementation: the public names (compiled twins when built,
+shared/compiled.py) by default, or ``pure_impl()``, separate pure-Python copies of the same
+modules, so tests/test_compiled_identical.py can compare both paths in one process.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -28,8 +34,32 @@ from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.service import DETECTOR_TICK_EVERY
 from services.flowtracker.table import FlowTable
+from shared import compiled
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END, from_row
+
+
+@dataclass(frozen=True)
+class Impl:
+    """The three hot entry points a run uses (capture's sharder, the fast path, the flow table)."""
+
+    make_sharder: Callable[[int, int], Callable[[bytes], int]]
+    decode_batch: Callable[..., Any]
+    flow_table: type
+    name: str
+
+
+DEFAULT = Impl(make_sharder, decode_batch, FlowTable, "default")
+
+
+def pure_impl() -> Impl:
+    """Pure-Python copies of the hot modules, whatever is built (compiled.load_pure)."""
+    return Impl(
+        compiled.load_pure("services.capture.sharding").make_sharder,
+        compiled.load_pure("services.decoder.fastpath").decode_batch,
+        compiled.load_pure("services.flowtracker.table").FlowTable,
+        "pure",
+    )
 
 
 @dataclass
@@ -38,12 +68,16 @@ class Result:
     flow_log: list[dict] = field(default_factory=list)
     events: int = 0
     late_events: int = 0
+    # with keep=True: per decoder, what it got and sent (frames), and every flow-event row
+    frames_in: list[list[tuple]] = field(default_factory=list)
+    frames_out: list[list[tuple]] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
 
 
-def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple]]:
+def capture_frames(path: str, decoders: int, batch_size: int, impl: Impl = DEFAULT) -> list[list[tuple]]:
     """Per decoder, what capture sends it in order: ("pkts", batch) and ("tick", (num, ts))."""
     source = OfflineSource(path)
-    shard = make_sharder(source.linktype, decoders)
+    shard = impl.make_sharder(source.linktype, decoders)
     lt = source.linktype
     batches: list[list] = [[] for _ in range(decoders)]
     out: list[list[tuple]] = [[] for _ in range(decoders)]
@@ -80,6 +114,8 @@ def run(
     seed: int = 0,
     learning: float = 0.0,
     local_nets: list[str] | None = None,
+    impl: Impl = DEFAULT,
+    keep: bool = False,
 ) -> Result:
     cfg = PipelineConfig(redis_prefix=prefix, decoders=decoders, run_id=prefix)
     cfg.detector.learning = learning
@@ -87,28 +123,32 @@ def run(
     if local_nets is not None:
         cfg.local_nets = local_nets
     # decoders: each turns its packet frames into record frames, in order
-    inputs = capture_frames(path, decoders, batch_size)
+    inputs = capture_frames(path, decoders, batch_size, impl)
     decoded: list[list[tuple]] = []
     for frames in inputs:
         app = AppInspector()
         own = []
         for kind, body in frames:
             if kind == "pkts":
-                own.append(("recs", decode_batch(body, app).records))
+                own.append(("recs", impl.decode_batch(body, app).records))
             else:
                 own.append((kind, body))
         decoded.append(own)
     # flow-tracker and detector
     merge = CaptureOrderMerge(decoders)
-    table = FlowTable(cfg.flow, LocalMatcher(cfg.local_nets))
+    table = impl.flow_table(cfg.flow, LocalMatcher(cfg.local_nets))
     engine = DetectorEngine(r, cfg, enrichers=Enrichers())
     result = Result()
+    if keep:
+        result.frames_in, result.frames_out = inputs, decoded
     tick_sent = -math.inf
 
     def to_detector(rows: list) -> None:
         if rows:
             result.flow_log += [from_row(row) for row in rows if row[0] == EV_END]
             result.events += len(rows)
+            if keep:
+                result.rows += rows
             result.alerts += engine.process(rows)
 
     rng = random.Random(seed)

@@ -239,3 +239,16 @@ def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
             return 0  # too short to hash: the decoder will count it as malformed
 
     return shard
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) replaces the entry
+# point unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py). The check on
+# __name__ keeps the twin itself, and shared.compiled.load_pure's copy, from looking again.
+COMPILED = False
+if __name__ == "services.capture.sharding":
+    from shared.compiled import twin as _find_twin
+
+    _twin = _find_twin(__name__, __file__)
+    if _twin is not None:
+        make_sharder = _twin.make_sharder  # noqa: F811
+        COMPILED = True

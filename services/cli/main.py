@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "services.cli.capture",
     "services.cli.diff",
     "services.cli.inspect",
+    "services.cli.version",
 )
 
 

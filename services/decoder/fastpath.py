@@ -264,3 +264,16 @@ def _vxlan_inner(
     frame = found[2]
     inner = decode_batch(((num, ts, link.DLT_EN10MB, len(frame), frame),), app, depth + 1)
     return None if inner.malformed else inner
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) replaces the entry
+# point unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py). The check on
+# __name__ keeps the twin itself, and shared.compiled.load_pure's copy, from looking again.
+COMPILED = False
+if __name__ == "services.decoder.fastpath":
+    from shared.compiled import twin as _find_twin
+
+    _twin = _find_twin(__name__, __file__)
+    if _twin is not None:
+        decode_batch = _twin.decode_batch  # noqa: F811
+        COMPILED = True

@@ -565,3 +565,16 @@ class FlowTable:
     def waiting(self) -> int:
         """Events held back until the slowest decoder catches up."""
         return len(self.pending)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) replaces the entry
+# point unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py). The check on
+# __name__ keeps the twin itself, and shared.compiled.load_pure's copy, from looking again.
+COMPILED = False
+if __name__ == "services.flowtracker.table":
+    from shared.compiled import twin as _find_twin
+
+    _twin = _find_twin(__name__, __file__)
+    if _twin is not None:
+        FlowTable = _twin.FlowTable  # noqa: F811
+        COMPILED = True

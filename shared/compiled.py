@@ -1,0 +1,103 @@
+"""Compiled twins of the hot modules: which path runs, and how to get the other one.
+
+The pure-Python modules (``services/decoder/fastpath.py``, ``services/capture/sharding.py``,
+``services/flowtracker/table.py``) are the reference. ``scripts/build_compiled.py`` (run by
+``scripts/setup``) compiles a copy of each with Cython into a sibling extension module
+(``_fastpath_c``, ...), stamped with the SHA-256 of the source it was built from. At import,
+each pure module asks ``twin()`` for its compiled twin and, when there is one, rebinds its
+public entry points to it. So the compiled path is used only when it was built from exactly
+the source on disk: an edited module falls back to pure Python (with a warning) until
+``scripts/setup`` runs again, instead of silently running stale code.
+
+``PKTSCOPE_PURE=1`` forces the pure path (the differential test compares both in one process
+with ``load_pure``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger("pktscope.compiled")
+
+# pure module -> compiled twin (the names scripts/build_compiled.py builds)
+TWINS: dict[str, str] = {
+    "services.decoder.fastpath": "services.decoder._fastpath_c",
+    "services.capture.sharding": "services.capture._sharding_c",
+    "services.flowtracker.table": "services.flowtracker._table_c",
+}
+
+# pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
+STATUS: dict[str, str] = {}
+
+
+def forced_pure() -> bool:
+    """True when PKTSCOPE_PURE asks for the pure-Python reference path."""
+    return os.environ.get("PKTSCOPE_PURE", "").strip() not in ("", "0")
+
+
+def source_digest(path: str | Path) -> str:
+    """SHA-256 of a module's source: what a twin must have been built from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def twin(name: str, source: str | None) -> ModuleType | None:
+    """The compiled twin of pure module ``name`` (its source file ``source``), or None."""
+    if forced_pure():
+        STATUS[name] = "pure (PKTSCOPE_PURE)"
+        return None
+    try:
+        mod = importlib.import_module(TWINS[name])
+    except ImportError:
+        STATUS[name] = "pure (not built)"
+        return None
+    if source is None or getattr(mod, "SOURCE_SHA256", None) != source_digest(source):
+        STATUS[name] = "pure (stale build)"
+        log.warning(
+            "%s: compiled module is older than %s; using pure Python (run scripts/setup)", TWINS[name], source
+        )
+        return None
+    STATUS[name] = "compiled"
+    return mod
+
+
+def summary() -> str:
+    """One line for `pktscope version` and a run's stats: the path each hot module takes."""
+    for name in TWINS:
+        importlib.import_module(name)
+    kinds = {STATUS.get(n, "pure (not built)") for n in TWINS}
+    if kinds == {"compiled"}:
+        return "compiled (Cython): " + ", ".join(n.rsplit(".", 1)[1] for n in TWINS)
+    return "; ".join(f"{n.rsplit('.', 1)[1]} {STATUS.get(n, 'pure (not built)')}" for n in TWINS)
+
+
+def all_compiled() -> bool:
+    """True when every hot module runs its compiled twin."""
+    for name in TWINS:
+        importlib.import_module(name)
+    return all(STATUS.get(n) == "compiled" for n in TWINS)
+
+
+def load_pure(name: str) -> ModuleType:
+    """A separate, always-pure copy of module ``name`` (for comparing both paths in one process).
+
+    Loaded from the same file under another name, so its twin hook does not fire and its
+    internal calls (a VXLAN packet's recursive decode, say) stay pure too.
+    """
+    alias = name + "__pure"
+    if alias in sys.modules:
+        return sys.modules[alias]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin is not None
+    pure_spec = importlib.util.spec_from_file_location(alias, spec.origin)
+    assert pure_spec is not None and pure_spec.loader is not None
+    mod = importlib.util.module_from_spec(pure_spec)
+    sys.modules[alias] = mod
+    pure_spec.loader.exec_module(mod)
+    return mod
