@@ -333,7 +333,7 @@ def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
         except (redis.RedisError, ValueError) as exc:
             if time.time() > deadline:
                 raise CliError(f"Redis at {redact(cfg.effective_redis_url)} did not answer: {exc}") from None
-            time.sleep(0.05)
+            time.sleep(0.01)  # redis-server answers within milliseconds of its start
 
 
 def _check_external_redis(cfg: PipelineConfig) -> None:
@@ -460,7 +460,7 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
                 print(f"pktscope: gave up after {args.timeout} s", file=sys.stderr)
                 exit_code = 1
                 break
-            time.sleep(0.1)
+            time.sleep(0.05 if not cfg.live else 0.1)  # a replay's end is noticed within 50 ms
         if bar is not None:
             bar.close()
         interrupted = interrupt.hit and not cfg.live
