@@ -9,20 +9,19 @@ public entry points to it. So the compiled path is used only when it was built f
 the source on disk: an edited module falls back to pure Python (with a warning) until
 ``scripts/setup`` runs again, instead of silently running stale code.
 
-``PKTSCOPE_PURE=1`` forces the pure path (the differential test compares both in one process
-with ``load_pure``).
+``PKTSCOPE_PURE=1`` forces the pure path: tests/test_compiled_identical.py runs the whole
+corpus once each way, in two processes, and compares the outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 log = logging.getLogger("pktscope.compiled")
 
@@ -31,6 +30,9 @@ TWINS: dict[str, str] = {
     "services.decoder.fastpath": "services.decoder._fastpath_c",
     "services.capture.sharding": "services.capture._sharding_c",
     "services.flowtracker.table": "services.flowtracker._table_c",
+    "services.decoder.ipv6": "services.decoder._ipv6_c",
+    "services.decoder.app.credentials": "services.decoder.app._credentials_c",
+    "services.decoder.app.inspector": "services.decoder.app._inspector_c",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
@@ -67,6 +69,24 @@ def twin(name: str, source: str | None) -> ModuleType | None:
     return mod
 
 
+def adopt(namespace: dict[str, Any], names: tuple[str, ...]) -> bool:
+    """Rebind ``names`` in a pure module's globals to its twin's; True when it did.
+
+    Called at the end of each pure module (only under its own name: the twin, compiled from the
+    same file, has another ``__name__`` and so never looks for a twin of itself). Callers that
+    reach these names through the module (``ipv6.walk_ext``) or import them afterwards get the
+    compiled ones.
+    """
+    if namespace["__name__"] not in TWINS:
+        return False
+    mod = twin(namespace["__name__"], namespace.get("__file__"))
+    if mod is None:
+        return False
+    for n in names:
+        namespace[n] = getattr(mod, n)
+    return True
+
+
 def summary() -> str:
     """One line for `pktscope version` and a run's stats: the path each hot module takes."""
     for name in TWINS:
@@ -82,22 +102,3 @@ def all_compiled() -> bool:
     for name in TWINS:
         importlib.import_module(name)
     return all(STATUS.get(n) == "compiled" for n in TWINS)
-
-
-def load_pure(name: str) -> ModuleType:
-    """A separate, always-pure copy of module ``name`` (for comparing both paths in one process).
-
-    Loaded from the same file under another name, so its twin hook does not fire and its
-    internal calls (a VXLAN packet's recursive decode, say) stay pure too.
-    """
-    alias = name + "__pure"
-    if alias in sys.modules:
-        return sys.modules[alias]
-    spec = importlib.util.find_spec(name)
-    assert spec is not None and spec.origin is not None
-    pure_spec = importlib.util.spec_from_file_location(alias, spec.origin)
-    assert pure_spec is not None and pure_spec.loader is not None
-    mod = importlib.util.module_from_spec(pure_spec)
-    sys.modules[alias] = mod
-    pure_spec.loader.exec_module(mod)
-    return mod

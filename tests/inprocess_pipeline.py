@@ -8,18 +8,15 @@ engine on a real Redis. The decoders' frames reach the tracker in a seeded rando
 interleaving (each decoder's own frames in order), as ZeroMQ's fair queueing may deliver them.
 The process-level equivalence is checked separately by the pipeline tests.
 
-``impl`` picks the hot modules' implementation: the public names (compiled twins when built,
-shared/compiled.py) by default, or ``pure_impl()``, separate pure-Python copies of the same
-modules, so tests/test_compiled_identical.py can compare both paths in one process.
+``keep=True`` also returns every frame each decoder got and sent and every flow-event row:
+tests/compiled_outputs.py digests them to compare the compiled and pure-Python paths.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -34,32 +31,8 @@ from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.service import DETECTOR_TICK_EVERY
 from services.flowtracker.table import FlowTable
-from shared import compiled
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END, from_row
-
-
-@dataclass(frozen=True)
-class Impl:
-    """The three hot entry points a run uses (capture's sharder, the fast path, the flow table)."""
-
-    make_sharder: Callable[[int, int], Callable[[bytes], int]]
-    decode_batch: Callable[..., Any]
-    flow_table: type
-    name: str
-
-
-DEFAULT = Impl(make_sharder, decode_batch, FlowTable, "default")
-
-
-def pure_impl() -> Impl:
-    """Pure-Python copies of the hot modules, whatever is built (compiled.load_pure)."""
-    return Impl(
-        compiled.load_pure("services.capture.sharding").make_sharder,
-        compiled.load_pure("services.decoder.fastpath").decode_batch,
-        compiled.load_pure("services.flowtracker.table").FlowTable,
-        "pure",
-    )
 
 
 @dataclass
@@ -74,10 +47,10 @@ class Result:
     rows: list[list] = field(default_factory=list)
 
 
-def capture_frames(path: str, decoders: int, batch_size: int, impl: Impl = DEFAULT) -> list[list[tuple]]:
+def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple]]:
     """Per decoder, what capture sends it in order: ("pkts", batch) and ("tick", (num, ts))."""
     source = OfflineSource(path)
-    shard = impl.make_sharder(source.linktype, decoders)
+    shard = make_sharder(source.linktype, decoders)
     lt = source.linktype
     batches: list[list] = [[] for _ in range(decoders)]
     out: list[list[tuple]] = [[] for _ in range(decoders)]
@@ -114,7 +87,6 @@ def run(
     seed: int = 0,
     learning: float = 0.0,
     local_nets: list[str] | None = None,
-    impl: Impl = DEFAULT,
     keep: bool = False,
 ) -> Result:
     cfg = PipelineConfig(redis_prefix=prefix, decoders=decoders, run_id=prefix)
@@ -123,20 +95,20 @@ def run(
     if local_nets is not None:
         cfg.local_nets = local_nets
     # decoders: each turns its packet frames into record frames, in order
-    inputs = capture_frames(path, decoders, batch_size, impl)
+    inputs = capture_frames(path, decoders, batch_size)
     decoded: list[list[tuple]] = []
     for frames in inputs:
         app = AppInspector()
         own = []
         for kind, body in frames:
             if kind == "pkts":
-                own.append(("recs", impl.decode_batch(body, app).records))
+                own.append(("recs", decode_batch(body, app).records))
             else:
                 own.append((kind, body))
         decoded.append(own)
     # flow-tracker and detector
     merge = CaptureOrderMerge(decoders)
-    table = impl.flow_table(cfg.flow, LocalMatcher(cfg.local_nets))
+    table = FlowTable(cfg.flow, LocalMatcher(cfg.local_nets))
     engine = DetectorEngine(r, cfg, enrichers=Enrichers())
     result = Result()
     if keep:

@@ -241,14 +241,8 @@ def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
     return shard
 
 
-# The compiled twin (Cython, built by scripts/setup from this very file) replaces the entry
-# point unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py). The check on
-# __name__ keeps the twin itself, and shared.compiled.load_pure's copy, from looking again.
-COMPILED = False
-if __name__ == "services.capture.sharding":
-    from shared.compiled import twin as _find_twin
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
 
-    _twin = _find_twin(__name__, __file__)
-    if _twin is not None:
-        make_sharder = _twin.make_sharder  # noqa: F811
-        COMPILED = True
+COMPILED = _adopt(globals(), ("make_sharder",))

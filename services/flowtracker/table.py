@@ -567,14 +567,8 @@ class FlowTable:
         return len(self.pending)
 
 
-# The compiled twin (Cython, built by scripts/setup from this very file) replaces the entry
-# point unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py). The check on
-# __name__ keeps the twin itself, and shared.compiled.load_pure's copy, from looking again.
-COMPILED = False
-if __name__ == "services.flowtracker.table":
-    from shared.compiled import twin as _find_twin
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
 
-    _twin = _find_twin(__name__, __file__)
-    if _twin is not None:
-        FlowTable = _twin.FlowTable  # noqa: F811
-        COMPILED = True
+COMPILED = _adopt(globals(), ("FlowTable",))
