@@ -226,7 +226,7 @@ def bench_one(args: argparse.Namespace, capture: Path) -> dict:
     packets = runs[0]["packets"]
     e2e = statistics.median(r["elapsed"] for r in runs)
     wall = statistics.median(r["wall"] for r in runs)
-    cpu = statistics.median(r["cpu"] for r in runs)
+    whole_cpu = statistics.median(r["cpu"] for r in runs)
     stages = {s: statistics.median(r["stage_cpu"].get(s, 0.0) for r in runs) for s in runs[0]["stage_cpu"]}
     print(f"\ncapture: {capture} ({packets:,} packets), {args.decoders} decoder(s), median of {args.runs}")
     print(
@@ -236,7 +236,7 @@ def bench_one(args: argparse.Namespace, capture: Path) -> dict:
     )
     print(
         f"pktscope end to end: {e2e:.2f} s = {packets / e2e:,.0f} packets/s "
-        f"(whole command incl. start-up: {wall:.2f} s wall, {cpu:.2f} s CPU); flows {runs[0]['flows']:,}, alerts {runs[0]['alerts']:,}"
+        f"(whole command incl. start-up: {wall:.2f} s wall, {whole_cpu:.2f} s CPU); flows {runs[0]['flows']:,}, alerts {runs[0]['alerts']:,}"
     )
     kinds = runs[0]["alert_kinds"]
     print("  alerts by kind: " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
@@ -252,7 +252,7 @@ def bench_one(args: argparse.Namespace, capture: Path) -> dict:
             )
     result = {
         "capture": str(capture),
-        "pktscope_cpu": cpu,
+        "pktscope_cpu": whole_cpu,
         "packets": packets,
         "decoders": args.decoders,
         "pktscope_seconds": e2e,

@@ -33,6 +33,9 @@ TWINS: dict[str, str] = {
     "services.decoder.ipv6": "services.decoder._ipv6_c",
     "services.decoder.app.credentials": "services.decoder.app._credentials_c",
     "services.decoder.app.inspector": "services.decoder.app._inspector_c",
+    "services.capture.pcapfile": "services.capture._pcapfile_c",
+    "services.flowtracker.merge": "services.flowtracker._merge_c",
+    "services.flowtracker.names": "services.flowtracker._names_c",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
