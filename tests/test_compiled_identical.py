@@ -56,3 +56,20 @@ def test_corpus_identical_compiled_and_pure(tmp_path):
     assert sum(c["records"] for c in a.values()) > 180_000
     assert sum(c["events"] for c in a.values()) > 30_000
     assert sum(c["alerts"] for c in a.values()) > 1_000
+
+
+def test_a_twin_built_from_other_source_is_not_used(tmp_path):
+    """An edited module whose twin was not rebuilt runs as pure Python instead of stale code."""
+    if not compiled.all_compiled():
+        pytest.skip("no compiled build")
+    edited = tmp_path / "fastpath.py"
+    edited.write_bytes(Path(ROOT / "services/decoder/fastpath.py").read_bytes() + b"\n# edited\n")
+    status = dict(compiled.STATUS)
+    try:
+        assert compiled.twin("services.decoder.fastpath", str(edited)) is None
+        assert compiled.STATUS["services.decoder.fastpath"] == "pure (stale build)"
+        assert (
+            compiled.twin("services.decoder.fastpath", str(ROOT / "services/decoder/fastpath.py")) is not None
+        )
+    finally:
+        compiled.STATUS.update(status)
