@@ -72,7 +72,12 @@ def build() -> None:
 
     staged = stage_sources()
     exts = [
-        Extension(twin, [str(path)], extra_compile_args=["-O2", "-Wno-unused-function"])
+        Extension(
+            twin,
+            [str(path)],
+            extra_compile_args=["-O2", "-g0", "-Wno-unused-function"],
+            extra_link_args=["-s"],
+        )
         for twin, path in staged
     ]
     modules = cythonize(exts, compiler_directives=DIRECTIVES, quiet=True, build_dir=str(BUILD / "c"))
