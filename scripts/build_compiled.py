@@ -57,10 +57,14 @@ def stage_sources() -> list[tuple[str, Path]]:
             dst.write_text(text)
         pxd = PXD / (twin.rsplit(".", 1)[1] + ".pxd")
         staged_pxd = dst.with_suffix(".pxd")
-        if pxd.exists():
-            shutil.copyfile(pxd, staged_pxd)
-        elif staged_pxd.exists():
-            staged_pxd.unlink()
+        wanted = pxd.read_text() if pxd.exists() else None
+        have = staged_pxd.read_text() if staged_pxd.exists() else None
+        if wanted != have:  # a new or changed .pxd: the twin must be compiled again
+            if wanted is None:
+                staged_pxd.unlink()
+            else:
+                staged_pxd.write_text(wanted)
+            dst.touch()
         staged.append((twin, dst))
     return staged
 
@@ -80,7 +84,13 @@ def build() -> None:
         )
         for twin, path in staged
     ]
-    modules = cythonize(exts, compiler_directives=DIRECTIVES, quiet=True, build_dir=str(BUILD / "c"))
+    modules = cythonize(
+        exts,
+        compiler_directives=DIRECTIVES,
+        quiet=True,
+        build_dir=str(BUILD / "c"),
+        include_path=[str(BUILD)],
+    )
     dist = Distribution({"name": "pktscope-compiled", "ext_modules": modules})
     cmd = dist.get_command_obj("build_ext")
     cmd.inplace = True
