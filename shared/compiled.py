@@ -1,11 +1,11 @@
 """Compiled twins of the hot modules: which path runs, and how to get the other one.
 
-The pure-Python modules (``services/decoder/fastpath.py``, ``services/capture/sharding.py``,
-``services/flowtracker/table.py``) are the reference. ``scripts/build_compiled.py`` (run by
-``scripts/setup``) compiles a copy of each with Cython into a sibling extension module
-(``_fastpath_c``, ...), stamped with the SHA-256 of the source it was built from. At import,
-each pure module asks ``twin()`` for its compiled twin and, when there is one, rebinds its
-public entry points to it. So the compiled path is used only when it was built from exactly
+The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector
+and credential watching; capture's reader and sharder; the flow table, merge and names) are the
+reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
+Cython into a sibling extension module (``_fastpath_c``, ...), stamped with the SHA-256 of the
+source it was built from. At the end of its import, each pure module calls ``adopt()``, which
+rebinds its public entry points to the twin's when there is a matching one. So the compiled path is used only when it was built from exactly
 the source on disk: an edited module falls back to pure Python (with a warning) until
 ``scripts/setup`` runs again, instead of silently running stale code.
 
