@@ -8,6 +8,12 @@ and supervisord/Redis start-up are left out, as nfstream's interpreter start-up 
 whole address space (scripts/mmdb_synthetic.py), so every global address is looked up and
 found; the alerts are then counted by kind (new_geo shows the lookups hit). Process
 attribution and binary identity only run on live capture: see scripts/bench_enrichment.py.
+
+Whole command (issue 14): the wall time of each tool's whole command, from exec to exit (start-up,
+imports, supervisord and Redis included; for nfstream its interpreter and imports), and its CPU
+(user + sys of the command and every process under it, from getrusage(RUSAGE_CHILDREN): each
+parent reaps its children, so grandchildren count too). ``--x5`` adds the 5x capture
+(../shared/bench/amplify.py --copies 5, written once to /tmp, never into the project).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -29,6 +36,8 @@ from shared.redis_server import start_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPTURE = ROOT.parent / "shared" / "corpus" / "bench" / "sv-merged.pcap"
+AMPLIFY = ROOT.parent / "shared" / "bench" / "amplify.py"
+X5_CAPTURE = Path("/tmp/pktscope-bench-x5.pcap")
 
 NFSTREAM_SNIPPET = """
 import sys, time
@@ -39,9 +48,27 @@ print(time.perf_counter() - t, flows)
 """
 
 
+def children_cpu() -> float:
+    """User + sys seconds of every reaped descendant so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def x5_capture() -> Path:
+    """The 5x bench capture (54k flows, 917k packets), written once to /tmp."""
+    if not X5_CAPTURE.exists():
+        part = X5_CAPTURE.with_suffix(".part")
+        subprocess.run(
+            [sys.executable, str(AMPLIFY), str(DEFAULT_CAPTURE), str(part), "--copies", "5"], check=True
+        )
+        part.rename(X5_CAPTURE)
+    return X5_CAPTURE
+
+
 def run_pipeline(capture: Path, decoders: int, extra: list[str]) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="pkb-", dir="/tmp"))
     try:
+        cpu = children_cpu()
         t = time.perf_counter()
         proc = subprocess.run(
             [
@@ -65,10 +92,12 @@ def run_pipeline(capture: Path, decoders: int, extra: list[str]) -> dict:
             text=True,
         )
         wall = time.perf_counter() - t
+        cpu = children_cpu() - cpu
         if proc.returncode != 0:
             raise SystemExit(f"pktscope run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         summary["wall"] = wall
+        summary["cpu"] = cpu
         summary["stage_cpu"], summary["alert_kinds"] = saved_stats(tmp / "state")
         return summary
     finally:
@@ -114,15 +143,20 @@ def start_redis_on(state_dir: Path) -> tuple[subprocess.Popen, str]:
     return start_redis_server(state_dir / "bench.sock", state_dir, "pktscope.rdb")
 
 
-def run_nfstream(capture: Path, meters: int) -> tuple[float, int] | None:
+def run_nfstream(capture: Path, meters: int) -> tuple[float, int, float, float] | None:
+    """(seconds of the stream itself, flows, whole-command wall, whole-command CPU) or None."""
+    cpu = children_cpu()
+    t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", NFSTREAM_SNIPPET, str(capture), str(meters)], capture_output=True, text=True
     )
+    wall = time.perf_counter() - t
+    cpu = children_cpu() - cpu
     if proc.returncode != 0:
         print(f"nfstream failed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
         return None
     seconds, flows = proc.stdout.split()
-    return float(seconds), int(flows)
+    return float(seconds), int(flows), wall, cpu
 
 
 def _load() -> str:
@@ -133,6 +167,9 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
+    ap.add_argument(
+        "--x5", action="store_true", help="then the same on the 5x capture (amplify.py --copies 5)"
+    )
     ap.add_argument("--decoders", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-nfstream", action="store_true")
@@ -147,6 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         "--extra", default="", help="extra `pktscope run` flags, quoted, e.g. --extra '--batch-size 512'"
     )
     args = ap.parse_args(argv)
+    results = [bench_one(args, args.capture)]
+    if args.x5:
+        results.append(bench_one(args, x5_capture()))
+    print(
+        f"\nwhole command, median of {args.runs}, taking turns (wall s / CPU s, user+sys of all processes):"
+    )
+    for res in results:
+        line = f"  {Path(res['capture']).name:22} pktscope {res['pktscope_wall']:6.2f} / {res['pktscope_cpu']:6.2f}"
+        if "nfstream_wall" in res:
+            line += (
+                f"   nfstream {res['nfstream_wall']:6.2f} / {res['nfstream_cpu']:6.2f}"
+                f"   speed-up (nfstream wall / pktscope wall) {res['nfstream_wall'] / res['pktscope_wall']:.2f}"
+                f", CPU per packet pktscope/nfstream {res['pktscope_cpu'] / res['nfstream_cpu']:.2f}"
+            )
+        print(line)
+    print(f"load average after: {_load()}")
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    return 0
+
+
+def bench_one(args: argparse.Namespace, capture: Path) -> dict:
+    """One capture: both tools taking turns, --runs times; prints the figures and returns them."""
     load_before = _load()
     extra = ["--learning", "0", *shlex.split(args.extra)]
     mmdb_dir = Path(tempfile.mkdtemp(prefix="pkb-mmdb-", dir="/tmp"))
@@ -158,16 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         # (its speed drifts by 20% within minutes); the ratio is of the two medians
         runs, nf = [], []
         for _ in range(args.runs):
-            runs.append(run_pipeline(args.capture, args.decoders, extra))
+            runs.append(run_pipeline(capture, args.decoders, extra))
             if not args.no_nfstream:
-                nf.append(run_nfstream(args.capture, args.nfstream_meters))
+                nf.append(run_nfstream(capture, args.nfstream_meters))
     finally:
         shutil.rmtree(mmdb_dir, ignore_errors=True)
     packets = runs[0]["packets"]
     e2e = statistics.median(r["elapsed"] for r in runs)
     wall = statistics.median(r["wall"] for r in runs)
+    whole_cpu = statistics.median(r["cpu"] for r in runs)
     stages = {s: statistics.median(r["stage_cpu"].get(s, 0.0) for r in runs) for s in runs[0]["stage_cpu"]}
-    print(f"capture: {args.capture} ({packets:,} packets), {args.decoders} decoder(s), median of {args.runs}")
+    print(f"\ncapture: {capture} ({packets:,} packets), {args.decoders} decoder(s), median of {args.runs}")
     print(
         "enrichment: "
         + ("GeoIP on (synthetic country + ASN databases)" if args.enrich else "off (no GeoIP databases)")
@@ -175,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"pktscope end to end: {e2e:.2f} s = {packets / e2e:,.0f} packets/s "
-        f"(whole command incl. start-up: {wall:.2f} s); flows {runs[0]['flows']:,}, alerts {runs[0]['alerts']:,}"
+        f"(whole command incl. start-up: {wall:.2f} s wall, {whole_cpu:.2f} s CPU); flows {runs[0]['flows']:,}, alerts {runs[0]['alerts']:,}"
     )
     kinds = runs[0]["alert_kinds"]
     print("  alerts by kind: " + ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items())))
@@ -190,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"peak RSS {rss:.0f} MB per process"
             )
     result = {
+        "capture": str(capture),
+        "pktscope_cpu": whole_cpu,
         "packets": packets,
         "decoders": args.decoders,
         "pktscope_seconds": e2e,
@@ -203,17 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_nfstream and all(nf):
         nf_s = statistics.median(n[0] for n in nf)  # type: ignore[index]
+        nf_wall = statistics.median(n[2] for n in nf)  # type: ignore[index]
+        nf_cpu = statistics.median(n[3] for n in nf)  # type: ignore[index]
         print(
             f"nfstream ({args.nfstream_meters} meter): {nf_s:.2f} s = {packets / nf_s:,.0f} packets/s, "
-            f"{nf[0][1]:,} flows"
+            f"{nf[0][1]:,} flows (whole command: {nf_wall:.2f} s wall, {nf_cpu:.2f} s CPU)"
         )  # type: ignore[index]
+        result.update(nfstream_wall=nf_wall, nfstream_cpu=nf_cpu)
         print(f"ratio pktscope/nfstream: {nf_s / e2e:.2f}")
         result.update(nfstream_seconds=nf_s, nfstream_pps=packets / nf_s, ratio=nf_s / e2e)
     result["load_after"] = _load()
     print(f"load average after: {result['load_after']}")
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ flow-tracker's CaptureOrderMerge and FlowTable with the service's release rule; 
 engine on a real Redis. The decoders' frames reach the tracker in a seeded random
 interleaving (each decoder's own frames in order), as ZeroMQ's fair queueing may deliver them.
 The process-level equivalence is checked separately by the pipeline tests.
+
+``keep=True`` also returns every frame each decoder got and sent and every flow-event row:
+tests/compiled_outputs.py digests them to compare the compiled and pure-Python paths.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class Result:
     flow_log: list[dict] = field(default_factory=list)
     events: int = 0
     late_events: int = 0
+    # with keep=True: per decoder, what it got and sent (frames), and every flow-event row
+    frames_in: list[list[tuple]] = field(default_factory=list)
+    frames_out: list[list[tuple]] = field(default_factory=list)
+    rows: list[list] = field(default_factory=list)
 
 
 def capture_frames(path: str, decoders: int, batch_size: int) -> list[list[tuple]]:
@@ -80,6 +87,7 @@ def run(
     seed: int = 0,
     learning: float = 0.0,
     local_nets: list[str] | None = None,
+    keep: bool = False,
 ) -> Result:
     cfg = PipelineConfig(redis_prefix=prefix, decoders=decoders, run_id=prefix)
     cfg.detector.learning = learning
@@ -103,12 +111,16 @@ def run(
     table = FlowTable(cfg.flow, LocalMatcher(cfg.local_nets))
     engine = DetectorEngine(r, cfg, enrichers=Enrichers())
     result = Result()
+    if keep:
+        result.frames_in, result.frames_out = inputs, decoded
     tick_sent = -math.inf
 
     def to_detector(rows: list) -> None:
         if rows:
             result.flow_log += [from_row(row) for row in rows if row[0] == EV_END]
             result.events += len(rows)
+            if keep:
+                result.rows += rows
             result.alerts += engine.process(rows)
 
     rng = random.Random(seed)

@@ -203,3 +203,10 @@ def _tsresol(options: bytes, order: str) -> float:
             return 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0 ** -v
         off += 4 + ((size + 3) & ~3)
     return 1e-6
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("CaptureFileReader", "NotACaptureFile", "sniff"))

@@ -14,6 +14,7 @@ import time
 import redis
 import zmq
 
+from services.capture import sharding
 from services.capture.sharding import make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource
 from shared.config import PipelineConfig
@@ -61,6 +62,7 @@ class Capture:
         except Exception:  # stats are best effort; redis-py raises several types here
             r = None
         self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
+        self.stats.info["hot_path"] = "compiled" if sharding.COMPILED else "pure"  # shared/compiled.py
         self.count = 0
         self.last_ts = 0.0
         # offline: packets up to ``position`` were handed out (or lost with a dead predecessor)

@@ -239,3 +239,10 @@ def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
             return 0  # too short to hash: the decoder will count it as malformed
 
     return shard
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("make_sharder",))

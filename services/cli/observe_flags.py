@@ -94,7 +94,7 @@ def wait_for_observation(r, keys, cfg: PipelineConfig, interrupted) -> None:
             eos = run_id = None
         if eos == "1" and run_id == cfg.run_id:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     wait_for_notifier(r, keys, cfg, interrupted)
 
 

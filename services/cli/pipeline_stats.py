@@ -143,6 +143,8 @@ def summarize(stats: dict[str, dict]) -> dict:
             for name, s in sorted(stats.items())
             if name.startswith("decoder-")
         },
+        # which path the hot modules ran (shared/compiled.py): "compiled" or "pure" per service
+        "hot_path": {name: str(s["hot_path"]) for name, s in sorted(stats.items()) if s.get("hot_path")},
         "elapsed": round(elapsed, 3),
         "packets_per_second": round(packets / elapsed) if elapsed else 0,
     }
@@ -208,6 +210,16 @@ def format_summary(s: dict, source: str, outcome: str = "done") -> str:
         if "pool_events" not in s["drops"]
         else "  alerts       raised by the detector pool (`pktscope alerts list` there)",
     ]
+    paths = set(s.get("hot_path", {}).values())
+    if paths:
+        lines.append(
+            "  hot path     "
+            + (
+                "compiled (Cython)"
+                if paths == {"compiled"}
+                else ", ".join(f"{k} {v}" for k, v in s["hot_path"].items())
+            )
+        )
     if s.get("late_events"):
         lines.append(f"  late events  {s['late_events']:,} (behind packet time already handled; counted)")
     lines += [

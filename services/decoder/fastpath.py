@@ -269,3 +269,10 @@ def _vxlan_inner(
     frame = found[2]
     inner = decode_batch(((num, ts, link.DLT_EN10MB, len(frame), frame),), app, depth + 1)
     return None if inner.malformed else inner
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("decode_batch",))

@@ -92,3 +92,10 @@ def parse(
     total = plen + 40
     proto, l4, frag = walk_ext(data, off + 40, nxt, off + total, out, protos)
     return IpHeader(proto, src, dst, l4, off + total - l4, frag, total)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("walk_ext", "parse"))

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 import zmq
 
+from services.decoder import fastpath
 from services.decoder.fastpath import decode_batch
 from services.decoder.ring import PacketRing, RingServer
 from shared import frames
@@ -84,6 +85,7 @@ class DecoderService:
         self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
         self.stats.info["index"] = index
         self.stats.info["app"] = int(app is not None)
+        self.stats.info["hot_path"] = "compiled" if fastpath.COMPILED else "pure"  # shared/compiled.py
         if app is not None and hasattr(app, "all_counters"):
             # application-layer counters (TLS/QUIC/DNS parse problems, reassembly bounds) as app.*
             self.stats.sources.append(lambda: {f"app.{k}": v for k, v in app.all_counters().items()})

@@ -185,3 +185,10 @@ def _bisect_num(queue: list, limit: float) -> int:
         else:
             hi = mid
     return lo
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("CaptureOrderMerge",))

@@ -263,3 +263,12 @@ class DnsNames:
 
     def __len__(self) -> int:
         return len(self.cache)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(
+    globals(), ("address_text", "canonical_address", "clean_name", "own_name", "merge_app_facts", "DnsNames")
+)

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 import zmq
 
+from services.flowtracker import table as flow_table
 from services.flowtracker.flowlog import FlowLog
 from services.flowtracker.flowlog_process import flow_process_lookup
 from services.flowtracker.localaddr import LocalMatcher
@@ -86,6 +87,7 @@ class FlowTrackerService:
         self.index = index
         self.name = cfg.tracker_name(index)
         self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
+        self.stats.info["hot_path"] = "compiled" if flow_table.COMPILED else "pure"  # shared/compiled.py
         c = self.stats.c
         for key in COUNTERS:
             c[key] = 0

@@ -587,3 +587,10 @@ class FlowTable:
     def waiting(self) -> int:
         """Events held back until the slowest decoder catches up."""
         return len(self.pending)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("FlowTable",))

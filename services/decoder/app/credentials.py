@@ -250,3 +250,10 @@ def looks_encrypted(first_bytes: bytes) -> bool:
     return (
         len(first_bytes) >= 2 and 0x14 <= first_bytes[0] <= 0x17 and first_bytes[1] == 3
     ) or first_bytes.startswith(b"SSH-")
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("LineWatch", "http_authorization", "sasl_plain_user", "looks_encrypted"))

@@ -581,3 +581,10 @@ def _all_finished(flow: TcpFlow) -> bool:
         if consumer is None or not getattr(consumer, "finished", False):
             return False
     return True
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("AppInspector",))

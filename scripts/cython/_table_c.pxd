@@ -1,0 +1,7 @@
+# Types for the flow table's compiled twin (services/flowtracker/table.py; Cython reads this .pxd
+# beside the copy it compiles). The per-flow slot numbers become C integers: ``st[LAST]`` is then
+# a direct list access instead of a module-global lookup plus a boxed index on every use.
+cdef Py_ssize_t FID, KEY, PROTO, IPV, SRC, SPORT, DST, DPORT, INIT_FIRST, OUTBOUND, FIRST, LAST
+cdef Py_ssize_t POUT, BOUT, PIN, BIN, POUT0, BOUT0, PIN0, BIN0, STATE, FINS, IDLE, LRU, NEXT_UPD
+cdef Py_ssize_t UPD_K, DIRTY, NAME, NAME_SRC, NAME_RANK, DNS_NAME, APP, ALIVE, SYN_TS, IRTT, SEQ
+cdef Py_ssize_t R_NAME, R_NAME_SRC

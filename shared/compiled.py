@@ -1,0 +1,107 @@
+"""Compiled twins of the hot modules: which path runs, and how to get the other one.
+
+The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector
+and credential watching; capture's reader and sharder; the flow table, merge and names) are the
+reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
+Cython into a sibling extension module (``_fastpath_c``, ...), stamped with the SHA-256 of the
+source it was built from. At the end of its import, each pure module calls ``adopt()``, which
+rebinds its public entry points to the twin's when there is a matching one. So the compiled path is used only when it was built from exactly
+the source on disk: an edited module falls back to pure Python (with a warning) until
+``scripts/setup`` runs again, instead of silently running stale code.
+
+``PKTSCOPE_PURE=1`` forces the pure path: tests/test_compiled_identical.py runs the whole
+corpus once each way, in two processes, and compares the outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("pktscope.compiled")
+
+# pure module -> compiled twin (the names scripts/build_compiled.py builds)
+TWINS: dict[str, str] = {
+    "services.decoder.fastpath": "services.decoder._fastpath_c",
+    "services.capture.sharding": "services.capture._sharding_c",
+    "services.flowtracker.table": "services.flowtracker._table_c",
+    "services.decoder.ipv6": "services.decoder._ipv6_c",
+    "services.decoder.app.credentials": "services.decoder.app._credentials_c",
+    "services.decoder.app.inspector": "services.decoder.app._inspector_c",
+    "services.capture.pcapfile": "services.capture._pcapfile_c",
+    "services.flowtracker.merge": "services.flowtracker._merge_c",
+    "services.flowtracker.names": "services.flowtracker._names_c",
+}
+
+# pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
+STATUS: dict[str, str] = {}
+
+
+def forced_pure() -> bool:
+    """True when PKTSCOPE_PURE asks for the pure-Python reference path."""
+    return os.environ.get("PKTSCOPE_PURE", "").strip() not in ("", "0")
+
+
+def source_digest(path: str | Path) -> str:
+    """SHA-256 of a module's source: what a twin must have been built from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def twin(name: str, source: str | None) -> ModuleType | None:
+    """The compiled twin of pure module ``name`` (its source file ``source``), or None."""
+    if forced_pure():
+        STATUS[name] = "pure (PKTSCOPE_PURE)"
+        return None
+    try:
+        mod = importlib.import_module(TWINS[name])
+    except ImportError:
+        STATUS[name] = "pure (not built)"
+        return None
+    if source is None or getattr(mod, "SOURCE_SHA256", None) != source_digest(source):
+        STATUS[name] = "pure (stale build)"
+        log.warning(
+            "%s: compiled module is older than %s; using pure Python (run scripts/setup)", TWINS[name], source
+        )
+        return None
+    STATUS[name] = "compiled"
+    return mod
+
+
+def adopt(namespace: dict[str, Any], names: tuple[str, ...]) -> bool:
+    """Rebind ``names`` in a pure module's globals to its twin's; True when it did.
+
+    Called at the end of each pure module (only under its own name: the twin, compiled from the
+    same file, has another ``__name__`` and so never looks for a twin of itself). Callers that
+    reach these names through the module (``ipv6.walk_ext``) or import them afterwards get the
+    compiled ones.
+    """
+    if namespace["__name__"] not in TWINS:
+        return False
+    mod = twin(namespace["__name__"], namespace.get("__file__"))
+    if mod is None:
+        return False
+    for n in names:
+        namespace[n] = getattr(mod, n)
+    return True
+
+
+def summary() -> str:
+    """One line for `pktscope version` and a run's stats: the path each hot module takes."""
+    for name in TWINS:
+        importlib.import_module(name)
+    kinds = {STATUS.get(n, "pure (not built)") for n in TWINS}
+    if kinds == {"compiled"}:
+        return "compiled (Cython): " + ", ".join(n.rsplit(".", 1)[1] for n in TWINS)
+    return "; ".join(f"{n.rsplit('.', 1)[1]} {STATUS.get(n, 'pure (not built)')}" for n in TWINS)
+
+
+def all_compiled() -> bool:
+    """True when every hot module runs its compiled twin."""
+    for name in TWINS:
+        importlib.import_module(name)
+    return all(STATUS.get(n) == "compiled" for n in TWINS)
