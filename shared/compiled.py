@@ -36,6 +36,18 @@ TWINS: dict[str, str] = {
     "services.capture.pcapfile": "services.capture._pcapfile_c",
     "services.flowtracker.merge": "services.flowtracker._merge_c",
     "services.flowtracker.names": "services.flowtracker._names_c",
+    # the dissection `pktscope read` runs per packet
+    "services.decoder.dissect": "services.decoder._dissect_c",
+    "services.decoder.link": "services.decoder._link_c",
+    "services.decoder.ipv4": "services.decoder._ipv4_c",
+    "services.decoder.tcp": "services.decoder._tcp_c",
+    "services.decoder.udp": "services.decoder._udp_c",
+    "services.decoder.common": "services.decoder._common_c",
+    "services.cli.decode_file": "services.cli._decode_file_c",
+    "services.cli.wireshark_view": "services.cli._wireshark_view_c",
+    "services.cli.filter.parser": "services.cli.filter._parser_c",
+    "services.cli.filter.fields": "services.cli.filter._fields_c",
+    "services.cli.filter.values": "services.cli.filter._values_c",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"

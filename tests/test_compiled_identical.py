@@ -1,6 +1,7 @@
 """The compiled hot modules (Cython twins, scripts/build_compiled.py) and the pure-Python reference
 give identical output on every corpus capture and the bench capture: capture's shard and batch of
-every packet, the decoders' records, every flow event, every alert and the flow log.
+every packet, the decoders' records, every flow event, every alert and the flow log; and `pktscope read`'s JSON line of every packet and the packets a
+set of display filters selects.
 
 The whole corpus runs once per path, in two processes side by side (tests/compiled_outputs.py),
 one with PKTSCOPE_PURE=1. scripts/test runs scripts/setup first, which builds the twins, so a
@@ -56,6 +57,10 @@ def test_corpus_identical_compiled_and_pure(tmp_path):
     assert sum(c["records"] for c in a.values()) > 180_000
     assert sum(c["events"] for c in a.values()) > 30_000
     assert sum(c["alerts"] for c in a.values()) > 1_000
+    # and `pktscope read`'s dissection and display filters: every packet, each filter selecting some
+    assert sum(c["read_packets"] for c in a.values()) > 180_000
+    selected = [sum(int(c["read_matches"][i].split(":")[0]) for c in a.values()) for i in range(30)]
+    assert sum(1 for n in selected if n) >= 25, selected
 
 
 def test_a_twin_built_from_other_source_is_not_used(tmp_path):

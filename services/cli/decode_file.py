@@ -54,3 +54,10 @@ def decoded_packets(
             t0 = ts
         fields["frame"]["time_relative"] = round(ts - t0, 9)
         yield fields, l4, app
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('decoded_packets',))

@@ -175,3 +175,10 @@ def public(fields: dict[str, Any]) -> dict[str, Any]:
     if "_raw" in fields or "_outer" in fields or "_not_dns" in fields:
         return {k: v for k, v in fields.items() if k not in ("_raw", "_outer", "_not_dns")}
     return fields
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('WiresharkView',))

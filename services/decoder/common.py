@@ -45,3 +45,10 @@ def ip_text(b: bytes) -> str:
 
 
 _TEXT: dict[bytes, str] = {}
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('mac_text', 'ip_text'))

@@ -179,3 +179,10 @@ def _decap(
 
 
 _KEPT = frozenset(("frame", "_raw", "_outer"))
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('dissect',))

@@ -80,3 +80,10 @@ def parse(data: bytes, off: int, out: dict[str, Any] | None = None) -> IpHeader:
     else:
         frag = FRAG_NONE
     return IpHeader(proto, src, dst, off + ihl, total - ihl, frag, total)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('parse',))

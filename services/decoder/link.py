@@ -223,3 +223,10 @@ def _mpls(data: bytes, off: int, out: Fields | None, protos: list[str] | None) -
         protos += ("ethertype", "mpls")
     version = data[off] >> 4 if off < len(data) else 0
     return {4: ETH_IP4, 6: ETH_IP6}.get(version, NON_IP), off
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('locate',))

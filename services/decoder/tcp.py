@@ -69,3 +69,10 @@ def parse(
             return 0, 0, 0, 0, 0
         raise Malformed(f"TCP header length {hlen} > IP payload {l4len}")
     return sport, dport, flags, seq, hlen
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('parse',))

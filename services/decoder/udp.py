@@ -25,3 +25,10 @@ def parse(
     if l4len < HDR_LEN:
         raise Malformed(f"UDP datagram of {l4len} bytes is shorter than its header")
     return sport, dport, HDR_LEN
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('parse',))

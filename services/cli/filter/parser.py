@@ -442,3 +442,10 @@ def filter_fields(text: str) -> frozenset[str]:
     parser = _Parser(text, strict=False)
     parser.parse()
     return frozenset(parser.names)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('compile_filter', 'filter_fields'))

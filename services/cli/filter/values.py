@@ -237,3 +237,10 @@ def as_text(value: object) -> str | None:
     if t is bool:
         return "1" if value else "0"
     return str(value)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ('Literal', 'Mnemonic', 'compare', 'compare_values', 'contains', 'as_text'))
