@@ -77,7 +77,8 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
 
-def service_args(name: str, with_index: bool = False, argv: list[str] | None = None) -> argparse.Namespace:
+def service_parser(name: str, with_index: bool = False) -> argparse.ArgumentParser:
+    """The command line of ``python -m services.NAME``; apart so that launchers' commands can be checked."""
     parser = argparse.ArgumentParser(
         prog=f"python -m services.{name}", description=f"pktscope {name} service"
     )
@@ -85,6 +86,11 @@ def service_args(name: str, with_index: bool = False, argv: list[str] | None = N
     if with_index:
         parser.add_argument("--index", type=int, default=0, help="which instance of the stage this is (0-based)")
     parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def service_args(name: str, with_index: bool = False, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = service_parser(name, with_index)
     args = parser.parse_args(argv)
     # under supervisord: if it is killed (even -9), stop instead of running on unsupervised
     die_with_parent(signal.SIGTERM, expected_parent=os.getppid())

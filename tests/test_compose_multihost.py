@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from services.cli import main as cli_main
+from services.cli.programs import programs
 from services.cli.run import build_config
 from shared.curve import create_keys
 from tests.conftest import ROOT
@@ -62,6 +63,11 @@ def test_the_multihost_example_parses_and_its_sensor_reaches_every_pool_shard(tm
     assert pool.link_curve_dir and sensor.link_curve_dir, "both ends of the link use CURVE"
     assert sensor.sensor_name == "web-1" and sensor.link_client == "web-1"
     assert sensor.detectors == pool.detectors == 2
+    # every stage after capture is sharded on the sensor, and the pool runs only its share
+    assert sensor.flowtrackers == 2 and sensor.decoders == 2
+    assert {p.name for p in programs(sensor)} >= {"capture", "decoder", "flowtracker"}
+    assert {p.name for p in programs(pool)} >= {"detector", "observer"}
+    assert not {"capture", "decoder", "flowtracker"} & {p.name for p in programs(pool)}
     pool_ports = [int(pool.detector_endpoint_of(k).rsplit(":", 1)[1]) for k in range(pool.detectors)]
     sensor_ports = [int(e.rsplit(":", 1)[1]) for e in sensor.pool_endpoints]
     assert sensor_ports == pool_ports

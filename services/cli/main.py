@@ -19,6 +19,7 @@ SUBCOMMANDS = (
     "services.cli.connections",
     "services.cli.stop",
     "services.cli.keys",
+    "services.cli.systemd",
     "services.cli.capture",
     "services.cli.diff",
     "services.cli.inspect",

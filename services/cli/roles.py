@@ -26,9 +26,7 @@ from shared.curve import has_server_keys, is_local_endpoint
 
 ROLES = ("all", "sensor", "pool")
 _TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.*-]+):(\d{1,5})\Z")
-# supervisord programs each role runs (the others are left out of supervisord.conf)
-SENSOR_DROPS = ("detector", "observer", "notifier")
-POOL_DROPS = ("capture", "decoder", "flowtracker", "procwatch")
+# the programs each role runs: services/cli/programs.py (supervisord, systemd and compose alike)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -191,16 +189,16 @@ def _pool(args: argparse.Namespace, cfg: PipelineConfig, source: bool) -> None:
 
 
 def keep_programs(conf: str, cfg: PipelineConfig) -> str:
-    """supervisord.conf without the programs this role does not run."""
-    drops = SENSOR_DROPS if cfg.role == "sensor" else POOL_DROPS if cfg.role == "pool" else ()
-    if not drops:
-        return conf
+    """supervisord.conf with only the programs this host runs (services/cli/programs.py's list)."""
+    from services.cli.programs import programs
+
+    keep = {p.name for p in programs(cfg)}
     out: list[str] = []
     skipping = False
     for line in conf.splitlines(keepends=True):
         if line.startswith("["):
             section = line.strip()[1:-1]
-            skipping = section.startswith("program:") and section.split(":", 1)[1] in drops
+            skipping = section.startswith("program:") and section.split(":", 1)[1] not in keep
         if not skipping:
             out.append(line)
     return "".join(out)

@@ -48,6 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run capture -> decoders -> flow-tracker -> detector under supervisord. "
         "With --read the replay stops by itself and prints a summary; with --interface it runs until Ctrl-C.",
     )
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every pipeline flag of `pktscope run`; `pktscope systemd` takes the same ones (one config)."""
     src = p.add_mutually_exclusive_group()  # required but by --role pool (services/cli/roles.py)
     src.add_argument("--read", "-r", metavar="CAPTURE", help="pcap or pcapng file to replay")
     src.add_argument("--interface", "-i", metavar="IFACE", help="live interface to capture on (needs root)")
@@ -158,7 +164,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
     )
-    p.set_defaults(func=run)
 
 
 def _positive(name: str, value: float | int | None, minimum: float = 0) -> None:
