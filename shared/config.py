@@ -91,6 +91,9 @@ class PipelineConfig:
     bpf: str = ""
     snaplen: int = 65535
     promisc: bool = True
+    # live: capture processes on one interface, each given a flow-consistent part of the traffic
+    # by AF_PACKET fanout (services/capture/sources.py); a replay is read by one process
+    captures: int = 1
     decoders: int = field(default_factory=default_decoders)
     flowtrackers: int = 1  # flow-tracker shards: a flow's records go to one, by its flow hash
     detectors: int = 1  # detector shards: a flow's events go to one, by its local address
@@ -134,6 +137,13 @@ class PipelineConfig:
 
     def decoder_endpoint(self, index: int) -> str:
         return self._ipc(f"decoder-{index}.ipc")
+
+    def capture_name(self, index: int = 0) -> str:
+        """One capture keeps the plain name "capture"; split ones are "capture-0", ... (as shards)."""
+        return "capture" if self.captures <= 1 else f"capture-{index}"
+
+    def capture_names(self) -> list[str]:
+        return [self.capture_name(k) for k in range(max(1, self.captures))]
 
     # A stage with one instance keeps its plain name ("flowtracker", "detector"); shards are
     # numbered ("flowtracker-0", ...), as decoders are. The name is the stats hash, the frame

@@ -167,7 +167,7 @@ class LivePipeline:
         self.cfg = PipelineConfig.load(self.run_dir / "pipeline.json")
         self.keys = Keys(self.cfg.redis_prefix)
         self.r = wait_for(self._redis, 20, what="the private redis")
-        services = {"capture", "flowtracker", "detector", *(f"decoder-{i}" for i in range(decoders))}
+        services = {*self.cfg.capture_names(), "flowtracker", "detector", *(f"decoder-{i}" for i in range(decoders))}
         if self.cfg.procwatch_enabled:
             services.add("procwatch")  # reports once its BPF programs are attached (capture waits for it)
         wait_for(lambda: services <= self._reporting(), 30, what=f"services {services} to report")

@@ -201,6 +201,7 @@ def test_three_sensors_in_namespaces_send_to_a_pool_of_two_over_curve_and_an_unk
             lambda: all(pool_r.hget(f"pktscope:stats:detector-{k}", "ready") == "1" for k in range(2)),
             diagnostics=diagnostics,
         )
+        split = names[2]  # this sensor reads its interface with two captures (AF_PACKET fanout)
         for net, name in zip(nets, names, strict=True):
             server = TcpServer(net.host4)
             servers.append(server)
@@ -227,6 +228,7 @@ def test_three_sensors_in_namespaces_send_to_a_pool_of_two_over_curve_and_an_unk
                         f"{net.ns4}/32",
                         "--decoders",
                         "1",
+                        *(("--captures", "2") if name == split else ()),
                         "--run-dir",
                         short_tmp / name[-1],
                         "--state-dir",
@@ -249,9 +251,10 @@ def test_three_sensors_in_namespaces_send_to_a_pool_of_two_over_curve_and_an_unk
         # each sensor is up when the pool has its capture's (live: linktype) and tracker's stats
         def sensors_up() -> bool:
             for name in names:
-                cap = pool_r.hgetall(f"pktscope:sensor:{name}:stats:capture")
+                caps = ("capture-0", "capture-1") if name == split else ("capture",)
+                cap = [pool_r.hgetall(f"pktscope:sensor:{name}:stats:{c}") for c in caps]
                 ft = pool_r.hgetall(f"pktscope:sensor:{name}:stats:flowtracker")
-                if not cap.get("linktype") or ft.get("ready") != "1":
+                if not all(c.get("linktype") for c in cap) or ft.get("ready") != "1":
                     return False
             return True
 

@@ -9,8 +9,8 @@ from shared.service import profiled, service_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = service_args("capture", argv=argv)
-    return profiled("capture", lambda: run(args.cfg))
+    args = service_args("capture", with_index=True, argv=argv)
+    return profiled(args.cfg.capture_name(args.index), lambda: run(args.cfg, args.index))
 
 
 if __name__ == "__main__":

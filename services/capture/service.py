@@ -16,7 +16,7 @@ import zmq
 
 from services.capture import sharding
 from services.capture.sharding import make_sharder
-from services.capture.sources import CaptureError, LiveSource, OfflineSource
+from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
 from shared.config import PipelineConfig
 from shared.continuity import Continuity
 from shared.frames import FrameType, SequenceGaps, encode
@@ -43,9 +43,17 @@ RESERVE_PACKETS = 1024  # offline: packets a resume position is written ahead (a
 
 
 class Capture:
-    def __init__(self, cfg: PipelineConfig, stop: StopFlag | None = None) -> None:
+    """One capture process. With ``captures`` C > 1 (live), capture ``index`` k numbers its
+    packets k + C, k + 2C, ...: numbers stay unique across captures and ``num % C`` tells the
+    flow-tracker which capture a record or tick came from (services/flowtracker/capture_merge.py).
+    """
+
+    def __init__(self, cfg: PipelineConfig, stop: StopFlag | None = None, index: int = 0) -> None:
         self.cfg = cfg
         self.stop = stop if stop is not None else StopFlag()
+        self.index = index
+        self.name = cfg.capture_name(index)  # "capture" when alone: frames and stats as before
+        self.stride = max(1, cfg.captures)
         self.n = max(1, cfg.decoders)
         self.ctx = zmq.Context.instance()
         self.socks = [
@@ -61,7 +69,7 @@ class Capture:
             )  # stats must not hold capture up
         except Exception:  # stats are best effort; redis-py raises several types here
             r = None
-        self.stats = ServiceStats(SENDER, r, Keys(cfg.redis_prefix))
+        self.stats = ServiceStats(self.name, r, Keys(cfg.redis_prefix))
         self.stats.info["hot_path"] = "compiled" if sharding.COMPILED else "pure"  # shared/compiled.py
         self.count = 0
         self.last_ts = 0.0
@@ -100,7 +108,7 @@ class Capture:
         if st.r is None or st.outages.down:
             return  # Redis out: carry on (a restart now would resend from the last reservation)
         try:
-            st.r.hset(st.keys.stats(SENDER), "position", self.position)
+            st.r.hset(st.keys.stats(self.name), "position", self.position)
         except redis.RedisError:
             st.redis_errors += 1
             st.outages.failed()
@@ -109,7 +117,7 @@ class Capture:
     def _send(self, i: int, ftype: str, body, block: bool) -> bool:
         if block:  # offline
             self._checkpoint(body)
-        frame = encode(ftype, SENDER, self.seq[i], body)
+        frame = encode(ftype, self.name, self.seq[i], body)
         self.seq[i] += 1
         try:
             self.socks[i].send(frame, 0 if block else zmq.NOBLOCK)
@@ -141,14 +149,14 @@ class Capture:
         reached, so an idle decoder must hear this even when it gets no packets.
         """
         self._flush_all()
-        body = {"ts": self.last_ts, "num": self.count}
+        body = {"ts": self.last_ts, "num": self.count * self.stride + self.index}
         for i in range(self.n):
             self._send(i, FrameType.TICK, body, block=not self.cfg.live)
 
     def _eos(self, error: str | None, source_stats: tuple[int, int, int]) -> None:
         self._flush_all()
         body = {
-            "origin": SENDER,
+            "origin": self.name,
             "packets": self.count,
             "last_ts": self.last_ts,  # every flow-tracker shard ends its flows at the same time
             "error": error,
@@ -160,7 +168,7 @@ class Capture:
         for i, sock in enumerate(self.socks):
             sock.setsockopt(zmq.SNDTIMEO, EOS_SEND_TIMEOUT_MS)
             try:
-                sock.send(encode(FrameType.EOS, SENDER, self.seq[i], body))
+                sock.send(encode(FrameType.EOS, self.name, self.seq[i], body))
                 self.seq[i] += 1
             except zmq.Again:
                 log.warning("decoder-%d did not take the end-of-stream marker", i)
@@ -237,10 +245,11 @@ class Capture:
         batches = self.batches
         bsize = self.cfg.batch_size
         timeout = self.cfg.batch_timeout
-        state = {"num": 0}
+        stride = self.stride
+        state = {"num": self.index}  # the last packet number handed out (see the class docstring)
 
         def on_packet(ts: float, data) -> None:
-            state["num"] += 1
+            state["num"] += stride
             data = bytes(data)
             i = shard(data)
             b = batches[i]
@@ -261,10 +270,10 @@ class Capture:
                 next_tick = now + LIVE_TICK_SECONDS
                 # live packet time follows the wall clock between packets
                 self.last_ts = max(self.last_ts, time.time() - LIVE_TICK_LAG)
-                self.count = state["num"]
+                self.count = state["num"] // stride
                 self._tick()
-                self._publish_live_stats(source, state["num"])
-        self.count = state["num"]
+                self._publish_live_stats(source, self.count)
+        self.count = state["num"] // stride
         self._flush_all()
         self._publish_live_stats(source, self.count)
         self.stats.flush_final(eos=1, finished=time.time())
@@ -293,19 +302,26 @@ class Capture:
         self.ctx.term()
 
 
-def run(cfg: PipelineConfig) -> int:
+def run(cfg: PipelineConfig, index: int = 0) -> int:
     """Run the capture until the file ends or a stop signal; return the exit code."""
     stop = StopFlag()
+    split = cfg.live and cfg.captures > 1
     try:
         source = (
-            LiveSource(cfg.interface, cfg.bpf, cfg.snaplen, cfg.promisc)
+            LiveSource(
+                cfg.interface,
+                cfg.bpf,
+                cfg.snaplen,
+                cfg.promisc,
+                fanout_group=fanout_group_id(cfg.run_id) if split else None,
+            )
             if cfg.live
             else OfflineSource(cfg.read_path)
         )
     except CaptureError as exc:
         log.error("%s", exc)
         return 2
-    cap = Capture(cfg, stop)
+    cap = Capture(cfg, stop, index if split else 0)
     cap.stats.info["linktype"] = source.linktype
     cap.stats.info["mode"] = "live" if cfg.live else "offline"
     tune_gc()

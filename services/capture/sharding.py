@@ -189,6 +189,10 @@ _HASHERS: dict[int, Callable[[bytes], int]] = {
 # IPv4 version/IHL, flags/fragment offset, protocol, addresses; IPv6 next header, addresses.
 _IP4_AT_14 = struct.Struct("!B5xHxB2xII").unpack_from
 _IP6_AT_14 = struct.Struct("!B5xBxQQQQ").unpack_from
+# IPv4 without options and its two ports in one unpack (the common case), when the frame is long
+# enough to hold them; UDP to these ports carries a tunnel and is hashed on the inner packet
+_IP4_PORTS_AT_14 = struct.Struct("!B5xHxB2xIIHH").unpack_from
+_UDP_TUNNEL_PORTS = frozenset((*VXLAN_PORTS, GENEVE_PORT))
 
 
 def _ethernet_inlined(decoders: int) -> Callable[[bytes], int]:
@@ -202,7 +206,18 @@ def _ethernet_inlined(decoders: int) -> Callable[[bytes], int]:
         try:
             et = d[12] << 8 | d[13]
             if et == ETH_IPV4:
-                vhl, fragw, p, a, b = _IP4_AT_14(d, 14)
+                if len(d) >= 38:
+                    vhl, fragw, p, a, b, x, y = _IP4_PORTS_AT_14(d, 14)
+                    # TCP, UDP (not to a tunnel port), SCTP without IP options or fragments:
+                    # _transport_hash's answer without its calls (measured: 1.35M -> see docs)
+                    if (
+                        vhl == 0x45
+                        and not fragw & 0x3FFF
+                        and (p == 6 or p == 132 or (p == 17 and y not in _UDP_TUNNEL_PORTS))
+                    ):
+                        return hash((a ^ b, a + b, x ^ y, x + y)) % decoders
+                else:
+                    vhl, fragw, p, a, b = _IP4_AT_14(d, 14)
                 if vhl >> 4 == 4:
                     if fragw & 0x3FFF:
                         return hash((a ^ b, a + b, 0, 0)) % decoders

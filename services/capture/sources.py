@@ -9,8 +9,10 @@ from the IP total length when a snaplen cut the packet short. Files are read by
 
 from __future__ import annotations
 
+import errno
 import os
 import select
+import socket
 import struct
 from collections.abc import Callable, Iterator
 
@@ -22,6 +24,40 @@ from services.capture.pcapfile import CaptureFileReader, NotACaptureFile
 # handed over after at most timeout_ms even when not full, so alerts stay prompt), into a
 # buffer big enough to ride out the moments the capture process is not scheduled.
 LIVE_BUFFER_BYTES = 32 << 20
+
+# AF_PACKET fanout (linux/if_packet.h): the kernel spreads one interface's packets over the
+# sockets of a group. The hash mode uses skb_get_hash_symmetric, so both directions of a flow
+# reach one socket; DEFRAG reassembles IP fragments first, so a datagram's fragments do too.
+SOL_PACKET = 263
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+
+
+def fanout_group_id(run_id: str) -> int:
+    """The fanout group of one run's captures: the same for all of them, unlikely to meet another run's."""
+    try:
+        return int(run_id[-4:], 16) & 0xFFFF if run_id else os.getppid() & 0xFFFF
+    except ValueError:
+        return hash(run_id) & 0xFFFF
+
+
+def join_fanout(fd: int, group: int) -> None:
+    """Put the packet socket ``fd`` (libpcap's) in fanout group ``group`` (hash mode, defrag)."""
+    value = (group & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
+    sock = socket.socket(fileno=os.dup(fd))  # a dup: closing it leaves libpcap's socket open
+    try:
+        # as bytes: with the DEFRAG flag the value passes a C int's range (setsockopt's int form)
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", value))
+    except OSError as exc:
+        hint = (
+            "another program uses this fanout group id on the interface; start the run again (new id)"
+            if exc.errno in (errno.EINVAL, errno.EEXIST, errno.EBUSY)
+            else "AF_PACKET fanout needs Linux; run with --captures 1"
+        )
+        raise CaptureError(f"cannot join capture fanout group {group}: {exc.strerror} ({hint})") from None
+    finally:
+        sock.close()
 
 
 class CaptureError(Exception):
@@ -134,7 +170,14 @@ class LiveSource:
 
     live = True
 
-    def __init__(self, interface: str, bpf: str = "", snaplen: int = 65535, promisc: bool = True) -> None:
+    def __init__(
+        self,
+        interface: str,
+        bpf: str = "",
+        snaplen: int = 65535,
+        promisc: bool = True,
+        fanout_group: int | None = None,
+    ) -> None:
         try:
             self._pc = pcap.pcap(
                 interface,
@@ -159,6 +202,8 @@ class LiveSource:
         self.linktype: int = self._pc.datalink()
         self.error: str | None = None
         self._fd = self._pc.fileno()
+        if fanout_group is not None:  # one of several captures: the kernel gives us a share of the flows
+            join_fanout(self._fd, fanout_group)
 
     def poll(self, timeout: float, on_packet: Callable[[float, bytes], None]) -> int:
         """Wait up to ``timeout`` seconds for packets and hand each to ``on_packet``."""

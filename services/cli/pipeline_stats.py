@@ -53,7 +53,7 @@ def losses(stats: dict[str, dict]) -> dict[str, int]:
     took; records: sent by decoders, less taken by the flow-tracker; flows: held by a flow-tracker
     that died; frames: sequence gaps at every receiver; ends of stream lost with a dead receiver.
     """
-    cap = stats.get("capture", {})
+    cap = combined(stats, "capture")  # split live capture: its instances' counts summed
     ft = combined(stats, "flowtracker")
     decoders = [s for name, s in stats.items() if name.startswith("decoder-")]
     out = {"packets": 0, "records": 0, "flows": 0, "frames": 0, "eos": 0}
@@ -87,6 +87,9 @@ def format_losses(lost: dict[str, int]) -> str:
     return ", ".join(f"{names[k]} {v:,}" for k, v in lost.items() if v)
 
 
+_NOT_SUMMED = frozenset(("pid", "started", "heartbeat", "index", "started_packets", "finished", "cpu_at_ready"))
+
+
 def combined(stats: dict[str, dict], stage: str) -> dict:
     """One stage's stats: the service itself, or its shards' (``stage-0``, ...) counters summed;
     ``eos`` only when every shard has it, ``heartbeat`` the latest."""
@@ -96,9 +99,12 @@ def combined(stats: dict[str, dict], stage: str) -> dict:
     out: dict = {}
     for part in parts:
         for key, value in part.items():
-            if isinstance(value, int | float) and key not in ("pid", "started", "heartbeat", "index"):
+            if isinstance(value, int | float) and key not in _NOT_SUMMED:
                 out[key] = out.get(key, 0) + value
     out["heartbeat"] = max(float(p.get("heartbeat", 0) or 0) for p in parts)
+    begun = [float(p["started_packets"]) for p in parts if p.get("started_packets")]
+    if begun:
+        out["started_packets"] = min(begun)  # the first instance's start, not a sum of times
     out["eos"] = 1 if all(p.get("eos") for p in parts) else 0
     out["shards"] = len(parts)
     return out
@@ -106,7 +112,7 @@ def combined(stats: dict[str, dict], stage: str) -> dict:
 
 def summarize(stats: dict[str, dict]) -> dict:
     """The figures `pktscope run` prints at the end: packets, errors, flows, alerts, drops per stage."""
-    cap = stats.get("capture", {})
+    cap = combined(stats, "capture")  # split live capture: its instances' counts summed
     ft = combined(stats, "flowtracker")
     det = combined(stats, "detector")
     started = float(cap.get("started_packets", 0) or 0)

@@ -67,6 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"decoder processes (default: cores - 1 = {default_decoders()})",
     )
     p.add_argument(
+        "--captures",
+        type=int,
+        default=None,
+        help="live: capture processes on the interface (default 1), each given a flow-consistent "
+        "share of its packets by AF_PACKET fanout; a replay (--read) is read by one",
+    )
+    p.add_argument(
         "--flowtrackers",
         type=int,
         default=None,
@@ -171,6 +178,26 @@ def _positive(name: str, value: float | int | None, minimum: float = 0) -> None:
         raise CliError(f"{name} must be >= {minimum}, got {value}")
 
 
+MAX_CAPTURES = 64
+
+
+def _captures(args: argparse.Namespace, cfg: PipelineConfig) -> None:
+    """--captures (or the config's ``captures``): 1..64, and more than one only for live capture."""
+    flag = "--captures" if args.captures is not None else "config field captures"
+    if args.captures is not None:
+        cfg.captures = args.captures
+    if not isinstance(cfg.captures, int) or not 1 <= cfg.captures <= MAX_CAPTURES:
+        raise CliError(
+            f"{flag} {cfg.captures!r}: give a whole number from 1 to {MAX_CAPTURES} "
+            "(capture processes on the interface, at most one per core; e.g. --captures 2)"
+        )
+    if cfg.captures > 1 and cfg.read_path:
+        raise CliError(
+            f"{flag} {cfg.captures} splits live capture (--interface); a replay is read by one "
+            "process, which keeps up (docs/benchmarks.md): drop --captures or pass --captures 1"
+        )
+
+
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """Flags over the --config file over the defaults; every problem is a CliError that says how to fix it."""
     base: dict = {}
@@ -199,6 +226,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     _positive("--decoders", cfg.decoders, 1)
     if cfg.decoders > 64:
         raise CliError(f"--decoders {cfg.decoders} is more than 64; use at most one per core")
+    _captures(args, cfg)
     for flag, attr in (("--flowtrackers", "flowtrackers"), ("--detectors", "detectors")):
         value = getattr(args, attr)
         if value is not None:
@@ -465,7 +493,9 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
             )
         if cfg.live:
             print(
-                f"pktscope: capturing on {cfg.interface} with {cfg.decoders} decoder(s); "
+                f"pktscope: capturing on {cfg.interface} with "
+                + (f"{cfg.captures} captures (fanout), " if cfg.captures > 1 else "")
+                + f"{cfg.decoders} decoder(s); "
                 f"alerts on {cfg.alerts_pub_endpoint}; Ctrl-C stops",
                 file=sys.stderr,
             )

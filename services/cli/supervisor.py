@@ -48,6 +48,8 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
         run_dir=cfg.run_dir,
         python=python,
         decoders=cfg.decoders,
+        captures=max(1, cfg.captures),
+        capture_process="capture" if cfg.captures <= 1 else "capture-%(process_num)d",
         flowtrackers=max(1, cfg.flowtrackers),
         detectors=max(1, cfg.detectors),
         # one instance keeps the plain name; shards are numbered (shared/config.py)

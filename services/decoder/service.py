@@ -77,6 +77,26 @@ def connect_redis(url: str, wait: float = 2.0, cluster: bool = False) -> redis.R
             time.sleep(0.1)
 
 
+def merged_capture_eos(bodies: dict[str, Any]) -> dict:
+    """One upstream end of stream for several captures: counts summed, the latest packet time."""
+    out: dict[str, Any] = {"origin": "capture", "captures": sorted(bodies)}
+    errors = []
+    for _name, body in sorted(bodies.items()):
+        if not isinstance(body, dict):
+            continue
+        for key in ("packets", "dropped", "pcap_recv", "pcap_drop", "pcap_ifdrop"):
+            value = body.get(key)
+            if isinstance(value, int):
+                out[key] = out.get(key, 0) + value
+        last = body.get("last_ts")
+        if isinstance(last, float | int) and last == last and last > out.get("last_ts", float("-inf")):
+            out["last_ts"] = last
+        if body.get("error"):
+            errors.append(str(body["error"])[:200])
+    out["error"] = "; ".join(errors) or None
+    return out
+
+
 class DecoderService:
     def __init__(self, cfg: PipelineConfig, index: int, app: Any | None, r: redis.Redis | None) -> None:
         self.cfg = cfg
@@ -94,6 +114,10 @@ class DecoderService:
             c[key] = 0
         self.gaps = SequenceGaps()
         self.ended = False  # the end of stream was passed on (not a stop)
+        # split live capture: the stream ends once every capture has ended it
+        self.captures = max(1, cfg.captures)
+        self.capture_eos: dict[str, Any] = {}
+        self.capture_set = frozenset(cfg.capture_names())
         self.ctx = zmq.Context.instance()
         self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
         # one PUSH per flow-tracker shard, each with its own frame sequence numbers
@@ -155,7 +179,8 @@ class DecoderService:
         now = time.monotonic()
         if not self.continuity.restarted or now - idle_since < EOS_LOST_AFTER:
             return False
-        if not ended_upstream(self.stats, ["capture"]):
+        names = self.cfg.capture_names()
+        if len(ended_upstream(self.stats, names)) < len(names):
             return False
         log.warning("%s: capture ended while we were down; its end of stream was lost", self.name)
         self.stats.c["eos_lost"] += 1
@@ -181,7 +206,16 @@ class DecoderService:
             for j in range(self.trackers):
                 self._send(FrameType.TICK, frame.body, stop, j)
         elif ftype == FrameType.EOS:
-            self._eos(frame.body, stop)
+            upstream = frame.body
+            if self.captures > 1:
+                if frame.sender not in self.capture_set:
+                    self.stats.c["bad_frames"] += 1
+                    return False
+                self.capture_eos[frame.sender] = frame.body
+                if len(self.capture_eos) < self.captures:
+                    return False  # other captures are still sending
+                upstream = merged_capture_eos(self.capture_eos)
+            self._eos(upstream, stop)
             self.ended = not stop
             return True
         else:

@@ -153,15 +153,16 @@ class PipelineCollector(Collector):
             "Packets dropped before decoding: batches for an absent or full decoder (live), libpcap's kernel and interface drops",
             labels=["service", "stage", "reason"],
         )
-        cap = stats.get("capture", {})
-        for field, reason in DROPS:
-            if cap:
-                drops.add_metric(["capture", "capture", reason], _num(cap.get(field, 0)))
-        for field, value in sorted(cap.items()):
-            if field.startswith("dropped_decoder_"):
-                drops.add_metric(
-                    ["capture", "capture", f"decoder_{field.rsplit('_', 1)[1]}_unavailable"], _num(value)
-                )
+        for name, cap in sorted(stats.items()):  # "capture", or each of a split capture's
+            if not cap or not (name == "capture" or name.startswith("capture-")):
+                continue
+            for field, reason in DROPS:
+                drops.add_metric([name, "capture", reason], _num(cap.get(field, 0)))
+            for field, value in sorted(cap.items()):
+                if field.startswith("dropped_decoder_"):
+                    drops.add_metric(
+                        [name, "capture", f"decoder_{field.rsplit('_', 1)[1]}_unavailable"], _num(value)
+                    )
         yield drops
         svc_up = GaugeMetricFamily(
             "pktscope_service_up",

@@ -19,6 +19,7 @@ import redis
 import zmq
 
 from services.flowtracker import table as flow_table
+from services.flowtracker.capture_merge import CaptureTimeMerge
 from services.flowtracker.flowlog import FlowLog
 from services.flowtracker.flowlog_process import flow_process_lookup
 from services.flowtracker.localaddr import LocalMatcher
@@ -97,7 +98,10 @@ class FlowTrackerService:
         self.table = FlowTable(
             cfg.flow, LocalMatcher(local_nets(cfg).networks), fid_start=index + 1, fid_step=shards
         )
-        self.merge = CaptureOrderMerge(cfg.decoders)
+        # several live captures number their packets apart: merged by packet time (capture_merge.py)
+        self.merge: CaptureOrderMerge | CaptureTimeMerge = (
+            CaptureTimeMerge(cfg.decoders, cfg.captures) if cfg.captures > 1 else CaptureOrderMerge(cfg.decoders)
+        )
         self.detectors = max(1, cfg.detectors)
         self.tick_sent = [float("-inf")] * self.detectors  # packet time of the last TICK to each
         self.gaps = SequenceGaps()

@@ -21,7 +21,7 @@ RELAY_EVERY = 2.0  # wall seconds between two STATS frames
 
 def sensor_services(cfg: PipelineConfig) -> list[str]:
     """The stats hashes a sensor's run writes."""
-    names = ["capture", *(f"decoder-{i}" for i in range(cfg.decoders)), *cfg.tracker_names()]
+    names = [*cfg.capture_names(), *(f"decoder-{i}" for i in range(cfg.decoders)), *cfg.tracker_names()]
     if cfg.procwatch_enabled:
         names.append("procwatch")
     return names
