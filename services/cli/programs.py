@@ -57,7 +57,7 @@ def programs(cfg: PipelineConfig) -> list[Program]:
     out.append(Program("detector", max(1, cfg.detectors), True, 10))
     out.append(Program("flowtracker", max(1, cfg.flowtrackers), True, 20))
     out.append(Program("decoder", max(1, cfg.decoders), True, 30))
-    out.append(Program("capture", priority=40))
+    out.append(Program("capture", max(1, cfg.captures), True, 40))  # --captures: AF_PACKET fanout
     drops = ROLE_DROPS.get(cfg.role, ())
     return [p for p in out if p.name not in drops]
 
