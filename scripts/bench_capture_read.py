@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 
 from services.capture import pcapfile, sharding
-from services.capture.sharding import make_sharder
+from services.capture.sharding import deal, make_sharder
 from services.capture.sources import OfflineSource
 from shared.frames import FrameType, encode
 from shared.service import tune_gc
@@ -58,15 +58,15 @@ def read_once(path: Path, socks: list, bsize: int) -> tuple[int, float, float]:
     seq = [0] * n
     cpu, wall = time.process_time(), time.perf_counter()
     num = 0
-    for ts, data, wirelen in source.records():
-        num += 1
-        i = shard(data)
-        b = batches[i]
-        b.append((num, ts, lt, wirelen, data))
-        if len(b) >= bsize:
-            socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], b))
-            seq[i] += 1
-            batches[i] = []
+    packets = source.records()
+    while True:  # as run_offline: sharding.deal fills the batches, the caller sends full ones
+        num, _ts, full = deal(packets, shard, batches, bsize, lt, num, 1 << 62)
+        if full >= 0:
+            socks[full].send(encode(FrameType.PACKETS, "capture", seq[full], batches[full]))
+            seq[full] += 1
+            batches[full] = []
+        if full == -2:
+            break
     for i, b in enumerate(batches):
         if b:
             socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], b))

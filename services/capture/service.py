@@ -15,7 +15,7 @@ import redis
 import zmq
 
 from services.capture import sharding
-from services.capture.sharding import make_sharder
+from services.capture.sharding import deal, make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
 from shared.config import PipelineConfig
 from shared.continuity import Continuity
@@ -209,13 +209,12 @@ class Capture:
         if self.resume_after:  # what a dead predecessor handed out is read past, not sent again
             for _ in itertools.islice(packets, self.resume_after):
                 num += 1
-        for ts, data, wirelen in packets:
-            num += 1
-            i = shard(data)
-            b = batches[i]
-            b.append((num, ts, lt, wirelen, data))
-            if len(b) >= bsize:
-                flush(i)
+        while True:
+            num, last, full = deal(packets, shard, batches, bsize, lt, num, next_tick)
+            if last is not None:
+                ts = last
+            if full >= 0:
+                flush(full)
             if num >= next_tick:
                 next_tick = num + TICK_EVERY_PACKETS
                 self.count = num
@@ -225,6 +224,8 @@ class Capture:
                 self.stats.maybe_flush()
                 if self.stop:
                     break
+            if full == -2:
+                break
         self.count = num
         if num:
             self.last_ts = ts

@@ -17,7 +17,7 @@ a single process in front of every decoder.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from services.decoder import link, tunnels, vxlan
 
@@ -256,8 +256,37 @@ def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
     return shard
 
 
+def deal(
+    packets: Iterator[tuple[float, bytes, int]],
+    shard: Callable[[bytes], int],
+    batches: list[list],
+    bsize: int,
+    linktype: int,
+    num: int,
+    until: int,
+) -> tuple[int, float | None, int]:
+    """Number packets and append each to its decoder's batch, until a batch is full (``full`` is
+    its index), ``num`` reaches ``until`` (-1) or the packets end (-2): ``(num, last ts, full)``.
+
+    The offline reader's per-packet loop lives here rather than in the capture service so that
+    it runs in this module's compiled twin: sv-merged's 183k packets, loop and shard 0.085 ->
+    0.079 CPU s (of which the shard function alone is 0.070 s; best of 5, /tmp micro-bench).
+    """
+    ts = None
+    for ts, data, wirelen in packets:
+        num += 1
+        i = shard(data)
+        b = batches[i]
+        b.append((num, ts, linktype, wirelen, data))
+        if len(b) >= bsize:
+            return num, ts, i
+        if num >= until:
+            return num, ts, -1
+    return num, ts, -2
+
+
 # The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
 # unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
 from shared.compiled import adopt as _adopt  # noqa: E402
 
-COMPILED = _adopt(globals(), ("make_sharder",))
+COMPILED = _adopt(globals(), ("make_sharder", "deal"))
