@@ -30,27 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from scripts.bench_live import BLASTER  # the same UDP sender
 
-BLASTER = r"""
-import socket, sys, time, resource
-port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
-payload = b"x" * 64
-sent, start = 0, time.perf_counter()
-end = start + seconds
-while True:
-    now = time.perf_counter()
-    if now >= end:
-        break
-    due = int((now - start) * rate)
-    while sent < due:
-        socks[sent % 64].sendto(payload, ("127.0.0.1", port))
-        sent += 1
-    time.sleep(0.0005)
-ru = resource.getrusage(resource.RUSAGE_SELF)
-print(sent, time.perf_counter() - start, ru.ru_utime, ru.ru_stime)
-"""
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def partition_filter(base: str, part: int, parts: int) -> str:

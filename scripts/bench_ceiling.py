@@ -58,7 +58,8 @@ from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
 from shared.redis_server import start_redis_server
-from shared.routing import NAMES_ONLY, detector_of, names_copy, tracker_of
+from shared.routing import NAMES_ONLY, detector_of
+from shared.routing import route_records as shared_route_records
 from shared.service import tune_gc
 
 STAGES = ("capture", "decoder", "flowtracker", "detector", "redis")
@@ -190,20 +191,8 @@ def split_packets(lt: int, packets: list[tuple[float, bytes, int]], n: int, batc
 
 
 def route_records(records: list, trackers: int) -> list[list]:
-    """A decoder's records split to the flow-trackers, with names copies (services/decoder/service.py)."""
-    if trackers == 1:
-        return [records]
-    out: list[list] = [[] for _ in range(trackers)]
-    for rec in records:
-        own = tracker_of(rec, trackers)
-        out[own].append(rec)
-        if rec[12] is not None:
-            copy = names_copy(rec)
-            if copy is not None:
-                for j in range(trackers):
-                    if j != own:
-                        out[j].append(copy)
-    return out
+    """A decoder's records split to the flow-trackers, with names copies (as services/decoder/service.py)."""
+    return [records] if trackers == 1 else shared_route_records(records, trackers)
 
 
 def decode_shard(bufs: list[bytes], trackers: int, app: object) -> list[list]:

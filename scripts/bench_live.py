@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# a UDP sender at a set rate; prints: sent, seconds, its user and system CPU seconds
 BLASTER = r"""
-import socket, sys, time
+import resource, socket, sys, time
 port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
 payload = b"x" * 64
@@ -44,7 +45,8 @@ while True:
         socks[sent % 64].sendto(payload, ("127.0.0.1", port))
         sent += 1
     time.sleep(0.0005)
-print(sent, time.perf_counter() - start)
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(sent, time.perf_counter() - start, ru.ru_utime, ru.ru_stime)
 """
 
 
@@ -76,7 +78,7 @@ def run_once(rate: int, seconds: float, decoders: int) -> dict:
             capture_output=True,
             text=True,
         )
-        sent, took = blaster.stdout.split()
+        sent, took = blaster.stdout.split()[:2]
         time.sleep(2.0)  # let the pipeline drain
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

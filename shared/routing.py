@@ -43,6 +43,22 @@ def names_copy(rec: tuple) -> tuple | None:
     return (rec[0], rec[1], 0, NAMES_ONLY, b"", b"", 0, 0, 0, 0, 0, 0, names)
 
 
+def route_records(records: list, shards: int) -> list[list]:
+    """A decoder's records split to the flow-trackers by ``tracker_of``; a record with DNS
+    answers also goes, as a names-only copy, to every other tracker (each keeps its own names)."""
+    out: list[list] = [[] for _ in range(shards)]
+    for rec in records:
+        own = tracker_of(rec, shards)
+        out[own].append(rec)
+        if rec[12] is not None:
+            copy = names_copy(rec)
+            if copy is not None:
+                for j in range(shards):
+                    if j != own:
+                        out[j].append(copy)
+    return out
+
+
 def detector_of(row: list, shards: int) -> int:
     """The detector shard of a flow-event row (shared/flowevents.py FIELDS order)."""
     local = row[5] if row[9] else row[7]  # src when outbound, else dst

@@ -22,7 +22,7 @@ from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
-from shared.routing import names_copy, tracker_of
+from shared.routing import route_records
 from shared.service import loop_starting
 from shared.sockets import END_OF_STREAM_LINGER_MS, bind_pull, connect_push
 from shared.stats import ServiceStats, wait_until_ended
@@ -243,18 +243,7 @@ class DecoderService:
             if self._send(FrameType.RECORDS, result.records, stop):
                 c["records_out"] += len(result.records)
             return
-        shards: list[list] = [[] for _ in range(self.trackers)]
-        n = self.trackers
-        for rec in result.records:
-            own = tracker_of(rec, n)
-            shards[own].append(rec)
-            if rec[12] is not None:
-                copy = names_copy(rec)
-                if copy is not None:
-                    for j in range(n):
-                        if j != own:
-                            shards[j].append(copy)
-        for j, part in enumerate(shards):
+        for j, part in enumerate(route_records(result.records, self.trackers)):
             if part and self._send(FrameType.RECORDS, part, stop, j):
                 c["records_out"] += len(part)
 
