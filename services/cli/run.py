@@ -20,6 +20,7 @@ from services.cli.common import CliError, local_net_list
 from services.cli.redis_wait import PatientRedis
 from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
+from services.launcher.start import LAUNCHERS, ZygoteProcess, service_modules
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.curve import has_server_keys, is_local_endpoint
 from shared.redis_conn import connect, redact
@@ -160,6 +161,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     observe_flags.add_arguments(p)
     roles.add_arguments(p)
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="how services start: fork them from one process that imported them once (fast), "
+        "or exec an interpreter for each (default: the config's, else exec)",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -267,6 +275,10 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         reason = attribution_mode.bpf_unavailable()
         if reason:
             raise CliError(f"--attribution bpf: {reason}; use --attribution auto to fall back to psutil")
+    if getattr(args, "launcher", None):
+        cfg.launcher = args.launcher
+    if cfg.launcher not in LAUNCHERS:
+        raise CliError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {cfg.launcher!r}")
     observe_flags.apply(args, cfg)
     roles.apply(args, cfg)
     return cfg
@@ -430,9 +442,13 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     cfg.save()
     sup = Supervisor(run_dir)
     interrupt = _Interrupt()
+    zygote = ZygoteProcess(run_dir)
+    if cfg.launcher == "fork":
+        zygote.start(service_modules(cfg))  # imports while supervisord and Redis start
     try:
         sup.start(render_config(cfg))
     except (RuntimeError, FileNotFoundError) as exc:
+        zygote.stop()
         raise CliError(str(exc)) from None
     keys = Keys(cfg.redis_prefix)
     exit_code = 0
@@ -556,4 +572,5 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
             exit_code = exit_code or 1
     finally:
         sup.shutdown(stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"))
+        zygote.stop()
     return exit_code

@@ -15,6 +15,7 @@ from string import Template
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from services.launcher.start import command_prefix
 from shared.config import PipelineConfig
 from shared.parent_watch import die_with_parent
 
@@ -39,14 +40,14 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
     procwatch_program = ""
     if cfg.procwatch_enabled:
         procwatch_program = Template((COMPOSE / "procwatch-program.conf.tmpl").read_text()).substitute(
-            python=python, run_dir=cfg.run_dir
+            launch=command_prefix(cfg, python), run_dir=cfg.run_dir
         )
     from services.cli.observe_programs import programs
     from services.cli.roles import keep_programs
 
     conf = Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
         run_dir=cfg.run_dir,
-        python=python,
+        launch=command_prefix(cfg, python),
         decoders=cfg.decoders,
         flowtrackers=max(1, cfg.flowtrackers),
         detectors=max(1, cfg.detectors),
