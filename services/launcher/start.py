@@ -27,6 +27,11 @@ def socket_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "zygote.sock"
 
 
+def pid_path(run_dir: str | Path) -> Path:
+    """Where the running zygote's pid is (for `kill`, and the tests that kill it)."""
+    return Path(run_dir) / "zygote.pid"
+
+
 def command_prefix(cfg: PipelineConfig, python: str) -> str:
     """What comes before ``services.NAME ARGS`` in a supervisord command for ``cfg.launcher``.
 
@@ -74,6 +79,7 @@ class ZygoteProcess:
                 )
         finally:
             listener.close()
+        pid_path(self.run_dir).write_text(f"{self.proc.pid}\n")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop it (its services are stopped already); the socket goes with it."""
@@ -86,6 +92,7 @@ class ZygoteProcess:
                 self.proc.kill()
                 self.proc.wait()
         socket_path(self.run_dir).unlink(missing_ok=True)
+        pid_path(self.run_dir).unlink(missing_ok=True)
 
 
 def service_modules(cfg: PipelineConfig) -> list[str]:
