@@ -125,7 +125,7 @@ class PipelineConfig:
     sensor_silence: float = 10.0  # pool: wall seconds a silent sensor holds back the merge
     # how supervisord starts services (services/launcher): "fork" from a zygote that imported them
     # once, or "exec" a fresh interpreter each; systemd units always exec (docs/architecture.md)
-    launcher: str = "exec"
+    launcher: str = "fork"
 
     # --- derived endpoints ---------------------------------------------------------------
     @property

@@ -166,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=LAUNCHERS,
         default=None,
         help="how services start: fork them from one process that imported them once (fast), "
-        "or exec an interpreter for each (default: the config's, else exec)",
+        "or exec an interpreter for each (default: the config's, else fork)",
     )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
