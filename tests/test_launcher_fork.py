@@ -141,6 +141,13 @@ def test_supervisord_commands_by_launcher(short_tmp):
     assert f"command={sys.executable} -m services.decoder " in render_config(cfg, sys.executable)
 
 
+def test_systemd_units_exec_even_when_fork_is_asked_for(short_tmp):
+    out = short_tmp / "units"
+    pktscope("systemd", "--interface", "lo", "--launcher", "fork", "--out", str(out))
+    assert json.loads((out / "pipeline.json").read_text())["launcher"] == "exec"
+    assert "client.py" not in "".join(p.read_text() for p in out.glob("*.service"))
+
+
 # --- whole pipelines -------------------------------------------------------------------------
 
 
