@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from services.launcher import protocol
 
@@ -36,6 +37,7 @@ log = logging.getLogger("pktscope.zygote")
 # what every service imports at its first Redis call or metadata lookup (redis-py's ``secrets``,
 # importlib.metadata's ``email.parser``): 2-5 ms of each child's start-up, once here instead
 COMMON_PRELOAD = ("secrets", "hmac", "email.parser")
+LINGER = 15.0  # seconds to wait for running services at our stop: past supervisord's stopwaitsecs (10)
 
 
 class Zygote:
@@ -77,7 +79,7 @@ class Zygote:
         gc.freeze()  # start-up objects stay out of the collector's sight: fewer pages copied
 
     def serve(self) -> None:
-        """Until SIGTERM: fork on requests, kill orphaned services, report ended ones."""
+        """Until SIGTERM (then until its services ended): fork on requests, kill orphaned services, report ended ones."""
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
         signal.set_wakeup_fd(self.wake_w)
@@ -86,8 +88,17 @@ class Zygote:
         signal.signal(signal.SIGINT, self._stop)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._reap)
-        while not self.stopping:
-            for key, _ in self.selector.select():
+        deadline = 0.0
+        while True:
+            if self.stopping and not deadline:
+                # no new services; those running (a `pktscope run` killed at once stops
+                # supervisord and us together) are still reaped and reported as they stop
+                self.selector.unregister(self.listener)
+                self.listener.close()
+                deadline = time.monotonic() + LINGER
+            if deadline and (not self.children or time.monotonic() > deadline):
+                break
+            for key, _ in self.selector.select(timeout=0.2 if deadline else None):
                 key.data(key.fileobj)
         self.selector.close()
 
