@@ -64,7 +64,8 @@ class Client:
         print(f"pktscope launcher: {why}; starting {self.module} directly", file=sys.stderr, flush=True)
         for sig in RELAYED:
             _signal.signal(sig, _signal.SIG_DFL)
-        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+        for sig in self.pending:  # came before the service could be started: as under exec, they end it
+            os.kill(os.getpid(), sig)
         os.execv(sys.executable, [sys.executable, "-m", self.module, *self.args])
 
     def run(self) -> None:

@@ -50,7 +50,6 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe()
         self.stopping = False
         self.refuse = ""  # why forking is unsafe (a thread appeared): clients exec instead
-        self.orphans: set[int] = set()  # killed for a dead client: reaped, nobody to tell
 
     def preload(self, modules: list[str]) -> None:
         """Import each service's entry point and service module; a failure only costs the child time."""
@@ -158,8 +157,7 @@ class Zygote:
         if pid is not None:
             del self.children[pid]
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            self.orphans.add(pid)
+                os.kill(pid, signal.SIGKILL)  # reaped by _reap, with nobody left to tell
 
     def _reap(self, wake: int) -> None:
         try:
@@ -174,7 +172,6 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            self.orphans.discard(pid)
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue
@@ -199,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     from shared.parent_watch import die_with_parent
 
     die_with_parent(signal.SIGTERM, expected_parent=os.getppid())
+    log.info("preloading %s", " ".join(args.modules) or "nothing")
     listener = socket.socket(fileno=args.fd)
     listener.setblocking(False)
     zygote = Zygote(listener)
     zygote.preload(args.modules)
-    log.info("ready: %d modules loaded", len(sys.modules))
+    log.info("ready: %d modules loaded in %.3f CPU s", len(sys.modules), time.process_time())
     zygote.serve()
     return 0
 
