@@ -23,7 +23,9 @@ def main(argv: list[str]) -> int:
         return 99
     if action == "show":
         print(f"pid={os.getpid()} ppid={os.getppid()} argv={','.join(sys.argv[1:])} env={os.environ.get(arg, '')}")
-        print(f"cwd={os.getcwd()} name={__name__} file={os.path.basename(sys.argv[0])}", flush=True)
+        with open("/proc/self/comm") as f:
+            comm = f.read().strip()
+        print(f"cwd={os.getcwd()} name={__name__} file={os.path.basename(sys.argv[0])} comm={comm}", flush=True)
         return 0
     if action == "wait-term":
         got: list[int] = []

@@ -69,6 +69,7 @@ def test_the_service_is_a_fork_of_the_zygote_with_the_clients_argv_env_and_outpu
     assert fields["argv"] == "show,PROBE_VALUE" and fields["env"] == "seen"
     assert fields["name"] == "__main__" and fields["file"] == "launcher_probe.py"
     assert fields["cwd"] == str(ROOT)
+    assert fields["comm"] == "pks-launcher_pr"  # ps/top tell services apart: "pks-" + name, 15 bytes
     assert "directly" not in err
 
 

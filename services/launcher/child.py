@@ -26,6 +26,7 @@ import traceback
 from services.launcher import protocol
 from shared import parent_watch
 
+PR_SET_NAME = 15
 # the zygote set these; a new interpreter would have its defaults
 _RESET = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -72,9 +73,23 @@ def _reset_process(message: dict, fds: list[int]) -> socket.socket:
     # supervisord's death reaches the client (its parent-death signal), which stops us with
     # SIGTERM; the zygote is our parent, and its death must not stop services (shared/parent_watch)
     parent_watch.TIED_ELSEWHERE = True
+    _name_process(str(message["module"]), [str(a) for a in message["argv"]])
     status = socket.socket(fileno=status_fd)
     threading.Thread(target=_watch_client, args=(status,), name="client-watch", daemon=True).start()
     return status
+
+
+def _name_process(module: str, argv: list[str]) -> None:
+    """``ps``/``top`` show the zygote's command line for a fork; the kernel name says which service.
+
+    PR_SET_NAME sets the 15-byte ``comm`` (``ps -o comm``, ``top``, psutil's ``name()``), e.g.
+    ``pks-decoder-1``; rewriting the full command line needs setproctitle, not a dependency.
+    """
+    name = "pks-" + module.rsplit(".", 1)[-1]
+    if "--index" in argv[:-1]:
+        name += "-" + argv[argv.index("--index") + 1]
+    with contextlib.suppress(OSError, AttributeError):
+        parent_watch._libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def _watch_client(status: socket.socket) -> None:
