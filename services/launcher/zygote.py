@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from services.launcher import protocol
+from services.launcher import child, protocol
 
 log = logging.getLogger("pktscope.zygote")
 
@@ -98,7 +98,10 @@ class Zygote:
             if deadline and (not self.children or time.monotonic() > deadline):
                 break
             for key, _ in self.selector.select(timeout=0.2 if deadline else None):
-                key.data(key.fileobj)
+                try:
+                    key.data(key.fileobj)
+                except Exception:  # one client's trouble must not end the zygote for the others
+                    log.exception("handling %s", key.fileobj)
         self.selector.close()
 
     def _stop(self, *_a: object) -> None:
@@ -120,16 +123,23 @@ class Zygote:
                 os.close(fd)
             conn.close()
             return
-        if self.refuse:
-            self._close_all(fds)
-            protocol.send(conn, {"error": self.refuse})
-            conn.close()
-            return
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            if self.refuse:
+                raise OSError(self.refuse)
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN, ENOMEM, or unsafe: the client execs its service
+            self._close_all(fds)
+            with contextlib.suppress(OSError):
+                protocol.send(conn, {"error": str(exc)})
+            conn.close()
+            return
         if pid == 0:
-            self._in_child(conn, message, fds)
+            try:
+                self._in_child(conn, message, fds)
+            finally:
+                os._exit(1)  # never back into the zygote's loop, whatever happened
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
@@ -139,8 +149,6 @@ class Zygote:
 
     def _in_child(self, conn: socket.socket, message: dict, fds: list[int]) -> None:
         """Drop every zygote resource, then become the service; never returns."""
-        from services.launcher import child
-
         signal.set_wakeup_fd(-1)
         self.selector.close()
         for sock in (self.listener, conn, *self.children.values()):
