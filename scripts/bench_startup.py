@@ -8,7 +8,7 @@ last service exited, and the command's exit; and each process's CPU seconds up t
 (imports and connecting) and peak RSS (the interpreter, libraries and modules: what compiled
 modules add shows here without any traffic), read back from the run's saved Redis. Usage:
 
-    .venv/bin/python -m scripts.bench_startup [CAPTURE] [--runs 5] [--decoders 1]
+    .venv/bin/python -m scripts.bench_startup [CAPTURE] [--runs 5] [--decoders 1] [--launchers exec,fork]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import datetime
 import os
 import re
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -49,7 +50,7 @@ def _log_events(path: Path) -> list[tuple[float, str]]:
     return out
 
 
-def one_run(capture: Path, decoders: int) -> dict[str, float]:
+def one_run(capture: Path, decoders: int, extra: list[str] = ()) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="pks-", dir="/tmp"))
     try:
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,7 +58,8 @@ def one_run(capture: Path, decoders: int) -> dict[str, float]:
         t0 = time.time()
         proc = subprocess.run(
             [sys.executable, "-m", "services.cli.main", "run", "--read", str(capture), "--learning", "0"]
-            + ["--decoders", str(decoders), "--run-dir", str(tmp / "run"), "--state-dir", str(tmp / "state")],
+            + ["--decoders", str(decoders), "--run-dir", str(tmp / "run"), "--state-dir", str(tmp / "state")]
+            + list(extra),
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -102,10 +104,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--decoders", type=int, default=1)
+    ap.add_argument("--extra", default="", help="extra `pktscope run` flags, quoted, e.g. --extra '--batch-size 256'")
+    ap.add_argument(
+        "--launchers",
+        default="",
+        help="comma-separated --launcher values (exec,fork) taking turns run by run, one column each",
+    )
     args = ap.parse_args(argv)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    runs = [one_run(args.capture, args.decoders) for _ in range(args.runs)]
-    print(f"{args.capture.name}, {args.decoders} decoder(s), median of {args.runs}; load before {load}")
+    extra = shlex.split(args.extra)
+    columns = [c for c in args.launchers.split(",") if c] or [""]
+    runs: dict[str, list[dict[str, float]]] = {c: [] for c in columns}
+    for _ in range(args.runs):
+        for c in columns:
+            runs[c].append(one_run(args.capture, args.decoders, extra + (["--launcher", c] if c else [])))
+    print(
+        f"{args.capture.name}, {args.decoders} decoder(s) {' '.join(extra)}, median of {args.runs}"
+        + (" taking turns" if len(columns) > 1 else "")
+        + f"; load before {load}"
+    )
+    if len(columns) > 1:
+        print(f"  {'':32} " + " ".join(f"{c:>8}" for c in columns))
     order = [
         "supervisord up",
         "last service spawned",
@@ -113,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         "last service exited",
         "command exits",
     ]
-    for key in order + sorted(k for k in runs[0] if k not in order):
-        values = [r[key] for r in runs if key in r]
-        if values:
-            unit = "" if key.startswith("peak RSS") else " s"
-            print(f"  {key:32} {statistics.median(values):6.3f}{unit}")
+    first = runs[columns[0]][0]
+    for key in order + sorted(k for k in first if k not in order):
+        cells = []
+        for c in columns:
+            values = [r[key] for r in runs[c] if key in r]
+            cells.append(f"{statistics.median(values):8.3f}" if values else f"{'-':>8}")
+        unit = "" if key.startswith("peak RSS") else " s"
+        print(f"  {key:32} " + " ".join(cells) + unit)
     print("load after " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 

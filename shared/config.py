@@ -126,6 +126,9 @@ class PipelineConfig:
     link_client: str = ""  # sensor: its key pair's name in <link_curve_dir>/clients/
     sensor_queue: int = 1000  # sensor: frames kept per shard while the pool is unreachable, then dropped
     sensor_silence: float = 10.0  # pool: wall seconds a silent sensor holds back the merge
+    # how supervisord starts services (services/launcher): "fork" from a zygote that imported them
+    # once, or "exec" a fresh interpreter each; systemd units always exec (docs/architecture.md)
+    launcher: str = "fork"
 
     # --- derived endpoints ---------------------------------------------------------------
     @property

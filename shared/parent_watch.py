@@ -15,10 +15,15 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
+# Set in a service forked by the launcher's zygote (services/launcher/child.py): its parent is
+# the zygote, whose death must not stop it; supervisord's death reaches it through its client.
+TIED_ELSEWHERE = False
 
 
 def die_with_parent(sig: int = signal.SIGTERM, expected_parent: int | None = None) -> None:
     """Ask for ``sig`` when our parent dies; if it died already (we were re-parented), send it now."""
+    if TIED_ELSEWHERE:
+        return
     if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return  # not Linux or refused: supervision still stops us the ordinary way
     if expected_parent is not None and os.getppid() != expected_parent:

@@ -14,6 +14,10 @@ from shared.outages import Outages
 from shared.redis_keys import Keys
 
 OUTAGE_RETRY = 5.0  # seconds between stats writes while Redis is out
+# A forked service (services/launcher) is ready a few ms after its start, which can be before the
+# private redis-server supervisord starts beside it answers: its "ready" (what an offline capture
+# waits for) then waited OUTAGE_RETRY. A Redis still starting is not an outage: wait this long.
+READY_WAIT = 2.0
 OUTAGE_FIELDS = ("redis_outages", "redis_outage_ms", "redis_outage_longest_ms")
 RUN_ID = ""  # set once per process by shared.service.service_args from the pipeline config
 
@@ -44,7 +48,22 @@ class ServiceStats:
         """Say that the service has started and waits for frames (offline capture waits for it)."""
         self.info["ready"] = 1
         self.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up cost, left out by scripts/bench
+        self._await_redis(READY_WAIT)
         self.flush()
+
+    def _await_redis(self, wait: float) -> None:
+        """Before this process's first write only: give a Redis that is still starting ``wait`` s."""
+        if self.r is None or self._own_hash:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.r.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() >= deadline:
+                    return  # an outage after all: flush counts it
+                time.sleep(0.01)
 
     def maybe_flush(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -133,8 +133,11 @@ def test_detector_killed_mid_replay_keeps_alerts_repeats_none_and_counts_the_los
             interval=0.005,
             what="the detector to raise its first alerts",
         )
-        old_pid = service_pid(run_dir, "detector")
-        tracker_pid = service_pid(run_dir, "flowtracker")
+        # the services' own pids (their stats): under the fork launcher supervisord's pid is the
+        # client standing in for the service, which a SIGSTOP or `ss -p` would not reach
+        old_pid = int(r.hget(keys.stats("detector"), "pid"))
+        tracker_pid = int(r.hget(keys.stats("flowtracker"), "pid"))
+        old_client = service_pid(run_dir, "detector")
         os.kill(old_pid, signal.SIGSTOP)
         wait_for(lambda: _stopped(old_pid), 10, what="the detector to stop")
 
@@ -152,13 +155,14 @@ def test_detector_killed_mid_replay_keeps_alerts_repeats_none_and_counts_the_los
         assert not r.hget(keys.stats("flowtracker"), "eos"), "the flow-tracker finished before the kill"
         raised_before = {entry_id for entry_id, _ in r.xrange(keys.alerts())}
         os.kill(old_pid, signal.SIGKILL)
-        new_pid = wait_for(
-            lambda: service_pid(run_dir, "detector") not in (0, old_pid) and service_pid(run_dir, "detector"),
+        wait_for(
+            lambda: service_pid(run_dir, "detector") not in (0, old_client),
             30,
             what="supervisord's restart",
         )
-        wait_for(
-            lambda: r.hget(keys.stats("detector"), "pid") == str(new_pid),
+        new_pid = wait_for(
+            lambda: int(r.hget(keys.stats("detector"), "pid") or old_pid) != old_pid
+            and int(r.hget(keys.stats("detector"), "pid")),
             30,
             what="the restarted detector to listen and report",
         )

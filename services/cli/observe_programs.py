@@ -7,7 +7,7 @@ from shared.config import PipelineConfig
 
 PROGRAM = """
 [program:{name}]
-command={python} -m services.{name} --config {run_dir}/pipeline.json
+command={launch} services.{name} --config {run_dir}/pipeline.json
 priority={priority}
 startsecs=0
 autorestart=unexpected
@@ -23,10 +23,13 @@ GROUPS = ("observer", "notifier", "exporter")  # stopped after the pipeline, bef
 
 
 def programs(cfg: PipelineConfig, python: str) -> str:
+    from services.launcher.start import command_prefix
+
+    launch = command_prefix(cfg, python)
     # the observer always runs: it keeps the live view of `pktscope inspect` (and the EVE log)
-    out = [PROGRAM.format(name="observer", python=python, run_dir=cfg.run_dir, priority=8)]
+    out = [PROGRAM.format(name="observer", launch=launch, run_dir=cfg.run_dir, priority=8)]
     if cfg.notify:
-        out.append(PROGRAM.format(name="notifier", python=python, run_dir=cfg.run_dir, priority=5))
+        out.append(PROGRAM.format(name="notifier", launch=launch, run_dir=cfg.run_dir, priority=5))
     if cfg.metrics_listen:
-        out.append(PROGRAM.format(name="exporter", python=python, run_dir=cfg.run_dir, priority=5))
+        out.append(PROGRAM.format(name="exporter", launch=launch, run_dir=cfg.run_dir, priority=5))
     return "".join(out)

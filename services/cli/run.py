@@ -10,22 +10,24 @@ import sys
 import time
 import uuid
 from pathlib import Path
-
-import redis
-from redis.exceptions import RedisClusterException
+from typing import TYPE_CHECKING
 
 from services.capture.sources import CaptureError, OfflineSource, check_bpf
-from services.cli import attribution_mode, observe_flags, observe_programs, pipeline_stats, roles
+from services.cli import observe_flags, observe_programs, roles
 from services.cli.common import CliError, local_net_list
-from services.cli.redis_wait import PatientRedis
 from services.cli.runlock import RunDirBusy, RunLock
 from services.cli.supervisor import Supervisor, render_config, running_pid
+from services.launcher.start import LAUNCHERS, ZygoteProcess, service_modules
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.curve import has_server_keys, is_local_endpoint
-from shared.redis_conn import connect, redact
 from shared.redis_keys import Keys
-from shared.redis_server import RedisServerError, migrate_to_aof
 from shared.rundir import UnsafeRunDir, ensure_private_dir
+
+if TYPE_CHECKING:
+    import redis
+
+# redis-py (0.08 s), and what uses it, are imported where needed: a replay starts its zygote and
+# supervisord first, and the CLI imports them while those start (issue 14)
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
 EXIT_INCOMPLETE = 3  # a replay finished but lost something on the way (see the summary's "lost")
@@ -167,6 +169,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     observe_flags.add_arguments(p)
     roles.add_arguments(p)
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default=None,
+        help="how services start: fork them from one process that imported them once (fast), "
+        "or exec an interpreter for each (default: the config's, else fork)",
+    )
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument(
         "--timeout", type=float, default=0, help="offline: give up after this many seconds (0: never)"
@@ -292,9 +301,15 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
     if args.attribution is not None:
         det.attribution = args.attribution
     if cfg.live and det.attribution == "bpf":
+        from services.cli import attribution_mode
+
         reason = attribution_mode.bpf_unavailable()
         if reason:
             raise CliError(f"--attribution bpf: {reason}; use --attribution auto to fall back to psutil")
+    if getattr(args, "launcher", None):
+        cfg.launcher = args.launcher
+    if cfg.launcher not in LAUNCHERS:
+        raise CliError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {cfg.launcher!r}")
     observe_flags.apply(args, cfg)
     roles.apply(args, cfg)
     return cfg
@@ -356,16 +371,29 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
     for stale in run_dir.glob("*.ipc"):
         stale.unlink(missing_ok=True)
     (run_dir / "redis.sock").unlink(missing_ok=True)
+    return run_dir
+
+
+def _prepare_state(cfg: PipelineConfig) -> None:
+    """The private Redis's data directory, migrated to AOF if it is from before."""
     if not cfg.redis_url:
+        import redis
+
+        from shared.redis_server import RedisServerError, migrate_to_aof
+
         Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             migrate_to_aof(Path(cfg.state_dir))  # a state directory from before AOF keeps its data
         except (RedisServerError, redis.RedisError) as exc:
             raise CliError(f"cannot prepare the Redis data in {cfg.state_dir}: {exc}") from None
-    return run_dir
 
 
 def _wait_redis(cfg: PipelineConfig, timeout: float = 15.0) -> redis.Redis:
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    from shared.redis_conn import connect, redact
+
     deadline = time.time() + timeout
     while True:
         try:
@@ -455,11 +483,30 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     run_dir = _prepare_dirs(cfg)
-    cfg.save()
+    zygote = ZygoteProcess(run_dir)
+    if cfg.launcher == "fork":
+        # first: its imports overlap the CLI's own, supervisord's and Redis's start
+        zygote.start(service_modules(cfg))
+    try:
+        _prepare_state(cfg)
+        cfg.save()
+        return _supervise(args, cfg, run_dir)
+    finally:
+        zygote.stop()  # after supervisord (and so every service) stopped
+
+
+def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path) -> int:
+    """supervisord with this host's programs until a replay ends or we are stopped; the summary."""
     sup = Supervisor(run_dir)
     interrupt = _Interrupt()
     try:
-        sup.start(render_config(cfg))
+        sup.spawn(render_config(cfg))
+        # imported while supervisord starts (redis-py: 0.08 s), not before
+        from services.cli import attribution_mode, pipeline_stats
+        from services.cli.redis_wait import PatientRedis
+        from shared.redis_conn import redact
+
+        sup.wait_running()
     except (RuntimeError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     keys = Keys(cfg.redis_prefix)

@@ -13,8 +13,7 @@ import xmlrpc.client
 from pathlib import Path
 from string import Template
 
-from supervisor.xmlrpc import SupervisorTransport
-
+from services.launcher.start import command_prefix
 from shared.config import PipelineConfig
 from shared.parent_watch import die_with_parent
 
@@ -39,14 +38,14 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
     procwatch_program = ""
     if cfg.procwatch_enabled:
         procwatch_program = Template((COMPOSE / "procwatch-program.conf.tmpl").read_text()).substitute(
-            python=python, run_dir=cfg.run_dir
+            launch=command_prefix(cfg, python), run_dir=cfg.run_dir
         )
     from services.cli.observe_programs import programs
     from services.cli.roles import keep_programs
 
     conf = Template((COMPOSE / "supervisord.conf.tmpl").read_text()).substitute(
         run_dir=cfg.run_dir,
-        python=python,
+        launch=command_prefix(cfg, python),
         decoders=cfg.decoders,
         captures=max(1, cfg.captures),
         capture_process="capture" if cfg.captures <= 1 else "capture-%(process_num)d",
@@ -87,12 +86,21 @@ class Supervisor:
     @property
     def rpc(self):
         """A fresh proxy per use: a failed call leaves supervisor's transport unusable."""
+        # imported at first use: `pktscope run` starts the zygote and supervisord before it
+        from supervisor.xmlrpc import SupervisorTransport
+
         return xmlrpc.client.ServerProxy(
             "http://127.0.0.1",
             SupervisorTransport(None, None, serverurl=f"unix://{self.run_dir}/supervisor.sock"),
         ).supervisor
 
     def start(self, config_text: str) -> None:
+        """Start supervisord and return once it answers."""
+        self.spawn(config_text)
+        self.wait_running()
+
+    def spawn(self, config_text: str) -> None:
+        """Start supervisord; ``wait_running`` waits for it (the caller may do its own work between)."""
         (self.run_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self.conf.write_text(config_text)
         # Its own session: a Ctrl-C in the terminal reaches us, and we stop the pipeline in order.
@@ -105,6 +113,9 @@ class Supervisor:
             stdout=subprocess.DEVNULL,
             stderr=open(self.run_dir / "supervisord.stderr", "wb"),  # noqa: SIM115 - child owns it
         )
+
+    def wait_running(self) -> None:
+        assert self.proc is not None
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:

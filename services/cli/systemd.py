@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
     from services.cli.run import build_config
 
     cfg = build_config(args)
+    # systemd starts, restarts and tracks each unit's own process (cgroup, watchdog, journal):
+    # a service forked by a zygote outside the unit would escape its cgroup, so units exec
+    cfg.launcher = "exec"
     if cfg.read_path:
         raise CliError("systemd units are for live capture: give --interface IFACE, not --read")
     try:

@@ -17,6 +17,9 @@ from shared.service import StopFlag, profiled, service_args
 log = logging.getLogger("pktscope.decoder")
 
 EXIT_LEASE_LOST = 3  # another replica took our index: restart and claim again
+# imported in main (not at import, to keep `python -m` lean); the fork launcher's zygote imports
+# them ahead so each forked decoder has them (services/launcher/zygote.py)
+PRELOAD = ("services.decoder.app.inspector",)
 
 
 def take_auto_index(argv: list[str]) -> tuple[list[str], bool]:

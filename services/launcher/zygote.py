@@ -1,0 +1,218 @@
+"""The zygote: imports every service module a run needs once, then forks services on request.
+
+    python -m services.launcher.zygote --fd N MODULE [MODULE...]
+
+Started by `pktscope run` (services/launcher/start.py) with the listening unix socket already
+bound (fd N, mode 0600 in the private run directory), so clients can connect the moment
+supervisord starts them; their requests wait in the backlog while the imports finish. Nothing
+here opens a ZeroMQ context, a Redis connection or a thread before forking: a forked child must
+not inherit live sockets or locks held by threads that do not exist in it.
+
+Per client connection it forks one service (``child.py`` turns the child into it), sends the
+client the pid, kills the service if the client's connection closes (the client was killed), and
+sends the wait status when the service ends. If the zygote dies, running services carry on and
+report to their clients over the status pair; new clients exec the service directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import importlib.util
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+from services.launcher import child, protocol
+
+log = logging.getLogger("pktscope.zygote")
+
+# what every service imports at its first Redis call or metadata lookup (redis-py's ``secrets``,
+# importlib.metadata's ``email.parser``): 2-5 ms of each child's start-up, once here instead
+COMMON_PRELOAD = ("secrets", "hmac", "email.parser")
+LINGER = 15.0  # seconds to wait for running services at our stop: past supervisord's stopwaitsecs (10)
+
+
+class Zygote:
+    """The accept/fork/reap loop over one listening socket."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, socket.socket] = {}  # service pid -> its client's connection
+        self.wake_r, self.wake_w = os.pipe()
+        self.stopping = False
+        self.refuse = ""  # why forking is unsafe (a thread appeared): clients exec instead
+
+    def preload(self, modules: list[str]) -> None:
+        """Import each service's entry point and service module; a failure only costs the child time."""
+        names = list(COMMON_PRELOAD)
+        for module in modules:
+            names += [f"{module}.service", f"{module}.__main__"]
+        while names:
+            name = names.pop(0)
+            try:
+                if importlib.util.find_spec(name) is None:
+                    continue
+                mod = importlib.import_module(name)
+            except Exception as exc:  # noqa: BLE001 - the child imports it again and reports
+                log.warning("preloading %s failed (%s); its service imports it itself", name, exc)
+                continue
+            if name.endswith(".__main__"):
+                # what main imports lazily (services/decoder/__main__.py PRELOAD, ...)
+                names += list(getattr(mod, "PRELOAD", ()))
+                # its imports stay loaded; runpy runs it afresh as __main__ in the child (and
+                # warns if it is in sys.modules already)
+                del sys.modules[name]
+        if threading.active_count() > 1:
+            self.refuse = f"{threading.active_count()} threads after the imports; forking is unsafe"
+            log.warning("%s: clients start their services directly", self.refuse)
+        gc.collect()
+        gc.freeze()  # start-up objects stay out of the collector's sight: fewer pages copied
+
+    def serve(self) -> None:
+        """Until SIGTERM (then until its services ended): fork on requests, kill orphaned services, report ended ones."""
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_a: None)
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._reap)
+        deadline = 0.0
+        while True:
+            if self.stopping and not deadline:
+                # no new services; those running (a `pktscope run` killed at once stops
+                # supervisord and us together) are still reaped and reported as they stop
+                self.selector.unregister(self.listener)
+                self.listener.close()
+                deadline = time.monotonic() + LINGER
+            if deadline and (not self.children or time.monotonic() > deadline):
+                break
+            for key, _ in self.selector.select(timeout=0.2 if deadline else None):
+                try:
+                    key.data(key.fileobj)
+                except Exception:  # one client's trouble must not end the zygote for the others
+                    log.exception("handling %s", key.fileobj)
+        self.selector.close()
+
+    def _stop(self, *_a: object) -> None:
+        self.stopping = True
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.settimeout(5.0)  # a client sends its request at once; a stuck one must not hold us
+        try:
+            message, fds = protocol.receive(conn, maxfds=4)
+        except (OSError, ValueError):
+            message, fds = None, []
+        conn.settimeout(None)
+        if message is None or len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            if self.refuse:
+                raise OSError(self.refuse)
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN, ENOMEM, or unsafe: the client execs its service
+            self._close_all(fds)
+            with contextlib.suppress(OSError):
+                protocol.send(conn, {"error": str(exc)})
+            conn.close()
+            return
+        if pid == 0:
+            try:
+                self._in_child(conn, message, fds)
+            finally:
+                os._exit(1)  # never back into the zygote's loop, whatever happened
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        self.selector.register(conn, selectors.EVENT_READ, self._client_gone)
+        with contextlib.suppress(OSError):  # the client is gone already: its EOF kills the service
+            protocol.send(conn, {"pid": pid})
+
+    def _in_child(self, conn: socket.socket, message: dict, fds: list[int]) -> None:
+        """Drop every zygote resource, then become the service; never returns."""
+        signal.set_wakeup_fd(-1)
+        self.selector.close()
+        for sock in (self.listener, conn, *self.children.values()):
+            sock.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        child.become(message, fds)
+
+    def _client_gone(self, conn: socket.socket) -> None:
+        """The client's connection closed (or spoke out of turn): it was killed, so is its service."""
+        pid = next((p for p, c in self.children.items() if c is conn), None)
+        self.selector.unregister(conn)
+        conn.close()
+        if pid is not None:
+            del self.children[pid]
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # reaped by _reap, with nobody left to tell
+
+    def _reap(self, wake: int) -> None:
+        try:
+            while os.read(wake, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            self.selector.unregister(conn)
+            with contextlib.suppress(OSError):
+                protocol.send(conn, {"status": status})
+            conn.close()
+
+    @staticmethod
+    def _close_all(fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m services.launcher.zygote", description=__doc__)
+    ap.add_argument("--fd", type=int, required=True, help="the bound, listening unix socket")
+    ap.add_argument("modules", nargs="*", help="service packages to import before forking")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s zygote%(process)d %(levelname)s %(message)s")
+    # our start-up: tied to `pktscope run`, which also stops us; its services are not tied to us
+    from shared.parent_watch import die_with_parent
+
+    die_with_parent(signal.SIGTERM, expected_parent=os.getppid())
+    log.info("preloading %s", " ".join(args.modules) or "nothing")
+    listener = socket.socket(fileno=args.fd)
+    listener.setblocking(False)
+    zygote = Zygote(listener)
+    zygote.preload(args.modules)
+    log.info("ready: %d modules loaded in %.3f CPU s", len(sys.modules), time.process_time())
+    zygote.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

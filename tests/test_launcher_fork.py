@@ -1,0 +1,272 @@
+"""The fork launcher (issue 14): services forked from a zygote behave as exec'd ones under supervisord.
+
+Real processes throughout: a zygote with the probe service (tests/launcher_probe.py) for the
+client's contract (exit codes, signals, stdout, the zygote's death), and whole replays for what
+supervisord and the tests of the pipeline rely on (restarts, loss counts, the same output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from services.cli.supervisor import Supervisor, render_config
+from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
+from shared.config import PipelineConfig
+from tests.conftest import BENCH_PCAP
+from tests.fault_helpers import Replay, gone
+from tests.pipeline_helpers import ROOT, LivePipeline, pktscope, read_summary, service_pid, wait_for
+
+LONG_PACKETS = 5 * 183_388
+
+
+# --- the client's contract, with a probe service -------------------------------------------
+
+
+@pytest.fixture
+def zygote(short_tmp):
+    z = ZygoteProcess(short_tmp)
+    z.start([])  # nothing preloaded: the probe's child imports it
+    yield z
+    z.stop()
+
+
+def client(run_dir: Path, *args: str, env: dict | None = None, sock: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-S", "-I", str(CLIENT), str(sock or socket_path(run_dir)), "tests.launcher_probe", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def test_the_socket_is_the_owners_only(zygote, short_tmp):
+    st = socket_path(short_tmp).stat()
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.getuid()
+
+
+def test_the_service_is_a_fork_of_the_zygote_with_the_clients_argv_env_and_output(zygote, short_tmp):
+    proc = client(short_tmp, "show", "PROBE_VALUE", env=dict(os.environ, PROBE_VALUE="seen"))
+    code, out, err = finish(proc)
+    assert code == 0, err
+    fields = dict(part.split("=", 1) for part in out.split())
+    assert int(fields["pid"]) != proc.pid and int(fields["ppid"]) == zygote.proc.pid
+    assert fields["argv"] == "show,PROBE_VALUE" and fields["env"] == "seen"
+    assert fields["name"] == "__main__" and fields["file"] == "launcher_probe.py"
+    assert fields["cwd"] == str(ROOT)
+    assert fields["comm"] == "pks-launcher_pr"  # ps/top tell services apart: "pks-" + name, 15 bytes
+    assert "directly" not in err
+
+
+def test_exit_codes_and_deaths_by_signal_are_the_clients(zygote, short_tmp):
+    assert finish(client(short_tmp, "exit", "7"))[:2] == (7, "exiting 7\n")
+    assert finish(client(short_tmp, "exit", "0"))[0] == 0
+    assert finish(client(short_tmp, "signal", str(int(signal.SIGTERM))))[0] == -signal.SIGTERM
+    assert finish(client(short_tmp, "signal", str(int(signal.SIGKILL))))[0] == -signal.SIGKILL
+    code, _, err = finish(client(short_tmp, "raise"))
+    assert code == 1 and "RuntimeError: probe failure" in err
+
+
+def _ready_pid(proc: subprocess.Popen) -> int:
+    line = proc.stdout.readline()
+    assert line.startswith("ready pid="), line
+    return int(line.split("=")[1])
+
+
+def test_signals_reach_the_service_and_its_exit_is_the_clients(zygote, short_tmp):
+    proc = client(short_tmp, "wait-term")
+    _ready_pid(proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, _ = finish(proc)
+    assert code == 5 and out == "term\n"
+
+
+def test_kill_9_of_the_client_kills_its_service(zygote, short_tmp):
+    proc = client(short_tmp, "wait-term")
+    pid = _ready_pid(proc)
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: gone(pid), 5, what="the service of a killed client to die")
+
+
+def test_without_a_zygote_the_client_becomes_the_service(short_tmp):
+    proc = client(short_tmp, "show", sock=short_tmp / "no-zygote.sock")
+    code, out, err = finish(proc)
+    assert code == 0 and f"pid={proc.pid} " in out  # exec'd in place: supervisord's pid is the service's
+    assert "starting tests.launcher_probe directly" in err
+    assert finish(client(short_tmp, "exit", "7", sock=short_tmp / "no-zygote.sock"))[0] == 7
+
+
+def test_services_outlive_a_killed_zygote_and_still_report(zygote, short_tmp):
+    stopped = client(short_tmp, "wait-term")
+    killed = client(short_tmp, "wait-term")
+    stopped_pid, killed_pid = _ready_pid(stopped), _ready_pid(killed)
+    zygote.proc.kill()
+    zygote.proc.wait()
+    time.sleep(0.2)
+    assert not gone(stopped_pid) and not gone(killed_pid)
+    stopped.send_signal(signal.SIGTERM)
+    assert finish(stopped)[:2] == (5, "term\n")  # its code, from the service itself
+    os.kill(killed_pid, signal.SIGKILL)
+    assert finish(killed)[0] == -signal.SIGKILL  # no code given: killed, as supervisord must see it
+    # a later start finds no zygote and execs
+    code, out, err = finish(client(short_tmp, "exit", "3"))
+    assert code == 3 and "directly" in err
+
+
+def test_supervisord_commands_by_launcher(short_tmp):
+    cfg = PipelineConfig(run_dir=str(short_tmp), decoders=2, observer=True, notify=["file:///dev/null"])
+    cfg.launcher = "fork"
+    conf = render_config(cfg, sys.executable)
+    commands = [line for line in conf.splitlines() if line.startswith("command=")]
+    client_cmd = f"command={sys.executable} -S -I {CLIENT} {socket_path(short_tmp)} services."
+    for name in ("capture", "decoder", "flowtracker", "detector", "observer", "notifier"):
+        assert any(c.startswith(client_cmd + name + " ") for c in commands), name
+    assert any("redis-server" in c and "parent_watch" in c for c in commands)  # redis is not forked
+    cfg.launcher = "exec"
+    assert f"command={sys.executable} -m services.decoder " in render_config(cfg, sys.executable)
+
+
+def test_systemd_units_exec_even_when_fork_is_asked_for(short_tmp):
+    out = short_tmp / "units"
+    pktscope("systemd", "--interface", "lo", "--launcher", "fork", "--out", str(out))
+    assert json.loads((out / "pipeline.json").read_text())["launcher"] == "exec"
+    assert "client.py" not in "".join(p.read_text() for p in out.glob("*.service"))
+
+
+# --- whole pipelines -------------------------------------------------------------------------
+
+
+def _replay(tmp: Path, name: str, launcher: str) -> tuple[dict, list[tuple], list[str]]:
+    run_dir = tmp / f"run-{name}"
+    flow_log = tmp / f"flows-{name}.jsonl"
+    proc = pktscope(
+        "run",
+        "--read",
+        str(BENCH_PCAP),
+        "--decoders",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--state-dir",
+        str(tmp / f"state-{name}"),
+        "--learning",
+        "0",
+        "--flow-log",
+        str(flow_log),
+        "--launcher",
+        launcher,
+        "--json",
+    )
+    listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
+    alerts = sorted(
+        (a["kind"], a["entity"], a["title"], a["ts"], json.dumps(a["detail"], sort_keys=True))
+        for a in (json.loads(line) for line in listed.stdout.splitlines() if line.strip())
+    )
+    return read_summary(proc), alerts, sorted(flow_log.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_a_forked_replay_gives_the_alerts_and_flow_log_of_an_execd_one(short_tmp):
+    forked = _replay(short_tmp, "fork", "fork")
+    execd = _replay(short_tmp, "exec", "exec")
+    assert forked[0]["outcome"] == execd[0]["outcome"] == "done"
+    for key in ("packets", "decoded", "flows", "flow_events", "alerts"):
+        assert forked[0][key] == execd[0][key], key
+    assert len(forked[1]) > 1000 and forked[1] == execd[1]
+    assert len(forked[2]) > 10_000 and forked[2] == execd[2]
+
+
+def _service_pid(replay: Replay, name: str) -> int:
+    return int(replay.redis().hget(f"{replay.cfg.redis_prefix}:stats:{name}", "pid") or 0)
+
+
+@pytest.mark.slow
+def test_a_forked_decoder_killed_is_restarted_by_supervisord_and_its_losses_counted(short_tmp, long_capture):
+    replay = Replay(short_tmp, long_capture, "--launcher", "fork", decoders=2)
+    replay.wait_packets(200_000)
+    zygote_pid = int(pid_path(replay.run_dir).read_text())
+    client_pid = service_pid(replay.run_dir, "decoder:decoder-1")
+    pid = _service_pid(replay, "decoder-1")
+    assert pid != client_pid and psutil.Process(pid).ppid() == zygote_pid  # the stats give the real pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: service_pid(replay.run_dir, "decoder:decoder-1") not in (0, client_pid), 30, what="restart")
+    assert replay.proc.wait(timeout=400) == 3, replay.output()[-3000:]
+    s = replay.summary()
+    assert s["outcome"] == "incomplete" and s["restarts"] == {"decoder-1": 1}
+    assert s["lost"]["packets"] > 0 or s["lost"]["records"] > 0
+    taken = sum(d["packets_in"] for d in s["per_decoder"].values())
+    assert taken + s["lost"]["packets"] == s["packets"] == LONG_PACKETS
+    log = (replay.run_dir / "supervisord.log").read_text()
+    assert "exited: decoder-1 (terminated by SIGKILL" in log  # supervisord saw the service's death
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_client_takes_its_service_and_supervisord_restarts_it(short_tmp, long_capture):
+    replay = Replay(short_tmp, long_capture, "--launcher", "fork")
+    replay.wait_packets(200_000)
+    client_pid = service_pid(replay.run_dir, "flowtracker")
+    pid = _service_pid(replay, "flowtracker")
+    os.kill(client_pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid), 5, what="the killed client's flow-tracker to die")
+    wait_for(lambda: _service_pid(replay, "flowtracker") not in (0, pid), 30, what="a new flow-tracker")
+    assert replay.proc.wait(timeout=400) == 3, replay.output()[-3000:]
+    s = replay.summary()
+    assert s["restarts"] == {"flowtracker": 1} and s["lost"]["flows"] > 0
+    assert s["packets"] == LONG_PACKETS
+
+
+@pytest.mark.slow
+def test_after_the_zygote_dies_restarts_exec_the_service(short_tmp, long_capture):
+    replay = Replay(short_tmp, long_capture, "--launcher", "fork", decoders=2)
+    replay.wait_packets(150_000)
+    os.kill(int(pid_path(replay.run_dir).read_text()), signal.SIGKILL)
+    pid = _service_pid(replay, "decoder-0")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _service_pid(replay, "decoder-0") not in (0, pid), 30, what="decoder-0 restarted")
+    # exec'd in place of its client: supervisord's pid is the service's
+    assert _service_pid(replay, "decoder-0") == service_pid(replay.run_dir, "decoder:decoder-0")
+    assert replay.proc.wait(timeout=400) == 3, replay.output()[-3000:]
+    s = replay.summary()
+    assert s["restarts"] == {"decoder-0": 1} and s["packets"] == LONG_PACKETS
+    taken = sum(d["packets_in"] for d in s["per_decoder"].values())
+    assert taken + s["lost"]["packets"] == LONG_PACKETS
+    assert "starting services.decoder directly" in (replay.run_dir / "logs" / "decoder-0.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["fork", "exec"])
+def test_sigterm_stops_services_cleanly_and_fast(short_tmp, launcher):
+    pipe = LivePipeline(short_tmp, "udp port 9", decoders=2, extra=("--launcher", launcher))
+    names = ("capture", "decoder-0", "decoder-1", "flowtracker", "detector")
+    try:
+        pids = {n: int(pipe.stats(n)["pid"]) for n in names}
+        sup = {i["name"]: i["pid"] for i in Supervisor(pipe.run_dir).rpc.getAllProcessInfo()}
+        assert all((pids[n] != sup[n]) == (launcher == "fork") for n in names), (pids, sup)
+    finally:
+        t0 = time.monotonic()
+        code = pipe.stop()  # Ctrl-C: the CLI stops each group over XML-RPC, supervisord sends SIGTERM
+        took = time.monotonic() - t0
+    assert code == 0 and took < 5, (code, took)
+    assert all(gone(p) for p in pids.values())
+    log = (pipe.run_dir / "supervisord.log").read_text()
+    assert "stopped: capture (exit status 0)" in log, log[-2000:]
+    for n in names[1:]:  # downstream stages end by themselves at the end of stream capture sends
+        assert f"stopped: {n} (exit status 0)" in log or f"exited: {n} (exit status 0; expected)" in log, n
+    assert not socket_path(pipe.run_dir).exists() and not pid_path(pipe.run_dir).exists()
+    print(f"{launcher}: stop took {took:.2f} s")
