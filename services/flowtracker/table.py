@@ -153,70 +153,7 @@ class FlowTable:
     # --- the hot path ----------------------------------------------------------------------------
     def add(self, records: Iterable[tuple]) -> None:
         """Account a batch of records (shared/records.py) in capture order."""
-        get = self.flows.get
-        updates = self.updates
-        push = heappush
-        inf = math.inf
-        nxt = self._n.__next__
-        established = ESTABLISHED
-        arrive = self._arrive
-        due = self._due
-        tcp = self._tcp
-        seqs = self._seqs
-        app_fields = self._app
-        n = 0
-        it = iter(records)
-        while True:
-            try:
-                for _num, ts, wl, proto, src, dst, sport, dport, flags, pl, frag, seq, app in it:
-                    n += 1
-                    if frag:
-                        # Every fragment of a datagram (the first one too) counts in one portless
-                        # flow of its address pair: capture shards fragments by addresses, so this
-                        # keeps the result the same with any number of decoders.
-                        sport = dport = flags = 0
-                    if src < dst or (src == dst and sport < dport):
-                        key = (proto, src, sport, dst, dport)
-                        fwd = True
-                    else:
-                        key = (proto, dst, dport, src, sport)
-                        fwd = False
-                    st = get(key)
-                    if (
-                        st is None
-                        or ts - st[LAST] > st[IDLE]
-                        or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags))
-                    ):
-                        arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
-                        continue
-                    if ts >= st[NEXT_UPD]:
-                        due(st, ts)
-                    out = fwd is st[INIT_FIRST]
-                    if proto == 6:
-                        if flags & 7 or st[STATE] is not established:
-                            tcp(st, flags, out, ts)
-                        if pl:
-                            seqs(st, out, seq + (flags >> 1 & 1), pl)  # data on a SYN follows it
-                    if out:
-                        st[BOUT] += wl
-                        st[POUT] += 1
-                    else:
-                        st[BIN] += wl
-                        st[PIN] += 1
-                    if ts > st[LAST]:
-                        st[LAST] = ts
-                    st[LRU].move_to_end(key)
-                    if not st[DIRTY]:
-                        st[DIRTY] = True
-                        if st[NEXT_UPD] != inf:  # updates off: no timer to keep
-                            push(updates, (st[NEXT_UPD], nxt(), st))
-                    if app is not None:
-                        app_fields(st, app, ts, False)
-                break
-            except (TypeError, ValueError, IndexError, KeyError):
-                # a record of the wrong shape or types: count it, go on with the next one
-                self.bad_records += 1
-        self.records += n
+        self.records += _add_records(self, records)
 
     def _arrive(
         self,
@@ -306,7 +243,7 @@ class FlowTable:
         lru[key] = None
         self.flows_started += 1
         if proto == TCP and isinstance(seq, int) and isinstance(pl, int) and pl > 0:
-            self._seqs(st, sender_initiates, seq + (flags >> 1 & 1), pl)
+            _seqs(st, sender_initiates, seq + (flags >> 1 & 1), pl)
         if app is not None:
             self._app(st, app, ts, True)
         self._emit(st, EV_START, ts)
@@ -344,48 +281,6 @@ class FlowTable:
                 lru[key] = None
                 st[LRU] = lru
                 st[IDLE] = idle
-
-    @staticmethod
-    def _seqs(st: list, out: bool, seq: int, pl: int) -> None:
-        """Count retransmitted and out-of-order data segments of one direction (mod 2**32).
-
-        A segment at or past the next expected sequence number advances it (a jump leaves a
-        hole, at most MAX_HOLES kept per direction); one that starts before it is out of order
-        when it falls in a hole, else a retransmission. Wireshark's heuristics (timing, window
-        probes, keep-alives) are not copied: these are counts for a flow summary.
-        """
-        sq = st[SEQ]
-        if sq is None:
-            sq = st[SEQ] = [None, None, [], [], 0, 0]
-        d = 0 if out else 1
-        nxt = sq[d]
-        end = (seq + pl) & 0xFFFFFFFF
-        if nxt is None:
-            sq[d] = end
-            return
-        ahead = (seq - nxt) & 0xFFFFFFFF
-        if ahead < 0x80000000:  # at or past the expected byte
-            if ahead:
-                holes = sq[2 + d]
-                if len(holes) < MAX_HOLES:
-                    holes.append((nxt, seq))
-            sq[d] = end
-            return
-        holes = sq[2 + d]
-        for i, (lo, hi) in enumerate(holes):
-            if (seq - lo) & 0xFFFFFFFF < (hi - lo) & 0xFFFFFFFF:
-                sq[5] += 1
-                if (end - hi) & 0xFFFFFFFF < 0x80000000:  # the hole is filled (from seq on)
-                    if seq == lo:
-                        del holes[i]
-                    else:
-                        holes[i] = (lo, seq)
-                elif seq == lo:
-                    holes[i] = (end, hi)
-                return
-        sq[4] += 1
-        if (end - nxt) & 0xFFFFFFFF < 0x80000000:
-            sq[d] = end
 
     def _app(self, st: list, app: Any, ts: float, starting: bool) -> None:
         """Names and facts from a packet's application fields."""
@@ -587,6 +482,128 @@ class FlowTable:
     def waiting(self) -> int:
         """Events held back until the slowest decoder catches up."""
         return len(self.pending)
+
+
+# --- the per-record loop ------------------------------------------------------------------------
+# A module function rather than the body of FlowTable.add: the compiled twin types its locals in
+# scripts/cython/_table_c.pxd (a flow's state as a list, the flow dict as a dict), which Cython
+# allows for module functions only.
+def _add_records(self: FlowTable, records: Iterable[tuple]) -> int:
+    """FlowTable.add: account a batch of records; return how many were looked at (bad ones too)."""
+    flows = self.flows
+    updates = self.updates
+    inf = math.inf
+    nxt = self._n.__next__
+    established = ESTABLISHED
+    arrive = self._arrive
+    due = self._due
+    tcp = self._tcp
+    app_fields = self._app
+    move_to_end = _move_to_end
+    push = heappush
+    n = 0
+    it = iter(records)
+    while True:
+        try:
+            for _num, ts, wl, proto, src, dst, sport, dport, flags, pl, frag, seq, app in it:
+                n += 1
+                if frag:
+                    # Every fragment of a datagram (the first one too) counts in one portless
+                    # flow of its address pair: capture shards fragments by addresses, so this
+                    # keeps the result the same with any number of decoders.
+                    sport = dport = flags = 0
+                if src < dst or (src == dst and sport < dport):
+                    key = (proto, src, sport, dst, dport)
+                    fwd = True
+                else:
+                    key = (proto, dst, dport, src, sport)
+                    fwd = False
+                st = flows.get(key)
+                if st is None:
+                    arrive(None, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                    continue
+                # the times as C doubles in the compiled twin (t, last, idle, upd: _table_c.pxd)
+                t = ts
+                last = st[LAST]
+                idle = st[IDLE]
+                if t - last > idle or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags)):
+                    arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                    continue
+                upd = st[NEXT_UPD]
+                if t >= upd:
+                    due(st, ts)
+                out = fwd is st[INIT_FIRST]
+                if proto == 6:
+                    if flags & 7 or st[STATE] is not established:
+                        tcp(st, flags, out, ts)
+                    if pl:
+                        _seqs(st, out, seq + (flags >> 1 & 1), pl)  # data on a SYN follows it
+                if out:
+                    st[BOUT] += wl
+                    st[POUT] += 1
+                else:
+                    st[BIN] += wl
+                    st[PIN] += 1
+                if t > last:
+                    st[LAST] = ts
+                # the flow's own key: its bytes hash once, and the LRU finds it by identity
+                move_to_end(st[LRU], st[KEY])
+                if not st[DIRTY]:
+                    st[DIRTY] = True
+                    if st[NEXT_UPD] != inf:  # updates off: no timer to keep
+                        push(updates, (st[NEXT_UPD], nxt(), st))
+                if app is not None:
+                    app_fields(st, app, ts, False)
+            break
+        except (TypeError, ValueError, IndexError, KeyError):
+            # a record of the wrong shape or types: count it, go on with the next one
+            self.bad_records += 1
+    return n
+
+
+_move_to_end = OrderedDict.move_to_end
+
+
+def _seqs(st: list, out: bool, seq: int, pl: int) -> None:
+    """Count retransmitted and out-of-order data segments of one direction (mod 2**32).
+
+    A segment at or past the next expected sequence number advances it (a jump leaves a
+    hole, at most MAX_HOLES kept per direction); one that starts before it is out of order
+    when it falls in a hole, else a retransmission. Wireshark's heuristics (timing, window
+    probes, keep-alives) are not copied: these are counts for a flow summary.
+    """
+    sq = st[SEQ]
+    if sq is None:
+        sq = st[SEQ] = [None, None, [], [], 0, 0]
+    d = 0 if out else 1
+    nxt = sq[d]
+    end = (seq + pl) & 0xFFFFFFFF
+    if nxt is None:
+        sq[d] = end
+        return
+    ahead = (seq - nxt) & 0xFFFFFFFF
+    if ahead < 0x80000000:  # at or past the expected byte
+        if ahead:
+            holes = sq[2 + d]
+            if len(holes) < MAX_HOLES:
+                holes.append((nxt, seq))
+        sq[d] = end
+        return
+    holes = sq[2 + d]
+    for i, (lo, hi) in enumerate(holes):
+        if (seq - lo) & 0xFFFFFFFF < (hi - lo) & 0xFFFFFFFF:
+            sq[5] += 1
+            if (end - hi) & 0xFFFFFFFF < 0x80000000:  # the hole is filled (from seq on)
+                if seq == lo:
+                    del holes[i]
+                else:
+                    holes[i] = (lo, seq)
+            elif seq == lo:
+                holes[i] = (end, hi)
+            return
+    sq[4] += 1
+    if (end - nxt) & 0xFFFFFFFF < 0x80000000:
+        sq[d] = end
 
 
 # The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
