@@ -171,8 +171,9 @@ class FlowTable:
         app: Any,
         pl: int = 0,
         seq: int = 0,
-    ) -> None:
-        """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse."""
+    ) -> list:
+        """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse.
+        Returns the new flow's state."""
         if not isinstance(ts, float | int) or ts != ts or not isinstance(wl, int):
             raise TypeError("record with a bad timestamp or length")
         if len(src) not in (4, 16) or len(dst) != len(src) or not isinstance(flags, int):
@@ -247,6 +248,7 @@ class FlowTable:
         if app is not None:
             self._app(st, app, ts, True)
         self._emit(st, EV_START, ts)
+        return st
 
     def _class_of(self, proto: int, state: str) -> tuple[OrderedDict, float]:
         c = self.classes
@@ -528,6 +530,13 @@ def _add_records(self: FlowTable, records: Iterable[tuple]) -> int:
     app_fields = self._app
     move_to_end = _move_to_end
     push = heappush
+    # The previous record's flow: 87% of sv-merged's records belong to the flow of the record
+    # before them (either way), and comparing five fields is cheaper than building, hashing and
+    # looking up a key (~900 instructions, callgrind). Used only while that flow is alive:
+    # then it is the one its key maps to.
+    prev = None
+    prev_src = prev_dst = prev_sport = prev_dport = prev_proto = None
+    prev_fwd = False
     n = 0
     it = iter(records)
     while True:
@@ -539,22 +548,52 @@ def _add_records(self: FlowTable, records: Iterable[tuple]) -> int:
                     # flow of its address pair: capture shards fragments by addresses, so this
                     # keeps the result the same with any number of decoders.
                     sport = dport = flags = 0
-                if src < dst or (src == dst and sport < dport):
-                    key = (proto, src, sport, dst, dport)
-                    fwd = True
+                if (
+                    prev is not None
+                    and sport == prev_sport
+                    and dport == prev_dport
+                    and src == prev_src
+                    and dst == prev_dst
+                    and proto == prev_proto
+                    and prev[ALIVE]
+                ):
+                    st = prev
+                    fwd = prev_fwd
+                elif (
+                    prev is not None
+                    and sport == prev_dport
+                    and dport == prev_sport
+                    and src == prev_dst
+                    and dst == prev_src
+                    and proto == prev_proto
+                    and prev[ALIVE]
+                ):
+                    st = prev
+                    fwd = not prev_fwd
                 else:
-                    key = (proto, dst, dport, src, sport)
-                    fwd = False
-                st = flows.get(key)
-                if st is None:
-                    arrive(None, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
-                    continue
+                    if src < dst or (src == dst and sport < dport):
+                        key = (proto, src, sport, dst, dport)
+                        fwd = True
+                    else:
+                        key = (proto, dst, dport, src, sport)
+                        fwd = False
+                    st = flows.get(key)
+                    if st is None:
+                        prev = arrive(None, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                        prev_src, prev_dst, prev_sport, prev_dport, prev_proto, prev_fwd = (
+                            src, dst, sport, dport, proto, fwd
+                        )
+                        continue
+                    prev = st
+                    prev_src, prev_dst, prev_sport, prev_dport, prev_proto, prev_fwd = (
+                        src, dst, sport, dport, proto, fwd
+                    )
                 # the times as C doubles in the compiled twin (t, last, idle, upd: _table_c.pxd)
                 t = ts
                 last = st[LAST]
                 idle = st[IDLE]
                 if t - last > idle or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags)):
-                    arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                    prev = arrive(st, st[KEY], fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
                     continue
                 upd = st[NEXT_UPD]
                 if t >= upd:
