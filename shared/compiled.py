@@ -1,8 +1,8 @@
 """Compiled twins of the hot modules: which path runs, and how to get the other one.
 
 The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector
-and credential watching; capture's reader and sharder; the flow table, merge and names) are the
-reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
+and credential watching; capture's reader and sharder; the flow table, merge, names,
+local-address test and TCP states) are the reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
 Cython into a sibling extension module (``_fastpath_c``, ...), stamped with the SHA-256 of the
 source it was built from. At the end of its import, each pure module calls ``adopt()``, which
 rebinds its public entry points to the twin's when there is a matching one. So the compiled path is used only when it was built from exactly
@@ -36,6 +36,8 @@ TWINS: dict[str, str] = {
     "services.capture.pcapfile": "services.capture._pcapfile_c",
     "services.flowtracker.merge": "services.flowtracker._merge_c",
     "services.flowtracker.names": "services.flowtracker._names_c",
+    "services.flowtracker.localaddr": "services.flowtracker._localaddr_c",
+    "services.flowtracker.tcp_state": "services.flowtracker._tcp_state_c",
     # the dissection `pktscope read` runs per packet
     "services.decoder.dissect": "services.decoder._dissect_c",
     "services.decoder.link": "services.decoder._link_c",

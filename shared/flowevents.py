@@ -26,7 +26,7 @@ event carries the whole identity of its flow:
     initial_rtt TCP: seconds from the latest bare SYN to the first ACK without SYN, as
                 Wireshark's tcp.analysis.initial_rtt (None when no handshake was seen)
     retransmissions, out_of_order   TCP data segments resent / arriving ahead of a gap's
-                filling, both directions (services/flowtracker/table.py FlowTable._seqs)
+                filling, both directions (services/flowtracker/table.py _seqs)
 """
 
 from __future__ import annotations

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from heapq import heappop, heappush
-from operator import itemgetter
 from typing import Any
 
 from services.flowtracker import tcp_state
@@ -83,9 +83,6 @@ RESET = tcp_state.RESET
 NO_RANK = 99
 MAX_HOLES = 8  # sequence gaps remembered per direction, for telling out-of-order from retransmitted
 R_NAME, R_NAME_SRC = INDEX["name"], INDEX["name_src"]  # event row slots set on release
-# (ts, flow key, creation order): events at one packet time come out in flow-key order, not in
-# the order the decoders' frames happened to arrive; never compares the event rows
-_event_order = itemgetter(0, 1, 2)
 _STATE_REASON = {CLOSED: "fin", RESET: "rst"}
 # The app map of an event of a flow without app facts: one shared empty map, never mutated
 # (a new {} per event was 64 of the ~450 bytes a waiting event holds).
@@ -131,8 +128,11 @@ class FlowTable:
             (self.lru_other, float(s.other_idle)),
         )
         self.updates: list[tuple[float, int, list]] = []  # (due, n, flow)
-        self.pending: list[tuple[float, tuple, int, list, list]] = []  # heap of (ts, key, n, row, flow)
-        self.pending_max = -math.inf
+        # Events waiting for the watermark, (ts, key, n, row, flow): sorted from ``pending_head`` on,
+        # and those emitted since the last release (``fresh``) in emission order.
+        self.pending: list[tuple[float, tuple, int, list, list]] = []
+        self.pending_head = 0
+        self.fresh: list[tuple[float, tuple, int, list, list]] = []
         self.reorder_window = max(0.0, float(s.reorder_window))
         self.max_pending = max(1, int(s.max_pending_events))
         self.horizon = -math.inf  # events before this packet time have been released
@@ -153,70 +153,7 @@ class FlowTable:
     # --- the hot path ----------------------------------------------------------------------------
     def add(self, records: Iterable[tuple]) -> None:
         """Account a batch of records (shared/records.py) in capture order."""
-        get = self.flows.get
-        updates = self.updates
-        push = heappush
-        inf = math.inf
-        nxt = self._n.__next__
-        established = ESTABLISHED
-        arrive = self._arrive
-        due = self._due
-        tcp = self._tcp
-        seqs = self._seqs
-        app_fields = self._app
-        n = 0
-        it = iter(records)
-        while True:
-            try:
-                for _num, ts, wl, proto, src, dst, sport, dport, flags, pl, frag, seq, app in it:
-                    n += 1
-                    if frag:
-                        # Every fragment of a datagram (the first one too) counts in one portless
-                        # flow of its address pair: capture shards fragments by addresses, so this
-                        # keeps the result the same with any number of decoders.
-                        sport = dport = flags = 0
-                    if src < dst or (src == dst and sport < dport):
-                        key = (proto, src, sport, dst, dport)
-                        fwd = True
-                    else:
-                        key = (proto, dst, dport, src, sport)
-                        fwd = False
-                    st = get(key)
-                    if (
-                        st is None
-                        or ts - st[LAST] > st[IDLE]
-                        or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags))
-                    ):
-                        arrive(st, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
-                        continue
-                    if ts >= st[NEXT_UPD]:
-                        due(st, ts)
-                    out = fwd is st[INIT_FIRST]
-                    if proto == 6:
-                        if flags & 7 or st[STATE] is not established:
-                            tcp(st, flags, out, ts)
-                        if pl:
-                            seqs(st, out, seq + (flags >> 1 & 1), pl)  # data on a SYN follows it
-                    if out:
-                        st[BOUT] += wl
-                        st[POUT] += 1
-                    else:
-                        st[BIN] += wl
-                        st[PIN] += 1
-                    if ts > st[LAST]:
-                        st[LAST] = ts
-                    st[LRU].move_to_end(key)
-                    if not st[DIRTY]:
-                        st[DIRTY] = True
-                        if st[NEXT_UPD] != inf:  # updates off: no timer to keep
-                            push(updates, (st[NEXT_UPD], nxt(), st))
-                    if app is not None:
-                        app_fields(st, app, ts, False)
-                break
-            except (TypeError, ValueError, IndexError, KeyError):
-                # a record of the wrong shape or types: count it, go on with the next one
-                self.bad_records += 1
-        self.records += n
+        self.records += _add_records(self, records)
 
     def _arrive(
         self,
@@ -234,8 +171,9 @@ class FlowTable:
         app: Any,
         pl: int = 0,
         seq: int = 0,
-    ) -> None:
-        """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse."""
+    ) -> list:
+        """A packet that starts a flow: the first of its 5-tuple, after an idle gap, or a port reuse.
+        Returns the new flow's state."""
         if not isinstance(ts, float | int) or ts != ts or not isinstance(wl, int):
             raise TypeError("record with a bad timestamp or length")
         if len(src) not in (4, 16) or len(dst) != len(src) or not isinstance(flags, int):
@@ -306,10 +244,11 @@ class FlowTable:
         lru[key] = None
         self.flows_started += 1
         if proto == TCP and isinstance(seq, int) and isinstance(pl, int) and pl > 0:
-            self._seqs(st, sender_initiates, seq + (flags >> 1 & 1), pl)
+            _seqs(st, sender_initiates, seq + (flags >> 1 & 1), pl)
         if app is not None:
             self._app(st, app, ts, True)
         self._emit(st, EV_START, ts)
+        return st
 
     def _class_of(self, proto: int, state: str) -> tuple[OrderedDict, float]:
         c = self.classes
@@ -344,48 +283,6 @@ class FlowTable:
                 lru[key] = None
                 st[LRU] = lru
                 st[IDLE] = idle
-
-    @staticmethod
-    def _seqs(st: list, out: bool, seq: int, pl: int) -> None:
-        """Count retransmitted and out-of-order data segments of one direction (mod 2**32).
-
-        A segment at or past the next expected sequence number advances it (a jump leaves a
-        hole, at most MAX_HOLES kept per direction); one that starts before it is out of order
-        when it falls in a hole, else a retransmission. Wireshark's heuristics (timing, window
-        probes, keep-alives) are not copied: these are counts for a flow summary.
-        """
-        sq = st[SEQ]
-        if sq is None:
-            sq = st[SEQ] = [None, None, [], [], 0, 0]
-        d = 0 if out else 1
-        nxt = sq[d]
-        end = (seq + pl) & 0xFFFFFFFF
-        if nxt is None:
-            sq[d] = end
-            return
-        ahead = (seq - nxt) & 0xFFFFFFFF
-        if ahead < 0x80000000:  # at or past the expected byte
-            if ahead:
-                holes = sq[2 + d]
-                if len(holes) < MAX_HOLES:
-                    holes.append((nxt, seq))
-            sq[d] = end
-            return
-        holes = sq[2 + d]
-        for i, (lo, hi) in enumerate(holes):
-            if (seq - lo) & 0xFFFFFFFF < (hi - lo) & 0xFFFFFFFF:
-                sq[5] += 1
-                if (end - hi) & 0xFFFFFFFF < 0x80000000:  # the hole is filled (from seq on)
-                    if seq == lo:
-                        del holes[i]
-                    else:
-                        holes[i] = (lo, seq)
-                elif seq == lo:
-                    holes[i] = (end, hi)
-                return
-        sq[4] += 1
-        if (end - nxt) & 0xFFFFFFFF < 0x80000000:
-            sq[d] = end
 
     def _app(self, st: list, app: Any, ts: float, starting: bool) -> None:
         """Names and facts from a packet's application fields."""
@@ -519,46 +416,73 @@ class FlowTable:
         ]
         st[POUT0], st[BOUT0], st[PIN0], st[BIN0] = pout, bout, pin, bin_
         st[DIRTY] = False
-        if ts > self.pending_max:
-            self.pending_max = ts
-        heappush(self.pending, (ts, st[KEY], next(self._n), row, st))
-        if len(self.pending) > self.max_pending:
+        fresh = self.fresh
+        fresh.append((ts, st[KEY], next(self._n), row, st))
+        if len(fresh) + len(self.pending) - self.pending_head > self.max_pending:
             self._release_early()
 
     def _release_early(self) -> None:
         """The waiting events are at their bound: hand out the oldest quarter now, before the
         reorder window has passed them (counted; see FlowSettings.max_pending_events)."""
-        pending = self.pending
-        ready = [heappop(pending) for _ in range(max(1, self.max_pending // 4))]
-        self.pending_max = max((e[0] for e in pending), default=-math.inf)
+        pending = self._settle()
+        head = self.pending_head
+        ready = pending[head : head + max(1, self.max_pending // 4)]
+        self._consumed(head + len(ready))
         self.release_forced += len(ready)
         self._hand_out(ready)
 
     def _release(self, now: float) -> None:
         """Hand out the events before ``now`` in time order, naming unnamed flows from DNS as of each.
 
-        ``pending`` is a heap: with several decoders the watermark lags, and re-sorting the
-        waiting events on every frame took 17% of the flow-tracker's py-spy samples on
-        sv-merged.pcap with 2 decoders; popping the ready ones is O(log n) per event.
+        Events leave in (ts, flow key, creation order) order: events at one packet time come out
+        in flow-key order, not in the order the decoders' frames happened to arrive (the order
+        never reaches the event rows: creation numbers differ).
         """
-        pending = self.pending
-        if not pending:
+        pending = self._settle()
+        head = self.pending_head
+        if head == len(pending):
             return
         # Strictly before ``now``: an event at ``now`` itself may still be joined by others at
         # the same time (an idle end due exactly now, a packet at now not yet fed), and events
         # at one time leave together, in flow-key order, whatever the frames were.
-        if self.pending_max < now:  # the usual case: everything is ready
-            pending.sort(key=_event_order)  # a heap is nearly sorted: timsort is ~linear here
-            ready = pending
-            self.pending = []
-            self.pending_max = -math.inf
-        else:
-            ready = []
-            while pending and pending[0][0] < now:
-                ready.append(heappop(pending))
-            if not ready:
-                return
+        cut = len(pending) if pending[-1][0] < now else bisect_left(pending, (now,), head)
+        if cut == head:
+            return
+        ready = pending[head:cut]
+        self._consumed(cut)
         self._hand_out(ready)
+
+    def _settle(self) -> list:
+        """The waiting events, all sorted: the fresh ones merged in (from ``pending_head`` on).
+
+        Events are emitted at or a little before the latest packet time, so the fresh ones sort
+        among the last waiting ones: only that tail is sorted again. (A heap of the waiting
+        events cost ~5,500 instructions an event on sv-merged, whose scan keeps thousands
+        waiting; tuples whose first items are all floats sort with C float comparisons.)
+        """
+        pending = self.pending
+        fresh = self.fresh
+        if fresh:
+            self.fresh = []
+            fresh.sort()
+            cut = bisect_right(pending, fresh[0], self.pending_head)
+            if cut < len(pending):
+                fresh += pending[cut:]
+                del pending[cut:]
+                fresh.sort()  # two sorted runs: one linear merge
+            pending += fresh
+        return pending
+
+    def _consumed(self, cut: int) -> None:
+        """The waiting events before ``cut`` have left."""
+        pending = self.pending
+        if cut >= len(pending):
+            pending.clear()
+            cut = 0
+        elif cut > 1024 and 2 * cut > len(pending):
+            del pending[:cut]  # now and then, not on every release: O(1) a release on average
+            cut = 0
+        self.pending_head = cut
 
     def _hand_out(self, ready: list[tuple[float, tuple, int, list, list]]) -> None:
         """Put released events (in time order) out, naming unnamed flows from DNS as of each."""
@@ -586,7 +510,166 @@ class FlowTable:
     @property
     def waiting(self) -> int:
         """Events held back until the slowest decoder catches up."""
-        return len(self.pending)
+        return len(self.fresh) + len(self.pending) - self.pending_head
+
+
+# --- the per-record loop ------------------------------------------------------------------------
+# A module function rather than the body of FlowTable.add: the compiled twin types its locals in
+# scripts/cython/_table_c.pxd (a flow's state as a list, the flow dict as a dict), which Cython
+# allows for module functions only.
+def _add_records(self: FlowTable, records: Iterable[tuple]) -> int:
+    """FlowTable.add: account a batch of records; return how many were looked at (bad ones too)."""
+    flows = self.flows
+    updates = self.updates
+    inf = math.inf
+    nxt = self._n.__next__
+    established = ESTABLISHED
+    arrive = self._arrive
+    due = self._due
+    tcp = self._tcp
+    app_fields = self._app
+    move_to_end = _move_to_end
+    push = heappush
+    # The previous record's flow: 87% of sv-merged's records belong to the flow of the record
+    # before them (either way), and comparing five fields is cheaper than building, hashing and
+    # looking up a key (~900 instructions, callgrind). Used only while that flow is alive:
+    # then it is the one its key maps to.
+    prev = None
+    prev_src = prev_dst = prev_sport = prev_dport = prev_proto = None
+    prev_fwd = False
+    n = 0
+    it = iter(records)
+    while True:
+        try:
+            for _num, ts, wl, proto, src, dst, sport, dport, flags, pl, frag, seq, app in it:
+                n += 1
+                if frag:
+                    # Every fragment of a datagram (the first one too) counts in one portless
+                    # flow of its address pair: capture shards fragments by addresses, so this
+                    # keeps the result the same with any number of decoders.
+                    sport = dport = flags = 0
+                if (
+                    prev is not None
+                    and sport == prev_sport
+                    and dport == prev_dport
+                    and src == prev_src
+                    and dst == prev_dst
+                    and proto == prev_proto
+                    and prev[ALIVE]
+                ):
+                    st = prev
+                    fwd = prev_fwd
+                elif (
+                    prev is not None
+                    and sport == prev_dport
+                    and dport == prev_sport
+                    and src == prev_dst
+                    and dst == prev_src
+                    and proto == prev_proto
+                    and prev[ALIVE]
+                ):
+                    st = prev
+                    fwd = not prev_fwd
+                else:
+                    if src < dst or (src == dst and sport < dport):
+                        key = (proto, src, sport, dst, dport)
+                        fwd = True
+                    else:
+                        key = (proto, dst, dport, src, sport)
+                        fwd = False
+                    st = flows.get(key)
+                    if st is None:
+                        prev = arrive(None, key, fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                        prev_src, prev_dst, prev_sport, prev_dport, prev_proto, prev_fwd = (
+                            src, dst, sport, dport, proto, fwd
+                        )
+                        continue
+                    prev = st
+                    prev_src, prev_dst, prev_sport, prev_dport, prev_proto, prev_fwd = (
+                        src, dst, sport, dport, proto, fwd
+                    )
+                # the times as C doubles in the compiled twin (t, last, idle, upd: _table_c.pxd)
+                t = ts
+                last = st[LAST]
+                idle = st[IDLE]
+                if t - last > idle or (flags & 2 and proto == 6 and tcp_state.is_new_connection(st[STATE], flags)):
+                    prev = arrive(st, st[KEY], fwd, ts, wl, proto, src, dst, sport, dport, flags, app, pl, seq)
+                    continue
+                upd = st[NEXT_UPD]
+                if t >= upd:
+                    due(st, ts)
+                out = fwd is st[INIT_FIRST]
+                if proto == 6:
+                    if flags & 7 or st[STATE] is not established:
+                        tcp(st, flags, out, ts)
+                    if pl:
+                        _seqs(st, out, seq + (flags >> 1 & 1), pl)  # data on a SYN follows it
+                if out:
+                    st[BOUT] += wl
+                    st[POUT] += 1
+                else:
+                    st[BIN] += wl
+                    st[PIN] += 1
+                if t > last:
+                    st[LAST] = ts
+                # the flow's own key: its bytes hash once, and the LRU finds it by identity
+                move_to_end(st[LRU], st[KEY])
+                if not st[DIRTY]:
+                    st[DIRTY] = True
+                    if st[NEXT_UPD] != inf:  # updates off: no timer to keep
+                        push(updates, (st[NEXT_UPD], nxt(), st))
+                if app is not None:
+                    app_fields(st, app, ts, False)
+            break
+        except (TypeError, ValueError, IndexError, KeyError):
+            # a record of the wrong shape or types: count it, go on with the next one
+            self.bad_records += 1
+    return n
+
+
+_move_to_end = OrderedDict.move_to_end
+
+
+def _seqs(st: list, out: bool, seq: int, pl: int) -> None:
+    """Count retransmitted and out-of-order data segments of one direction (mod 2**32).
+
+    A segment at or past the next expected sequence number advances it (a jump leaves a
+    hole, at most MAX_HOLES kept per direction); one that starts before it is out of order
+    when it falls in a hole, else a retransmission. Wireshark's heuristics (timing, window
+    probes, keep-alives) are not copied: these are counts for a flow summary.
+    """
+    sq = st[SEQ]
+    if sq is None:
+        sq = st[SEQ] = [None, None, [], [], 0, 0]
+    d = 0 if out else 1
+    nxt = sq[d]
+    end = (seq + pl) & 0xFFFFFFFF
+    if nxt is None:
+        sq[d] = end
+        return
+    ahead = (seq - nxt) & 0xFFFFFFFF
+    if ahead < 0x80000000:  # at or past the expected byte
+        if ahead:
+            holes = sq[2 + d]
+            if len(holes) < MAX_HOLES:
+                holes.append((nxt, seq))
+        sq[d] = end
+        return
+    holes = sq[2 + d]
+    for i, (lo, hi) in enumerate(holes):
+        if (seq - lo) & 0xFFFFFFFF < (hi - lo) & 0xFFFFFFFF:
+            sq[5] += 1
+            if (end - hi) & 0xFFFFFFFF < 0x80000000:  # the hole is filled (from seq on)
+                if seq == lo:
+                    del holes[i]
+                else:
+                    holes[i] = (lo, seq)
+            elif seq == lo:
+                holes[i] = (end, hi)
+            return
+    sq[4] += 1
+    if (end - nxt) & 0xFFFFFFFF < 0x80000000:
+        sq[d] = end
 
 
 # The compiled twin (Cython, built by scripts/setup from this very file) takes over these names

@@ -67,3 +67,10 @@ def step(state: str, fins: int, flags: int, from_initiator: bool) -> tuple[str, 
 def is_new_connection(state: str, flags: int) -> bool:
     """A bare SYN on a finished flow's 5-tuple: the port was reused for a new connection."""
     return (state is CLOSED or state is RESET) and flags & (TH_SYN | TH_ACK) == TH_SYN
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("initial", "step", "is_new_connection"))
