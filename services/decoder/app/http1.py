@@ -403,3 +403,10 @@ def _folded_headers(lines: list) -> dict:
         headers[name] = line[colon + 1 :].strip()
         last = name
     return headers
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("Http1Conn", "Http1Parser", "looks_like_http1"))
