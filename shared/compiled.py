@@ -1,7 +1,8 @@
 """Compiled twins of the hot modules: which path runs, and how to get the other one.
 
-The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector
-and credential watching; capture's reader and sharder; the flow table, merge and names) are the
+The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector,
+credential watching, HTTP/1, DNS and TCP reassembly; capture's reader and sharder; the flow
+table, merge and names) are the
 reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
 Cython into a sibling extension module (``_fastpath_c``, ...), stamped with the SHA-256 of the
 source it was built from. At the end of its import, each pure module calls ``adopt()``, which
