@@ -1,8 +1,9 @@
 """Compiled twins of the hot modules: which path runs, and how to get the other one.
 
-The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector
-and credential watching; capture's reader and sharder; the flow table, merge, names,
-local-address test and TCP states) are the reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
+The pure-Python modules listed in ``TWINS`` (the decoder's fast path, IPv6 walk, app inspector,
+credential watching, HTTP/1, DNS, TCP reassembly and TLS fingerprints; capture's reader and
+sharder; the flow table, merge, names, local-address test and TCP states; the read path's
+dissectors and filter) are the reference. ``scripts/build_compiled.py`` (run by ``scripts/setup``) compiles a copy of each with
 Cython into a sibling extension module (``_fastpath_c``, ...), stamped with the SHA-256 of the
 source it was built from. At the end of its import, each pure module calls ``adopt()``, which
 rebinds its public entry points to the twin's when there is a matching one. So the compiled path is used only when it was built from exactly
@@ -33,6 +34,10 @@ TWINS: dict[str, str] = {
     "services.decoder.ipv6": "services.decoder._ipv6_c",
     "services.decoder.app.credentials": "services.decoder.app._credentials_c",
     "services.decoder.app.inspector": "services.decoder.app._inspector_c",
+    "services.decoder.app.http1": "services.decoder.app._http1_c",
+    "services.decoder.app.dns": "services.decoder.app._dns_c",
+    "services.decoder.app.reassembly": "services.decoder.app._reassembly_c",
+    "services.decoder.app.fingerprints": "services.decoder.app._fingerprints_c",
     "services.capture.pcapfile": "services.capture._pcapfile_c",
     "services.flowtracker.merge": "services.flowtracker._merge_c",
     "services.flowtracker.names": "services.flowtracker._names_c",

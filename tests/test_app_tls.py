@@ -363,3 +363,21 @@ def test_draft_server_hello_without_session_id():
 
 def test_vec_helpers_roundtrip():
     assert vec8(b"ab") == b"\x02ab" and vec16(b"ab") == b"\x00\x02ab"
+
+
+def test_certificate_read_once_then_from_the_cache():
+    der = _self_signed("cached.example", ["cached.example", "www.cached.example"])
+    tls._CERT_CACHE.pop(der, None)
+    first = tls.certificate_fields(der)
+    assert der in tls._CERT_CACHE
+    again = tls.certificate_fields(der)
+    assert again == first and first["tls.cert.san"] == ["cached.example", "www.cached.example"]
+    again["tls.cert.san"].append("changed")  # a caller's copy: the cache and other flows keep theirs
+    assert tls.certificate_fields(der) == first
+
+
+def test_unparsed_certificate_is_not_cached_and_counted_every_time():
+    bad = b"\x30\x03\x02\x01\x01"
+    before = tls.counters["tls_cert_unparsed"]
+    assert tls.certificate_fields(bad) == {} and tls.certificate_fields(bad) == {}
+    assert tls.counters["tls_cert_unparsed"] == before + 2 and bad not in tls._CERT_CACHE

@@ -15,6 +15,18 @@ name in it and is never stored or returned.
 (25, 587, 2525) and Telnet (23) streams, chosen by the server port because their commands
 (USER/PASS) are shared; ``http_authorization`` reads an HTTP Authorization header. Both keep
 only a few short strings per stream (lines are cut at MAX_LINE bytes).
+
+What is read, and what not (a cost bound: this watch used to split every line of both sides):
+
+* Server lines are read only for Telnet (its prompts) and SMTP (the 354 that opens a message
+  body); for FTP, POP3 and IMAP the server's bytes are dropped unread, since no finding depends
+  on them.
+* An SMTP message body is content, not commands: after the client's ``DATA`` line and the
+  server's 354 the client's bytes are skipped with ``find`` up to the line ``.``, and after
+  ``BDAT n`` its n bytes of chunk data are skipped. On sv-merged.pcap this is 3.1 MB and 43,799
+  client lines of SMTP bodies that were split one by one. A deliberate change: a body line that
+  looks like a command (``AUTH PLAIN ...`` quoted in a mail, or ``STARTTLS``, which used to end
+  the watch) no longer counts. A gap in the stream returns to reading every line.
 """
 
 from __future__ import annotations
@@ -85,7 +97,7 @@ def sasl_plain_user(blob: bytes) -> str | None:
 class LineWatch:
     """Client and server lines of one line-protocol stream; ``feed`` returns findings' fields."""
 
-    __slots__ = ("protocol", "finished", "user", "_buf", "_expect", "_typed", "_prompted")
+    __slots__ = ("protocol", "finished", "user", "_buf", "_expect", "_typed", "_prompted", "_body", "_data")
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
@@ -95,17 +107,37 @@ class LineWatch:
         self._expect = ""  # SMTP AUTH state: "plain" | "login-user" | "login-pass"
         self._typed = bytearray()  # telnet: keystrokes after a login prompt
         self._prompted = ""  # telnet: "login" | "password" | ""
+        # SMTP message content being skipped: _body -1 up to the line ".", n > 0 that many BDAT
+        # bytes, 0 none; _data: the client's latest line was DATA (a 354 then opens the body)
+        self._body = 0
+        self._data = False
 
     def feed(self, data: bytes, from_client: bool) -> list[dict]:
         if self.finished:
             return []
         if self.protocol == "telnet":
             return self._telnet(data, from_client)
-        side = 0 if from_client else 1
-        buf = self._buf[side]
+        if not from_client:
+            if self.protocol == "smtp":
+                self._smtp_server(data)
+            return []  # FTP, POP3, IMAP: nothing the server says is looked at
+        buf = self._buf[0]
+        if self._body:
+            if self._body > 0:  # BDAT chunk data: skipped by count, never split into lines
+                n = len(data)
+                if n <= self._body:
+                    self._body -= n
+                    return []
+                data = data[self._body :]
+                self._body = 0
+            else:
+                buf += data
+                if not self._skip_body(buf):
+                    return []
+                data = b""
         buf += data
         out: list[dict] = []
-        while not self.finished:
+        while not self.finished and not self._body:
             nl = buf.find(b"\n")
             if nl < 0:
                 if len(buf) > MAX_LINE:
@@ -113,14 +145,63 @@ class LineWatch:
                 break
             line = bytes(buf[:nl]).rstrip(b"\r")
             del buf[: nl + 1]
-            if from_client:
-                found = self._client_line(line[:MAX_LINE])
-                if found is not None:
-                    out.append(found)
+            found = self._client_line(line[:MAX_LINE])
+            if found is not None:
+                out.append(found)
+            if self._body > 0:  # BDAT: the chunk follows its command line at once
+                rest = bytes(buf)
+                buf.clear()
+                if rest:
+                    out += self.feed(rest, True)
+                break
         return out
 
     def gap(self, _size: int) -> None:
         self._buf = [bytearray(), bytearray()]
+        self._body = 0  # where a message body ends is no longer known: read every line again
+        self._data = False
+
+    def _smtp_server(self, data: bytes) -> None:
+        """Server lines of SMTP: a 354 answering the client's DATA opens the message body."""
+        buf = self._buf[1]
+        buf += data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                if len(buf) > MAX_LINE:
+                    del buf[:-MAX_LINE]
+                return
+            if self._data and buf.startswith(b"354"):
+                self._body = -1
+                self._data = False
+            del buf[: nl + 1]
+
+    def _skip_body(self, buf: bytearray) -> bool:
+        """Skip message content in ``buf`` (which starts at a line start) through the line "."
+        (any CRs before its LF, as lines are read elsewhere); True when found, ``buf`` then holding
+        what follows. Else ``buf`` keeps only what may still begin that line (b"x": mid-line)."""
+        n = len(buf)
+        # Each "." is found with a one-byte find (memchr): 0.07 us for 1,400 bytes of mail text
+        # where find(b"\n.") takes 1.1 us (timeit, CPython 3.11), and base64 has no "." at all.
+        i = buf.find(b".")
+        while i >= 0:
+            if i == 0 or buf[i - 1] == 10:  # at a line start
+                j = i + 1
+                while j < n and buf[j] == 13:
+                    j += 1
+                if j == n:  # "." and CRs so far: the end of the body, unless more follows
+                    del buf[:i]
+                    return False
+                if buf[j] == 10:
+                    del buf[: j + 1]
+                    self._body = 0
+                    return True
+            i = buf.find(b".", i + 1)
+        if buf.rfind(b"\n") + 1 < n:
+            buf[:] = b"x"  # inside a line that is not "."
+        else:
+            buf.clear()  # at a line start
+        return False
 
     def _client_line(self, line: bytes) -> dict | None:
         proto = self.protocol
@@ -130,6 +211,12 @@ class LineWatch:
             return None
         if self._expect:
             return self._smtp_continuation(line)
+        if proto == "smtp":
+            self._data = upper == b"DATA"
+            if upper.startswith(b"BDAT "):
+                size = upper[5:].split(b" ", 1)[0]
+                if size.isdigit() and int(size):
+                    self._body = int(size)
         if proto in ("ftp", "pop3"):
             if upper.startswith(b"USER "):
                 self.user = line[5:].strip().decode("utf-8", "replace")

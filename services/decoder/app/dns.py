@@ -214,3 +214,10 @@ def parse_message(msg: bytes, counters=None) -> dict:
             break
         fields[key] = records
     return fields
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("DnsError", "parse_message", "read_name"))

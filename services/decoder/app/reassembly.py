@@ -181,3 +181,10 @@ class TcpStream:
             self.pool.counters["reasm_gaps"] += 1
             self.next_seq = first
         self._drain(out)
+
+
+# The compiled twin (Cython, built by scripts/setup from this very file) takes over these names
+# unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
+from shared.compiled import adopt as _adopt  # noqa: E402
+
+COMPILED = _adopt(globals(), ("ReassemblyPool", "TcpStream"))
