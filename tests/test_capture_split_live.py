@@ -30,10 +30,11 @@ def _tcp_flows(server: Server) -> set[int]:
     """Connect, send, get an answer, close: TCP_FLOWS flows, each from its own source port."""
     ports = set()
     for _ in range(TCP_FLOWS):
+        accepted = len(server.conns)
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
             ports.add(c.getsockname()[1])
             c.sendall(b"ping" * 50)
-            wait_for(lambda: len(server.conns) >= len(ports), 5, 0.005, what="the server to accept")
+            wait_for(lambda n=accepted: len(server.conns) > n, 5, 0.005, what="the server to accept")
             conn = server.conns[-1]
             conn.recv(200)
             conn.sendall(b"pong" * 20)
@@ -115,3 +116,53 @@ def test_two_captures_see_every_flow_once_with_both_directions(short_tmp):
     assert summary["packets"] == sum(parts), (summary["packets"], parts)
     assert summary["packets"] == summary["decoded"] + summary["malformed"] + summary["non_ip"]
     assert not any(summary["lost"].values()), summary["lost"]
+
+
+def test_a_killed_capture_is_restarted_and_no_flow_is_lost_around_it(short_tmp):
+    """kill -9 one capture of two: supervisord starts it again (status counts the restart), the
+    kernel hands its share of the fanout to the capture still alive meanwhile, and every flow
+    made while it was down and after it came back is in the flow log with both directions."""
+    server = Server()
+    udp_port = free_port()
+    flow_log = short_tmp / "flows.jsonl"
+    pipe = LivePipeline(
+        short_tmp,
+        f"tcp port {server.port} or udp port {udp_port}",
+        decoders=2,
+        extra=("--captures", "2", "--flow-log", str(flow_log), "--attribution", "psutil", "--json"),
+    )
+    try:
+        old_pid = int(pipe.stats("capture-1")["pid"])
+        os.kill(old_pid, 9)
+        # gone, and its socket out of the fanout group: what it had queued and not read dies with it
+        wait_for(lambda: not os.path.exists(f"/proc/{old_pid}"), 10, what="the killed capture to be gone")
+        down_tcp = _tcp_flows(server)  # while capture-1 is dead or coming back
+        wait_for(
+            lambda: int(pipe.stats("capture-1").get("pid") or old_pid) != old_pid, 30, what="capture-1 restarted"
+        )
+        time.sleep(0.5)  # its AF_PACKET socket rejoins the fanout group as it opens the interface
+        up_tcp = _tcp_flows(server)
+        udp_ports = _udp_flows(udp_port)
+        status = subprocess.run(
+            [*PKTSCOPE, "status", "--run-dir", str(pipe.run_dir)], cwd=ROOT, capture_output=True, text=True
+        )
+        assert int(pipe.stats("capture-1").get("restarts") or 0) >= 1, pipe.stats("capture-1")
+        # the new capture-1 rejoined the fanout group: it reads its share again
+        wait_for(lambda: int(pipe.stats("capture-1").get("packets") or 0) > 0, 10, what="capture-1 to read")
+        server.close()
+        time.sleep(1.0)
+    finally:
+        server.close()
+        code = pipe.stop()
+    log = pipe.log.read_text()
+    assert code == 0, log[-3000:]  # a restarted capture is not a failed run: the summary counts it
+    summary = json.loads(log.strip().splitlines()[-1])
+    assert summary["restarts"].get("capture-1", 0) >= 1, summary
+    assert "capture-1" in status.stdout, status.stdout
+    flows = [json.loads(line) for line in flow_log.read_text().splitlines()]
+    for ports, proto, least in ((down_tcp, 6, 8), (up_tcp, 6, 8), (udp_ports, 17, 2)):
+        mine = [f for f in flows if f["proto"] == proto and {f["sport"], f["dport"]} & ports]
+        seen = sorted(({f["sport"], f["dport"]} & ports).pop() for f in mine)
+        assert seen == sorted(ports), f"proto {proto}: every flow exactly once"
+        for f in mine:
+            assert f["pkts_out"] > 0 and f["pkts_in"] > 0 and f["pkts_out"] + f["pkts_in"] >= least, (proto, f)

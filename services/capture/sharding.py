@@ -35,8 +35,24 @@ IP_TUNNELS = tunnels.IP_TUNNEL_PROTOS
 TUNNEL_MAX_NESTING = tunnels.MAX_NESTING
 
 
+_M64 = 0xFFFFFFFFFFFFFFFF
+_K1 = 0x9E3779B97F4A7C15  # splitmix64's constants: every input bit reaches every output bit
+_K2 = 0xBF58476D1CE4E5B9
+_K3 = 0x94D049BB133111EB
+
+
 def _mix(a: int, b: int, x: int, y: int) -> int:
-    return hash((a ^ b, a + b, x ^ y, x + y))
+    """Symmetric 64-bit mix of two addresses (or folded IPv6 halves) and two ports.
+
+    Plain unsigned 64-bit arithmetic, masked here and wrapping in the compiled twin, where it is
+    a C function (scripts/cython/_sharding_c.pxd): both give the same number, so pure and compiled
+    capture deal packets alike. ``hash`` of a tuple, used before, could not be computed in C.
+    """
+    h = ((a ^ b) * _K1 + ((a + b) & _M64)) & _M64
+    h = (h * _K1 + ((x ^ y) << 17 | (x + y))) & _M64
+    h = ((h ^ (h >> 30)) * _K2) & _M64
+    h = ((h ^ (h >> 27)) * _K3) & _M64
+    return h ^ (h >> 31)
 
 
 def ip_hash(d: bytes, o: int, depth: int = 0) -> int:
@@ -185,56 +201,93 @@ _HASHERS: dict[int, Callable[[bytes], int]] = {
 }
 
 
-# Untagged Ethernet, the IP header fields the hash needs in one unpack each:
-# IPv4 version/IHL, flags/fragment offset, protocol, addresses; IPv6 next header, addresses.
-_IP4_AT_14 = struct.Struct("!B5xHxB2xII").unpack_from
-_IP6_AT_14 = struct.Struct("!B5xBxQQQQ").unpack_from
-# IPv4 without options and its two ports in one unpack (the common case), when the frame is long
-# enough to hold them; UDP to these ports carries a tunnel and is hashed on the inner packet
-_IP4_PORTS_AT_14 = struct.Struct("!B5xHxB2xIIHH").unpack_from
-_UDP_TUNNEL_PORTS = frozenset((*VXLAN_PORTS, GENEVE_PORT))
+_VXLAN_A, _VXLAN_B = sorted(VXLAN_PORTS)
+_GENEVE = GENEVE_PORT
 
 
-def _ethernet_inlined(decoders: int) -> Callable[[bytes], int]:
-    """``shard`` for Ethernet with untagged IPv4 and IPv6 inlined: one call per packet.
+def _u64(p: bytes, o: int) -> int:
+    """The big-endian 64-bit number at ``o`` (a C loop over a pointer when compiled)."""
+    v = 0
+    for i in range(o, o + 8):
+        v = (v << 8) | p[i]
+    return v
 
-    Gives exactly the hash of ``_ethernet`` (same tuple, same mixing), so a flow whose
-    packets take both paths still lands on one decoder (tests/test_capture_sharding.py).
+
+def ethernet_shard(d: bytes, decoders: int) -> int:
+    """The shard of an Ethernet frame: IPv4 and IPv6 (behind up to two VLAN tags, IPv6 extension
+    headers walked) read byte by byte, tunnels and anything unusual by the general path. Same
+    answer as ``_ethernet(d) % decoders`` (tests/test_capture_sharding.py compares every packet).
+
+    Compiled, ``p`` is a C pointer into the frame and every local a C integer
+    (scripts/cython/_sharding_c.pxd), so the common cases create no Python object: on sv-merged
+    the shard cost 380 ns a packet through ``struct`` and a tuple ``hash``, and costs about
+    60 ns this way (docs/benchmarks.md, "Offline reader speed").
     """
-
-    def shard(d: bytes) -> int:
-        try:
-            et = d[12] << 8 | d[13]
-            if et == ETH_IPV4:
-                if len(d) >= 38:
-                    vhl, fragw, p, a, b, x, y = _IP4_PORTS_AT_14(d, 14)
-                    # TCP, UDP (not to a tunnel port), SCTP without IP options or fragments:
-                    # _transport_hash's answer without its calls (measured: 1.35M -> see docs)
-                    if (
-                        vhl == 0x45
-                        and not fragw & 0x3FFF
-                        and (p == 6 or p == 132 or (p == 17 and y not in _UDP_TUNNEL_PORTS))
-                    ):
-                        return hash((a ^ b, a + b, x ^ y, x + y)) % decoders
+    n = len(d)
+    if n >= 34:
+        p = d  # compiled: const unsigned char *; every read below is checked against ``n``
+        o = 14
+        et = p[12] << 8 | p[13]
+        if (et == 0x8100 or et == 0x88A8) and n >= 38:  # ETH_VLAN, ETH_QINQ (literals: C constants)
+            et = p[16] << 8 | p[17]
+            o = 18
+            if et == 0x8100 and n >= 42:
+                et = p[20] << 8 | p[21]
+                o = 22
+        if et == 0x0800 and o + 20 <= n and p[o] >> 4 == 4:
+            a = p[o + 12]
+            a = (a << 24) | (p[o + 13] << 16) | (p[o + 14] << 8) | p[o + 15]
+            b = p[o + 16]
+            b = (b << 24) | (p[o + 17] << 16) | (p[o + 18] << 8) | p[o + 19]
+            proto = p[o + 9]
+            if (p[o + 6] & 0x3F) or p[o + 7]:  # MF flag or a fragment offset: addresses only
+                return _mix(a, b, 0, 0) % decoders
+            if proto == 6 or proto == 17 or proto == 132:
+                o += (p[o] & 15) << 2
+                if o + 4 <= n:
+                    y = p[o + 2] << 8 | p[o + 3]
+                    if proto != 17 or (y != _VXLAN_A and y != _VXLAN_B and y != _GENEVE):
+                        x = p[o] << 8 | p[o + 1]
+                        return _mix(a, b, x, y) % decoders
+            elif proto != 4 and proto != 41 and proto != 47:  # not a tunnel: addresses only
+                return _mix(a, b, 0, 0) % decoders
+        elif et == 0x86DD and o + 40 <= n and p[o] >> 4 == 6:
+            a = _u64(p, o + 8) ^ _u64(p, o + 16)
+            b = _u64(p, o + 24) ^ _u64(p, o + 32)
+            proto = p[o + 6]
+            o += 40
+            for _hop in range(8):  # hop-by-hop, routing, destination options and AH, as _ip6_hash
+                if proto == 0 or proto == 43 or proto == 60:
+                    if o + 2 > n:
+                        break
+                    proto = p[o]
+                    o += (p[o + 1] + 1) << 3
+                elif proto == 51:
+                    if o + 2 > n:
+                        break
+                    proto = p[o]
+                    o += (p[o + 1] + 2) << 2
+                elif proto == 44:
+                    if o + 4 > n:
+                        break
+                    if p[o + 2] or p[o + 3]:  # a real fragment: the whole datagram by addresses
+                        return _mix(a, b, 0, 0) % decoders
+                    proto = p[o]  # an atomic fragment is a whole packet
+                    o += 8
                 else:
-                    vhl, fragw, p, a, b = _IP4_AT_14(d, 14)
-                if vhl >> 4 == 4:
-                    if fragw & 0x3FFF:
-                        return hash((a ^ b, a + b, 0, 0)) % decoders
-                    if p == 6 or p == 17 or p == 132:
-                        return _transport_hash(d, 14 + ((vhl & 15) << 2), p, a, b, 0) % decoders
-                    if p in IP_TUNNELS:
-                        return ip_hash(d, 14) % decoders
-                    return hash((a ^ b, a + b, 0, 0)) % decoders
-            elif et == ETH_IPV6:
-                v, p, a1, a2, b1, b2 = _IP6_AT_14(d, 14)
-                if v >> 4 == 6:
-                    return _ip6_hash(d, 54, p, a1 ^ a2, b1 ^ b2) % decoders
-            return _ethernet(d) % decoders
-        except (IndexError, struct.error):
-            return 0  # too short to hash: the decoder will count it as malformed
-
-    return shard
+                    break
+            if proto == 6 or proto == 17:
+                if o + 4 <= n:
+                    y = p[o + 2] << 8 | p[o + 3]
+                    if proto == 6 or (y != _VXLAN_A and y != _VXLAN_B and y != _GENEVE):
+                        x = p[o] << 8 | p[o + 1]
+                        return _mix(a, b, x, y) % decoders
+            elif proto not in (0, 4, 41, 43, 44, 47, 51, 60):  # no tunnel, fragment or header left
+                return _mix(a, b, 0, 0) % decoders
+    try:
+        return _ethernet(d) % decoders
+    except (IndexError, struct.error):
+        return 0  # too short to hash: the decoder will count it as malformed
 
 
 def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
@@ -242,7 +295,7 @@ def make_sharder(linktype: int, decoders: int) -> Callable[[bytes], int]:
     if decoders <= 1:
         return lambda _d: 0
     if linktype == 1:
-        return _ethernet_inlined(decoders)
+        return lambda d: ethernet_shard(d, decoders)
     hasher = _HASHERS.get(linktype)
     if hasher is None:
         return lambda _d: 0
@@ -273,9 +326,11 @@ def deal(
     0.079 CPU s (of which the shard function alone is 0.070 s; best of 5, /tmp micro-bench).
     """
     ts = None
+    decoders = len(batches)
+    direct = linktype == 1 and decoders > 1  # a C call to ethernet_shard, not through ``shard``
     for ts, data, wirelen in packets:
         num += 1
-        i = shard(data)
+        i = ethernet_shard(data, decoders) if direct else shard(data)
         b = batches[i]
         b.append((num, ts, linktype, wirelen, data))
         if len(b) >= bsize:
@@ -289,4 +344,4 @@ def deal(
 # unless PKTSCOPE_PURE=1; this file stays the reference (shared/compiled.py).
 from shared.compiled import adopt as _adopt  # noqa: E402
 
-COMPILED = _adopt(globals(), ("make_sharder", "deal"))
+COMPILED = _adopt(globals(), ("make_sharder", "deal", "ethernet_shard"))
