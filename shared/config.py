@@ -163,6 +163,28 @@ class PipelineConfig:
     def detector_names(self) -> list[str]:
         return [self.detector_name(k) for k in range(max(1, self.detectors))]
 
+    @property
+    def packets_hwm(self) -> int:
+        """High-water mark of the capture -> decoder link (each side), in frames.
+
+        Live, the full ``hwm``: the burst a decoder may fall behind before capture drops. A
+        replay blocks instead of dropping, so deep queues only hold memory (frames of 512 packets
+        waiting in capture and in the decoders): a quarter of it, as ``records_hwm``.
+        """
+        return self.hwm if self.live else max(8, self.hwm // 4)
+
+    @property
+    def records_hwm(self) -> int:
+        """High-water mark of the decoder -> flow-tracker link (each side), in frames.
+
+        A quarter of ``hwm``: the flow-tracker is the slower stage, so on a replay this link's
+        queues fill to the mark, and each frame of 512 records held there costs the decoder and
+        the flow-tracker memory. At 200 frames the flow-tracker peaked at 132-142 MB on the 5x
+        capture, at 50 at 82-86 MB with the same end-to-end time within noise (docs/benchmarks.md).
+        Live drops happen before the decoders, on capture's link, which keeps ``hwm``.
+        """
+        return max(8, self.hwm // 4)
+
     def tracker_endpoint_of(self, index: int) -> str:
         return self._ipc(f"{self.tracker_name(index)}.ipc")
 

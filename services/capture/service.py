@@ -57,7 +57,7 @@ class Capture:
         self.n = max(1, cfg.decoders)
         self.ctx = zmq.Context.instance()
         self.socks = [
-            connect_push(self.ctx, cfg.decoder_endpoint(i), cfg.hwm, immediate=cfg.live)
+            connect_push(self.ctx, cfg.decoder_endpoint(i), cfg.packets_hwm, immediate=cfg.live)
             for i in range(self.n)
         ]
         self.seq = [0] * self.n

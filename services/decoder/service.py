@@ -119,10 +119,10 @@ class DecoderService:
         self.capture_eos: dict[str, Any] = {}
         self.capture_set = frozenset(cfg.capture_names())
         self.ctx = zmq.Context.instance()
-        self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.hwm)
+        self.pull = bind_pull(self.ctx, cfg.decoder_endpoint(index), cfg.packets_hwm)
         # one PUSH per flow-tracker shard, each with its own frame sequence numbers
         self.trackers = max(1, cfg.flowtrackers)
-        self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.hwm) for j in range(self.trackers)]
+        self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.records_hwm) for j in range(self.trackers)]
         self.seqs = [0] * self.trackers
         # restarted within the run: carry on the counters and the numbering, count what was lost
         self.continuity = Continuity(self.stats, self.gaps, COUNTERS)

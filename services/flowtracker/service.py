@@ -119,7 +119,7 @@ class FlowTrackerService:
             c["flows_lost"] += int(float(prev.get("flows_active", 0) or 0))
         self.ended = False  # the end of stream was passed on (not a stop)
         self.ctx = zmq.Context.instance()
-        self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.hwm)
+        self.pull = bind_pull(self.ctx, cfg.tracker_endpoint_of(index), cfg.records_hwm)
         # a sensor sends to the pool over TCP and never blocks on it (uplink.py); else ipc PUSH
         self.uplink: Uplink | None = None
         self.relay: StatsRelay | None = None

@@ -479,8 +479,11 @@ class FlowTable:
         if cut >= len(pending):
             pending.clear()
             cut = 0
-        elif cut > 1024 and 2 * cut > len(pending):
-            del pending[:cut]  # now and then, not on every release: O(1) a release on average
+        elif cut:
+            # at once, not now and then: a consumed entry keeps its row and its flow's state alive
+            # (keeping up to half the list consumed cost the flow-tracker +25% peak RSS on the 5x
+            # capture); a memmove of the pointers left, ~20 us for 50,000 waiting events a release
+            del pending[:cut]
             cut = 0
         self.pending_head = cut
 
