@@ -20,10 +20,13 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:  # imported where used: it brings asyncio in, 18 ms before a replay's zygote starts
+    from zmq.auth.thread import ThreadAuthenticator
 
 from shared.sockets import bind_pub
 
@@ -98,6 +101,8 @@ def bind_alerts_pub(
         return bind_pub(ctx, endpoint, hwm), None
     kd = Path(keys_dir)
     public, secret = _load(kd / "server.key_secret", secret=True)
+    from zmq.auth.thread import ThreadAuthenticator
+
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(kd / "authorized"))

@@ -19,6 +19,12 @@ import zmq
 # for a receiver that is slow or being restarted by the supervisor, then gives up. Stopping
 # (SIGTERM, Ctrl-C) uses the short LINGER set in connect_push instead.
 END_OF_STREAM_LINGER_MS = 60_000
+# A PUSH that connects before its peer has bound (the services of a run start together) tries
+# again after RECONNECT_IVL_MS, doubling up to RECONNECT_IVL_MAX_MS. ZeroMQ's default, a flat
+# 100 ms, held a replay's first frames that long or longer: a 5-packet replay's end of stream
+# reached the decoder 165 ms after capture sent it; 10 ms then backing off costs nothing idle.
+RECONNECT_IVL_MS = 10
+RECONNECT_IVL_MAX_MS = 1000
 
 
 def _prepare_ipc(endpoint: str) -> None:
@@ -42,6 +48,8 @@ def connect_push(ctx: zmq.Context, endpoint: str, hwm: int, immediate: bool = Fa
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.connect(endpoint)

@@ -590,7 +590,7 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path) -> 
                 print(f"pktscope: gave up after {args.timeout} s", file=sys.stderr)
                 exit_code = 1
                 break
-            time.sleep(0.05 if not cfg.live else 0.1)  # a replay's end is noticed within 50 ms
+            time.sleep(0.02 if not cfg.live else 0.1)  # a replay's end is noticed within 20 ms
         if bar is not None:
             bar.close()
         interrupted = interrupt.hit and ends
