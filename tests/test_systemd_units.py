@@ -1,7 +1,7 @@
 """systemd, supervisord and compose start the same programs for every role (issue 15, acceptance 5).
 
-There is no systemd as PID 1 here: the units `pktscope systemd` writes are checked with
-`systemd-analyze verify` (it loads unit files offline) and parsed with configparser, and every
+Here the units `pktscope systemd` writes are checked offline with `systemd-analyze verify` and
+parsed with configparser (tests/test_systemd_boot.py starts them under a real systemd), and every
 ExecStart is run through the real argparse parser of ``python -m services.<name>``. The compose
 files are checked against the same program list (services/cli/programs.py) without docker.
 """

@@ -129,6 +129,10 @@ def render_unit(cfg: PipelineConfig, prog: Program, progs: list[Program], python
         lines += [f"RuntimeDirectory={cfg.run_dir[len('/run/'):]}", "RuntimeDirectoryPreserve=yes"]
     if prog.name == "redis" and cfg.state_dir.startswith("/var/lib/"):
         lines.append(f"StateDirectory={cfg.state_dir[len('/var/lib/'):]}")
+    elif prog.name == "redis":
+        # StateDirectory= only makes directories under /var/lib; redis-server exits 1 on a missing
+        # --dir (found by starting the units under a real systemd: tests/test_systemd_boot.py)
+        lines.append(f"ExecStartPre=/bin/mkdir -p -m 0700 {shlex.quote(cfg.state_dir)}")
     if prog.name == "capture":
         lines.append("AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN")
     if prog.name == "procwatch":
