@@ -78,9 +78,10 @@ def alerts(host: BootedSystemd) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def status(host: BootedSystemd) -> dict:
-    """`pktscope status --json` inside the booted host: {"services": {...}, "sensors": {...}}."""
-    done = host.run(*PKTSCOPE, "status", "--json", "--redis-url", REDIS)
+def status(host: BootedSystemd, etc: Path) -> dict:
+    """`pktscope status --json` inside the booted host, with no flag: it finds the pipeline through
+    the installed config (``PKTSCOPE_CONFIG``, /etc/pktscope/pipeline.json on a real install)."""
+    done = host.run("env", f"PKTSCOPE_CONFIG={etc / 'pipeline.json'}", *PKTSCOPE, "status", "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -118,7 +119,7 @@ def test_role_all_starts_sees_traffic_alerts_and_stops_under_systemd(base):
             lambda: [a for a in alerts(host) if str(port) in json.dumps(a)], 30, "an alert for the test's traffic"
         )
         assert found[0]["kind"] in ("new_process_egress", "new_process_dest"), found
-        seen = set(status(host)["services"])
+        seen = set(status(host, base / "etc")["services"])
         expected = instance_names(instances) - {"capture-0"} | {"capture"}  # one capture keeps its plain name
         assert expected <= seen, (expected, seen)
         stop(host, TARGETS["all"])
@@ -153,11 +154,11 @@ def test_sensor_and_pool_roles_on_two_booted_hosts_over_curve(base):
             lambda: [a for a in alerts(pool) if str(port) in json.dumps(a)], 30, "the pool's alert for the sensor's traffic"
         )
         assert "web-1" in found[0]["entity"], found[0]
-        both = status(pool)  # the pool lists the sensor's instances too (their stats come over the link)
+        both = status(pool, base / "pool" / "etc")  # the pool lists the sensor's instances too (their stats come over the link)
         assert instance_names(pool_instances) <= set(both["services"]), both["services"].keys()
         on_sensor = set(both["sensors"].get("web-1", {}))
         wanted = instance_names(sensor_instances) - {"capture-0"} | {"capture"}
-        pool.wait(lambda: wanted <= set(status(pool)["sensors"].get("web-1", {})), 15, f"{wanted} on the pool")
+        pool.wait(lambda: wanted <= set(status(pool, base / "pool" / "etc")["sensors"].get("web-1", {})), 15, f"{wanted} on the pool")
         assert on_sensor or wanted
         stop(sensor, TARGETS["sensor"])
         stop(pool, TARGETS["pool"])

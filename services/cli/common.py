@@ -37,11 +37,26 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Where a systemd install keeps the config its units run with (`pktscope systemd`, README):
+# the units' run directory holds only sockets, so the commands look here too.
+INSTALLED_CONFIG = Path("/etc/pktscope/pipeline.json")
+
+
+def installed_config() -> Path:
+    """The installed pipeline config: $PKTSCOPE_CONFIG, else /etc/pktscope/pipeline.json."""
+    return Path(os.environ.get("PKTSCOPE_CONFIG") or INSTALLED_CONFIG)
+
+
 def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
-    """The configuration of the pipeline in ``run_dir``, or None if none was ever run there."""
-    path = (run_dir or default_run_dir()) / "pipeline.json"
+    """The configuration of the pipeline in ``run_dir``, or None if none was ever run there.
+
+    A pipeline started by `pktscope run` leaves its config in its run directory; one started by
+    systemd units has it in ``installed_config()``, used when its run directory is ``run_dir``.
+    """
+    where = run_dir or default_run_dir()
+    path = where / "pipeline.json"
     if not path.exists():
-        return None
+        return _installed_pipeline(where)
     try:
         # another user's directory (made first under /tmp) could point us at their Redis
         check_private_dir(path.parent, trusted=(os.geteuid(), 0), fix_mode=False)
@@ -52,6 +67,20 @@ def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
         return PipelineConfig.load(path)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read {path}: {exc}") from None
+
+
+def _installed_pipeline(run_dir: Path) -> PipelineConfig | None:
+    path = installed_config()
+    if not path.is_file():
+        return None
+    try:
+        check_trusted_file(path)  # it names the Redis every command talks to
+        cfg = PipelineConfig.load(path)
+    except UnsafeRunDir as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    return cfg if Path(cfg.run_dir).resolve() == run_dir.resolve() else None
 
 
 def resolve_redis(args: argparse.Namespace) -> None:
