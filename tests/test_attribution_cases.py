@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from services.procwatch.cgroups import cgroup2_root
+from tests.netns_helpers import free_octet
 from tests.pipeline_helpers import Server, pktscope, wait_for
 from tests.procwatch_helpers import HttpResponder, Pipeline, UdpSink, build, copies
 
@@ -98,7 +99,7 @@ class Netns:
     def __init__(self) -> None:
         tag = uuid.uuid4().hex[:6]
         self.name, self.host_if, self.ns_if = f"pks-{tag}", f"pkh{tag}", f"pkn{tag}"
-        octet = int(tag[:2], 16) % 250 + 1
+        octet = free_octet("10.213", int(tag[:2], 16))  # not a stale namespace's (tests/netns_helpers.py)
         self.host4, self.ns4 = f"10.213.{octet}.1", f"10.213.{octet}.2"
         self.host6, self.ns6 = f"fd42:9:{tag[:4]}::1", f"fd42:9:{tag[:4]}::2"
         sh = self.sh

@@ -28,6 +28,7 @@ import redis
 import zmq.auth
 
 from tests.conftest import PCAPS, ROOT
+from tests.netns_helpers import free_octet
 
 PKTSCOPE = [sys.executable, "-m", "services.cli.main"]
 TINY_CAPTURE = PCAPS / "bug-2646-01" / "input.pcap"  # 29 packets, one outbound TLS flow
@@ -40,12 +41,12 @@ pytestmark = pytest.mark.skipif(
 
 
 class SensorNetns:
-    """A namespace joined to the host by its own veth pair: 10.214.<i>.2 inside, .1 on the host,
+    """A namespace joined to the host by its own veth pair: 10.214.<octet>.2 inside, .1 on the host,
     with a default route through the host so it reaches the pool on another veth's address."""
 
-    def __init__(self, index: int, tag: str) -> None:
+    def __init__(self, index: int, tag: str, octet: int) -> None:
         self.name, self.host_if, self.ns_if = f"pksn{tag}{index}", f"pkh{tag}{index}", f"pkn{tag}{index}"
-        self.host4, self.ns4 = f"10.214.{index}.1", f"10.214.{index}.2"
+        self.host4, self.ns4 = f"10.214.{octet}.1", f"10.214.{octet}.2"
         self.created = False
         sh("ip", "netns", "add", self.name)
         self.created = True
@@ -180,7 +181,8 @@ def test_three_sensors_in_namespaces_send_to_a_pool_of_two_over_curve_and_an_unk
 
     try:
         for i in range(1, 4):
-            nets.append(SensorNetns(i, tag))
+            # a /30 no stale namespace's veth holds (tests/netns_helpers.py), one per sensor
+            nets.append(SensorNetns(i, tag, free_octet("10.214", i, {int(n.host4.split(".")[2]) for n in nets})))
         pool_addr = nets[0].host4  # the pool listens on one of the host's veth addresses
         for net in nets:
             net.wait_until_reachable(pool_addr)
