@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
 PCAPS = CORPUS / "pcaps"
 BENCH_PCAP = CORPUS / "bench" / "sv-merged.pcap"
+BENCH_PACKETS = 183_388  # packets in sv-merged.pcap
+LONG_COPIES = 10  # copies of it in the long_capture fixture
+LONG_PACKETS = LONG_COPIES * BENCH_PACKETS
 
 
 def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
@@ -51,7 +54,10 @@ def short_tmp():
 
 @pytest.fixture(scope="session")
 def long_capture(tmp_path_factory) -> Path:
-    """sv-merged.pcap five times over (916,940 packets): a replay long enough to interrupt, kill or fault."""
+    """sv-merged.pcap LONG_COPIES times over: a replay long enough to interrupt, kill or fault.
+
+    Ten copies (1,833,880 packets, ~6 s): the tests act on progress that services report once a
+    second, and five copies, once replays took 3 s, sometimes ended before the second report."""
     from tests.fault_helpers import amplified
 
-    return amplified(tmp_path_factory.mktemp("amplified") / "sv-x5.pcap", 5)
+    return amplified(tmp_path_factory.mktemp("amplified") / f"sv-x{LONG_COPIES}.pcap", LONG_COPIES)

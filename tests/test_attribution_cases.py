@@ -5,6 +5,7 @@ and the psutil fallback."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -101,7 +102,8 @@ class Netns:
         self.name, self.host_if, self.ns_if = f"pks-{tag}", f"pkh{tag}", f"pkn{tag}"
         octet = free_octet("10.213", int(tag[:2], 16))  # not a stale namespace's (tests/netns_helpers.py)
         self.host4, self.ns4 = f"10.213.{octet}.1", f"10.213.{octet}.2"
-        self.host6, self.ns6 = f"fd42:9:{tag[:4]}::1", f"fd42:9:{tag[:4]}::2"
+        # canonical text (a tag "06a0..." must read fd42:9:6a0::2, as flows and alerts print it)
+        self.host6, self.ns6 = (str(ipaddress.ip_address(f"fd42:9:{tag[:4]}::{n}")) for n in (1, 2))
         sh = self.sh
         sh("ip", "netns", "add", self.name)
         sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)

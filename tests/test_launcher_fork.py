@@ -21,12 +21,9 @@ import pytest
 from services.cli.supervisor import Supervisor, render_config
 from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
 from shared.config import PipelineConfig
-from tests.conftest import BENCH_PCAP
+from tests.conftest import BENCH_PCAP, LONG_PACKETS
 from tests.fault_helpers import Replay, gone
 from tests.pipeline_helpers import ROOT, LivePipeline, pktscope, read_summary, service_pid, wait_for
-
-LONG_PACKETS = 5 * 183_388
-
 
 # --- the client's contract, with a probe service -------------------------------------------
 

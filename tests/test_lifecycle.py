@@ -11,10 +11,9 @@ import signal
 import pytest
 
 from services.cli.supervisor import Supervisor
+from tests.conftest import LONG_PACKETS
 from tests.fault_helpers import Replay, gone
 from tests.pipeline_helpers import pktscope, read_summary, start_pktscope, tcp_session, wait_for, write_pcap
-
-LONG_PACKETS = 5 * 183_388
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import yaml
 from webhook_receiver import Receiver
 
 from shared.redis_conn import connect
-from tests.conftest import BENCH_PCAP, ROOT
+from tests.conftest import BENCH_PCAP, LONG_PACKETS, ROOT
 from tests.fault_helpers import Replay
 from tests.pipeline_helpers import pktscope, read_summary
 from tests.redis_cluster import RedisClusterFixture, redis_cluster
@@ -158,7 +158,7 @@ def test_a_master_killed_mid_replay_fails_over_without_duplicate_alerts(short_tm
     assert code in (0, 3), out[-3000:]
     assert "Traceback" not in out
     summary = replay.summary()
-    assert summary["packets"] == 5 * 183_388
+    assert summary["packets"] == LONG_PACKETS
     assert summary["redis_outages"], "the failover went unreported"
     r = connect(fixture.alive_url(), cluster=True)
     got = _alert_keys(r, "fo")

@@ -17,6 +17,7 @@ import pytest
 from services.cli.supervisor import Supervisor
 from shared.redis_conn import connect
 from shared.redis_server import start_redis_server
+from tests.conftest import LONG_PACKETS
 from tests.fault_helpers import Replay
 from tests.pipeline_helpers import pktscope, read_summary
 
@@ -65,7 +66,7 @@ def test_external_redis_paused_mid_replay_is_waited_out_and_reported(short_tmp, 
     out = replay.output()
     assert "Traceback" not in out
     summary = replay.summary()
-    assert summary["packets"] == 5 * 183_388
+    assert summary["packets"] == LONG_PACKETS
     assert summary["redis_outages"], "the outage went unreported"
     assert max(o["longest_s"] for o in summary["redis_outages"].values()) >= PAUSE - 1.5
     assert summary["alerts"] == len(_alert_keys(url, "paused"))
@@ -92,7 +93,7 @@ def test_external_redis_restarted_mid_replay_loses_and_repeats_nothing(short_tmp
     assert replay.proc.wait(timeout=600) == 0, replay.output()[-3000:]
     assert "Traceback" not in replay.output()
     summary = replay.summary()
-    assert summary["packets"] == 5 * 183_388
+    assert summary["packets"] == LONG_PACKETS
     assert summary["redis_outages"]
     assert _alert_keys(url, "restarted") == _alert_keys_after_clean(short_tmp, long_capture, url)
 
@@ -111,7 +112,7 @@ def test_private_redis_killed_mid_replay_comes_back_with_its_data(short_tmp, lon
     assert replay.proc.wait(timeout=600) == 0, replay.output()[-3000:]
     assert "Traceback" not in replay.output()
     summary = replay.summary()
-    assert summary["packets"] == 5 * 183_388
+    assert summary["packets"] == LONG_PACKETS
     listed = pktscope("alerts", "list", "--json", "--run-dir", str(replay.run_dir)).stdout.splitlines()
     after = {json.loads(line)["id"] for line in listed}
     assert before <= after, "alerts written before the kill are gone"

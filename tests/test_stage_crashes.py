@@ -10,10 +10,9 @@ import signal
 
 import pytest
 
+from tests.conftest import LONG_PACKETS
 from tests.fault_helpers import Replay
 from tests.pipeline_helpers import pktscope, service_pid, wait_for
-
-LONG_PACKETS = 5 * 183_388
 
 
 def _kill_mid_replay(tmp, capture, name: str, decoders: int = 1, at: int = 200_000) -> Replay:
