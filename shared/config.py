@@ -180,7 +180,7 @@ class PipelineConfig:
         A quarter of ``hwm``: the flow-tracker is the slower stage, so on a replay this link's
         queues fill to the mark, and each frame of 512 records held there costs the decoder and
         the flow-tracker memory. At 200 frames the flow-tracker peaked at 132-142 MB on the 5x
-        capture, at 50 at 82-86 MB with the same end-to-end time within noise (docs/benchmarks.md).
+        capture, at 50 at 78-86 MB, about 4% slower end to end (inside the run-to-run spread; docs/benchmarks.md).
         Live drops happen before the decoders, on capture's link, which keeps ``hwm``.
         """
         return max(8, self.hwm // 4)
