@@ -9,6 +9,8 @@ from pathlib import Path
 
 import redis
 
+from shared.processes import wait_or_kill
+
 
 class RedisServerError(RuntimeError):
     """redis-server is missing or did not come up."""
@@ -52,10 +54,7 @@ def migrate_to_aof(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
     except redis.ConnectionError:
         pass  # shutdown closes the connection: that is success
     finally:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        wait_or_kill(proc, 30)
     return True
 
 

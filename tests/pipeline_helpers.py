@@ -19,6 +19,7 @@ import zmq
 from shared.config import PipelineConfig
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
+from tests.conftest import BENCH_PCAP
 
 ROOT = Path(__file__).resolve().parent.parent
 PKTSCOPE = [sys.executable, "-m", "services.cli.main"]
@@ -238,3 +239,41 @@ class Server:
         self.sock.close()
         for c in self.conns:
             c.close()
+
+
+def replay_outputs(tmp, name: str, *extra: str, keep_fid: bool = False) -> tuple[dict, list, list]:
+    """`pktscope run --read sv-merged.pcap --learning 0 EXTRA`: its summary, its alerts (sorted JSON
+    lines) and its flow log (sorted; flow ids dropped unless ``keep_fid``: shards number their own)."""
+    run_dir = tmp / f"run-{name}"
+    flow_log = tmp / f"flows-{name}.jsonl"
+    proc = pktscope(
+        "run",
+        "--read",
+        str(BENCH_PCAP),
+        "--learning",
+        "0",
+        "--run-dir",
+        str(run_dir),
+        "--state-dir",
+        str(tmp / f"state-{name}"),
+        "--flow-log",
+        str(flow_log),
+        "--json",
+        *extra,
+        timeout=600,
+    )
+    listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
+    alerts = sorted(
+        json.dumps(
+            {k: a[k] for k in ("kind", "entity", "title", "ts", "detail", "destination", "severity")},
+            sort_keys=True,
+        )
+        for a in map(json.loads, listed.stdout.splitlines())
+    )
+    flows = []
+    for line in flow_log.read_text().splitlines():
+        event = json.loads(line)
+        if not keep_fid:
+            event.pop("fid")  # numbered per shard
+        flows.append(json.dumps(event, sort_keys=True))
+    return read_summary(proc), alerts, sorted(flows)

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import psutil
 
+from shared.processes import wait_or_kill
+from tests.pipeline_helpers import wait_for
+
 SYSTEMD = "/lib/systemd/systemd"
 # the targets systemd and ordinary service units refer to (DefaultDependencies): empty here
 STUB_TARGETS = [
@@ -111,20 +114,10 @@ class BootedSystemd:
 
     @staticmethod
     def wait(predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        return wait_for(predicate, timeout, interval=0.1, what=what)
 
     def close(self) -> None:
         """Kill PID 1 of the namespace: the kernel ends every process in it."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, 20)

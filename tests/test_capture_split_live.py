@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,8 @@ def _udp_flows(port: int) -> set[int]:
     return ports
 
 
-def test_two_captures_see_every_flow_once_with_both_directions(short_tmp):
+def _split_pipeline(short_tmp) -> tuple[Server, int, Path, LivePipeline]:
+    """A TCP server, a UDP port, and `pktscope run` on lo with two captures and a flow log."""
     server = Server()
     udp_port = free_port()
     flow_log = short_tmp / "flows.jsonl"
@@ -69,6 +71,11 @@ def test_two_captures_see_every_flow_once_with_both_directions(short_tmp):
         decoders=2,
         extra=("--captures", "2", "--flow-log", str(flow_log), "--attribution", "psutil", "--json"),
     )
+    return server, udp_port, flow_log, pipe
+
+
+def test_two_captures_see_every_flow_once_with_both_directions(short_tmp):
+    server, udp_port, flow_log, pipe = _split_pipeline(short_tmp)
     try:
         status = subprocess.run(
             [*PKTSCOPE, "status", "--run-dir", str(pipe.run_dir)], cwd=ROOT, capture_output=True, text=True
@@ -122,15 +129,7 @@ def test_a_killed_capture_is_restarted_and_no_flow_is_lost_around_it(short_tmp):
     """kill -9 one capture of two: supervisord starts it again (status counts the restart), the
     kernel hands its share of the fanout to the capture still alive meanwhile, and every flow
     made while it was down and after it came back is in the flow log with both directions."""
-    server = Server()
-    udp_port = free_port()
-    flow_log = short_tmp / "flows.jsonl"
-    pipe = LivePipeline(
-        short_tmp,
-        f"tcp port {server.port} or udp port {udp_port}",
-        decoders=2,
-        extra=("--captures", "2", "--flow-log", str(flow_log), "--attribution", "psutil", "--json"),
-    )
+    server, udp_port, flow_log, pipe = _split_pipeline(short_tmp)
     try:
         old_pid = int(pipe.stats("capture-1")["pid"])
         os.kill(old_pid, 9)

@@ -21,9 +21,16 @@ import pytest
 from services.cli.supervisor import Supervisor, render_config
 from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
 from shared.config import PipelineConfig
-from tests.conftest import BENCH_PCAP, LONG_PACKETS
+from tests.conftest import LONG_PACKETS
 from tests.fault_helpers import Replay, gone
-from tests.pipeline_helpers import ROOT, LivePipeline, pktscope, read_summary, service_pid, wait_for
+from tests.pipeline_helpers import (
+    ROOT,
+    LivePipeline,
+    pktscope,
+    replay_outputs,
+    service_pid,
+    wait_for,
+)
 
 # --- the client's contract, with a probe service -------------------------------------------
 
@@ -149,39 +156,10 @@ def test_systemd_units_exec_even_when_fork_is_asked_for(short_tmp):
 # --- whole pipelines -------------------------------------------------------------------------
 
 
-def _replay(tmp: Path, name: str, launcher: str) -> tuple[dict, list[tuple], list[str]]:
-    run_dir = tmp / f"run-{name}"
-    flow_log = tmp / f"flows-{name}.jsonl"
-    proc = pktscope(
-        "run",
-        "--read",
-        str(BENCH_PCAP),
-        "--decoders",
-        "2",
-        "--run-dir",
-        str(run_dir),
-        "--state-dir",
-        str(tmp / f"state-{name}"),
-        "--learning",
-        "0",
-        "--flow-log",
-        str(flow_log),
-        "--launcher",
-        launcher,
-        "--json",
-    )
-    listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
-    alerts = sorted(
-        (a["kind"], a["entity"], a["title"], a["ts"], json.dumps(a["detail"], sort_keys=True))
-        for a in (json.loads(line) for line in listed.stdout.splitlines() if line.strip())
-    )
-    return read_summary(proc), alerts, sorted(flow_log.read_text().splitlines())
-
-
 @pytest.mark.slow
 def test_a_forked_replay_gives_the_alerts_and_flow_log_of_an_execd_one(short_tmp):
-    forked = _replay(short_tmp, "fork", "fork")
-    execd = _replay(short_tmp, "exec", "exec")
+    forked = replay_outputs(short_tmp, "fork", "--decoders", "2", "--launcher", "fork", keep_fid=True)
+    execd = replay_outputs(short_tmp, "exec", "--decoders", "2", "--launcher", "exec", keep_fid=True)
     assert forked[0]["outcome"] == execd[0]["outcome"] == "done"
     for key in ("packets", "decoded", "flows", "flow_events", "alerts"):
         assert forked[0][key] == execd[0][key], key

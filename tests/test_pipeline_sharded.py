@@ -6,49 +6,13 @@ import json
 
 import pytest
 
-from tests.conftest import BENCH_PCAP
-from tests.pipeline_helpers import pktscope, read_summary
-
-
-def replay(tmp, name: str, *extra: str) -> tuple[dict, list, list]:
-    run_dir = tmp / f"run-{name}"
-    flow_log = tmp / f"flows-{name}.jsonl"
-    proc = pktscope(
-        "run",
-        "--read",
-        str(BENCH_PCAP),
-        "--learning",
-        "0",
-        "--run-dir",
-        str(run_dir),
-        "--state-dir",
-        str(tmp / f"state-{name}"),
-        "--flow-log",
-        str(flow_log),
-        "--json",
-        *extra,
-        timeout=600,
-    )
-    listed = pktscope("alerts", "list", "--json", "--count", "100000", "--run-dir", str(run_dir))
-    alerts = sorted(
-        json.dumps(
-            {k: a[k] for k in ("kind", "entity", "title", "ts", "detail", "destination", "severity")},
-            sort_keys=True,
-        )
-        for a in map(json.loads, listed.stdout.splitlines())
-    )
-    flows = []
-    for line in flow_log.read_text().splitlines():
-        event = json.loads(line)
-        event.pop("fid")  # numbered per shard
-        flows.append(json.dumps(event, sort_keys=True))
-    return read_summary(proc), alerts, sorted(flows)
+from tests.pipeline_helpers import pktscope, replay_outputs
 
 
 @pytest.mark.slow
 def test_sharded_trackers_and_detectors_give_the_default_runs_alerts_and_flows(short_tmp):
-    default, alerts1, flows1 = replay(short_tmp, "default", "--decoders", "1")
-    sharded, alerts2, flows2 = replay(
+    default, alerts1, flows1 = replay_outputs(short_tmp, "default", "--decoders", "1")
+    sharded, alerts2, flows2 = replay_outputs(
         short_tmp, "sharded", "--decoders", "2", "--flowtrackers", "2", "--detectors", "2"
     )
     assert default["alerts"] == sharded["alerts"] > 900

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from shared.config import PipelineConfig, default_run_dir
+from shared.processes import wait_or_kill
 from shared.rundir import UnsafeRunDir, check_private_dir, check_trusted_file
 
 
@@ -55,11 +56,21 @@ def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
     """
     where = run_dir or default_run_dir()
     path = where / "pipeline.json"
-    if not path.exists():
-        return _installed_pipeline(where)
-    try:
+    if path.exists():
         # another user's directory (made first under /tmp) could point us at their Redis
-        check_private_dir(path.parent, trusted=(os.geteuid(), 0), fix_mode=False)
+        return _load_trusted(path, private_dir=True)
+    installed = installed_config()
+    if not installed.is_file():
+        return None
+    cfg = _load_trusted(installed, private_dir=False)
+    return cfg if Path(cfg.run_dir).resolve() == where.resolve() else None
+
+
+def _load_trusted(path: Path, private_dir: bool) -> PipelineConfig:
+    """A pipeline config we may act on (it names the Redis every command talks to)."""
+    try:
+        if private_dir:
+            check_private_dir(path.parent, trusted=(os.geteuid(), 0), fix_mode=False)
         check_trusted_file(path)
     except UnsafeRunDir as exc:
         raise CliError(str(exc)) from None
@@ -67,20 +78,6 @@ def load_pipeline(run_dir: Path | None) -> PipelineConfig | None:
         return PipelineConfig.load(path)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read {path}: {exc}") from None
-
-
-def _installed_pipeline(run_dir: Path) -> PipelineConfig | None:
-    path = installed_config()
-    if not path.is_file():
-        return None
-    try:
-        check_trusted_file(path)  # it names the Redis every command talks to
-        cfg = PipelineConfig.load(path)
-    except UnsafeRunDir as exc:
-        raise CliError(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read {path}: {exc}") from None
-    return cfg if Path(cfg.run_dir).resolve() == run_dir.resolve() else None
 
 
 def resolve_redis(args: argparse.Namespace) -> None:
@@ -124,7 +121,6 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
     import atexit
     import contextlib
     import shutil
-    import subprocess
     import tempfile
 
     from shared.redis_server import RedisServerError, migrate_to_aof, start_redis_server
@@ -145,10 +141,7 @@ def _start_offline_redis(cfg: PipelineConfig) -> str:
         # shutdown closes the connection under us: an error here is success
         with contextlib.suppress(redis.RedisError):
             connect(url).shutdown(save=True)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        wait_or_kill(proc, 10)
         shutil.rmtree(tmp, ignore_errors=True)
 
     atexit.register(stop)

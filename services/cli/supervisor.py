@@ -16,6 +16,7 @@ from string import Template
 from services.launcher.start import command_prefix
 from shared.config import PipelineConfig
 from shared.parent_watch import die_with_parent
+from shared.processes import wait_or_kill
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose"
 # Installed without the source tree (a wheel), the templates ship beside this module.
@@ -181,8 +182,4 @@ class Supervisor:
             self.rpc.shutdown()
         except (OSError, xmlrpc.client.Fault):
             self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, timeout)

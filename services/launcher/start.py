@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from shared.config import PipelineConfig
+from shared.processes import wait_or_kill
 
 CLIENT = Path(__file__).resolve().parent / "client.py"
 LAUNCHERS = ("fork", "exec")
@@ -86,11 +87,7 @@ class ZygoteProcess:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            wait_or_kill(self.proc, timeout)
         socket_path(self.run_dir).unlink(missing_ok=True)
         pid_path(self.run_dir).unlink(missing_ok=True)
 
