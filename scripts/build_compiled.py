@@ -28,7 +28,7 @@ BUILD = ROOT / ".cache" / "cython"
 PXD = ROOT / "scripts" / "cython"
 
 sys.path.insert(0, str(ROOT))
-from shared.compiled import TWINS, source_digest  # noqa: E402
+from shared.compiled import HANDWRITTEN, TWINS, source_digest  # noqa: E402
 
 DIRECTIVES = {
     "language_level": 3,
@@ -51,8 +51,16 @@ def stage_sources() -> list[tuple[str, Path]]:
         src = ROOT / (pure.replace(".", "/") + ".py")
         dst = BUILD / (twin.replace(".", "/") + ".py")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        text = src.read_text()
-        text += f'\n\nSOURCE_SHA256 = "{source_digest(src)}"  # stamped by scripts/build_compiled.py\n'
+        handwritten = HANDWRITTEN.get(pure)
+        stamp = f'\n\nSOURCE_SHA256 = "{source_digest(src, handwritten)}"  # stamped by scripts/build_compiled.py\n'
+        if handwritten is not None:  # a .pyx of its own, compiled as it is
+            dst = dst.with_suffix(".pyx")
+            text = handwritten.read_text() + stamp
+            if not dst.exists() or dst.read_text() != text:
+                dst.write_text(text)
+            staged.append((twin, dst))
+            continue
+        text = src.read_text() + stamp
         if not dst.exists() or dst.read_text() != text:
             dst.write_text(text)
         pxd = PXD / (twin.rsplit(".", 1)[1] + ".pxd")

@@ -55,6 +55,19 @@ TWINS: dict[str, str] = {
     "services.cli.filter.parser": "services.cli.filter._parser_c",
     "services.cli.filter.fields": "services.cli.filter._fields_c",
     "services.cli.filter.values": "services.cli.filter._values_c",
+    # the decoder -> flow-tracker records, packed (its twin is hand-written: HANDWRITTEN)
+    "shared.recpack": "shared._recpack_c",
+    # capture -> decoder packets, packed (hand-written twin too)
+    "shared.pktpack": "shared._pktpack_c",
+}
+
+# twins written by hand in Cython rather than compiled from the pure module (C pointers the
+# pure-Python mode cannot express); their stamp covers both files, so editing either one
+# falls back to pure Python until scripts/setup runs again
+ROOT = Path(__file__).resolve().parent.parent
+HANDWRITTEN: dict[str, Path] = {
+    "shared.recpack": ROOT / "scripts" / "cython" / "_recpack_c.pyx",
+    "shared.pktpack": ROOT / "scripts" / "cython" / "_pktpack_c.pyx",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
@@ -66,9 +79,12 @@ def forced_pure() -> bool:
     return os.environ.get("PKTSCOPE_PURE", "").strip() not in ("", "0")
 
 
-def source_digest(path: str | Path) -> str:
-    """SHA-256 of a module's source: what a twin must have been built from."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def source_digest(path: str | Path, handwritten: Path | None = None) -> str:
+    """SHA-256 of a module's source (and of its hand-written twin): what a twin was built from."""
+    data = Path(path).read_bytes()
+    if handwritten is not None:
+        data += handwritten.read_bytes() if handwritten.exists() else b"(missing)"
+    return hashlib.sha256(data).hexdigest()
 
 
 def twin(name: str, source: str | None) -> ModuleType | None:
@@ -81,7 +97,7 @@ def twin(name: str, source: str | None) -> ModuleType | None:
     except ImportError:
         STATUS[name] = "pure (not built)"
         return None
-    if source is None or getattr(mod, "SOURCE_SHA256", None) != source_digest(source):
+    if source is None or getattr(mod, "SOURCE_SHA256", None) != source_digest(source, HANDWRITTEN.get(name)):
         STATUS[name] = "pure (stale build)"
         log.warning(
             "%s: compiled module is older than %s; using pure Python (run scripts/setup)", TWINS[name], source

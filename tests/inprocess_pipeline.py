@@ -33,6 +33,9 @@ from services.flowtracker.service import DETECTOR_TICK_EVERY
 from services.flowtracker.table import FlowTable
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END, from_row
+from shared.frames import FrameType, decode, encode
+from shared.pktpack import packets_body, packets_of
+from shared.recpack import records_body, records_of
 
 
 @dataclass
@@ -102,7 +105,11 @@ def run(
         own = []
         for kind, body in frames:
             if kind == "pkts":
-                own.append(("recs", decode_batch(body, app).records))
+                # through the services' body codecs (packed when compiled) and frames, as on the
+                # sockets: each stage sees what msgpack gives back (tuples for lists)
+                packets = packets_of(decode(encode(FrameType.PACKETS, "capture", 0, packets_body(body))).body)
+                frame = encode(FrameType.RECORDS, "decoder", 0, records_body(decode_batch(packets, app).records))
+                own.append(("recs", records_of(decode(frame).body)))
             else:
                 own.append((kind, body))
         decoded.append(own)

@@ -12,9 +12,10 @@ import msgpack
 import pytest
 import zmq
 
-from shared import frames
+from shared import frames, pktpack, recpack
 from shared.config import PipelineConfig
 from shared.frames import FrameType
+from shared.recpack import records_of
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
 from tests.conftest import PCAPS, ROOT
@@ -67,6 +68,9 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         push.send(b"\x93not a frame")  # bad frame: dropped and counted
         push.send(frames.encode(FrameType.PACKETS, "capture", seq, (("not", "a packet"),)))  # bad shape
         seq += 1
+        damaged = pktpack.pack_packets(packets[:64])[:-1]  # packed as capture does, cut short: bad
+        push.send(frames.encode(FrameType.PACKETS, "capture", seq, damaged))
+        seq += 1
         push.send(frames.encode(FrameType.TICK, "capture", seq, {"ts": 42.0}))
         seq += 2  # one frame lost on the way
         push.send(frames.encode(FrameType.PACKETS, "capture", seq, tuple(batches[2])))
@@ -77,7 +81,7 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         assert [f.type for f in got] == ["recs", "recs", "tick", "recs", "eos"]
         assert [f.sender for f in got] == ["decoder-0"] * 5
         assert [f.seq for f in got] == [0, 1, 2, 3, 4]
-        records = [r for f in got if f.type == "recs" for r in f.body]
+        records = [r for f in got if f.type == "recs" for r in records_of(f.body)]
         assert len(records) == 159
         assert all(r[3] == 6 and 80 in (r[6], r[7]) and len(r[4]) in (4, 16) for r in records)
         assert got[2].body == {"ts": 42.0}
@@ -89,8 +93,8 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         stats = rdb.hgetall(Keys(cfg.redis_prefix).stats("decoder-0"))
         assert stats["eos"] == "1"
         assert int(stats["packets_in"]) == 160 and int(stats["records_out"]) == 159
-        assert int(stats["frames_in"]) == 6 and int(stats["frames_out"]) == 5
-        assert int(stats["bad_frames"]) == 2 and int(stats["frames_lost"]) == 1
+        assert int(stats["frames_in"]) == 7 and int(stats["frames_out"]) == 5
+        assert int(stats["bad_frames"]) == 3 and int(stats["frames_lost"]) == 1
         assert int(stats["malformed"]) == 1 and int(stats["decoded"]) == 159
         assert "decoder-0" in rdb.smembers(Keys(cfg.redis_prefix).services())
     finally:
@@ -106,8 +110,10 @@ def test_decoder_without_redis_stops_cleanly_on_sigterm(short_tmp, zctx):
         packets = read_packets(PCAPS / "decode-chdlc-01" / "hdlc-http_1tx.pcap")
         push.send(frames.encode(FrameType.PACKETS, "capture", 0, tuple(packets)))
         got = receive(tracker)
-        assert (got.type, got.sender, len(got.body)) == ("recs", "decoder-3", 17)
-        assert msgpack.packb(got.body)  # records are plain msgpack data
+        assert (got.type, got.sender, len(records_of(got.body))) == ("recs", "decoder-3", 17)
+        # packed when the compiled codec runs (shared/recpack.py), plain msgpack data otherwise
+        assert isinstance(got.body, bytes) == recpack.COMPILED
+        assert msgpack.packb(got.body)
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -15,6 +15,7 @@ from shared import frames
 from shared.config import PipelineConfig
 from shared.flowevents import from_row
 from shared.frames import FrameType
+from shared.recpack import pack_records
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
 from tests.conftest import ROOT
@@ -76,10 +77,13 @@ def test_two_decoders_records_and_eos_give_flows_log_and_stats(short_tmp, rdb, r
         d0.send(frames.encode(FrameType.RECORDS, "decoder-0", 0, tuple(recs0)))
         d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 0, tuple(recs1[:4])))
         d1.send(b"\x93not a frame")
-        d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 2, tuple(recs1[4:])))  # seq 1 was lost
+        packed = pack_records(recs1[4:])  # as a decoder running the compiled codec sends them
+        assert packed is not None
+        d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 2, packed[:-1]))  # damaged: dropped
+        d1.send(frames.encode(FrameType.RECORDS, "decoder-1", 3, packed))  # seq 1 was lost
         d0.send(frames.encode(FrameType.TICK, "decoder-0", 1, {"ts": t0 + 100, "num": 1000}))
         d0.send(frames.encode(FrameType.EOS, "decoder-0", 2, {"origin": "decoder-0", "packets": len(recs0)}))
-        d1.send(frames.encode(FrameType.EOS, "decoder-1", 3, {"origin": "decoder-1", "packets": len(recs1)}))
+        d1.send(frames.encode(FrameType.EOS, "decoder-1", 4, {"origin": "decoder-1", "packets": len(recs1)}))
         try:
             events, eos, senders = receive_until_eos(pull)
         except AssertionError as exc:
@@ -111,7 +115,7 @@ def test_two_decoders_records_and_eos_give_flows_log_and_stats(short_tmp, rdb, r
     assert int(stats["records_in"]) == len(recs0) + len(recs1)
     assert int(stats["flows_started"]) == int(stats["flows_ended"]) == 4
     assert int(stats["flows_active"]) == 0
-    assert int(stats["bad_frames"]) == 1 and int(stats["frames_lost"]) == 1
+    assert int(stats["bad_frames"]) == 2 and int(stats["frames_lost"]) == 1
     assert int(stats["events_out"]) == len(events)
     assert "flowtracker" in rdb.smembers(Keys().services())
 

@@ -17,6 +17,7 @@ import zmq
 from services.capture import sharding
 from services.capture.sharding import deal, make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
+from shared import pktpack
 from shared.config import PipelineConfig
 from shared.continuity import Continuity
 from shared.frames import FrameType, SequenceGaps, encode
@@ -117,6 +118,8 @@ class Capture:
     def _send(self, i: int, ftype: str, body, block: bool) -> bool:
         if block:  # offline
             self._checkpoint(body)
+        if ftype == FrameType.PACKETS:
+            body = pktpack.packets_body(body)
         frame = encode(ftype, self.name, self.seq[i], body)
         self.seq[i] += 1
         try:

@@ -32,6 +32,7 @@ from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
+from shared.recpack import records_of
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.routing import NAMES_ONLY, detector_of
@@ -213,11 +214,8 @@ class FlowTrackerService:
         ftype, sender, body = frame.type, frame.sender, frame.body
         merge = self.merge
         if ftype == FrameType.RECORDS:
-            if not isinstance(body, tuple | list):
-                c["bad_frames"] += 1
-                return False
             try:
-                merge.add(sender, body)
+                merge.add(sender, records_of(body))  # packed by the decoder, or a list
             except ValueError:
                 c["bad_frames"] += 1
                 return False

@@ -1,0 +1,80 @@
+"""Frame bodies benchmark (not a test): packets and records through a frame, as msgpack lists and
+as the packed layouts (shared/pktpack.py, shared/recpack.py), pure and compiled.
+
+Each batch's output is dropped once made, as the services do (keeping every tuple alive makes
+the collector's passes grow with the run and triples the unpacking figures). CPU seconds
+(``time.process_time``) per packet, best of ``--runs``. Usage:
+
+    .venv/bin/python -m scripts.bench_frames [CAPTURE] [--runs 5] [--batch 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from scripts.bench_stages import DEFAULT_CAPTURE, read_packets
+from services.decoder.app.inspector import AppInspector
+from services.decoder.fastpath import decode_batch
+from shared import compiled, frames
+from shared.service import tune_gc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pure(name: str):
+    """The reference module under another name, so that it keeps its pure functions."""
+    spec = importlib.util.spec_from_file_location(f"{name}_pure", ROOT / "shared" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _time(batches: list, ftype: str, pack: Callable, unpack: Callable) -> tuple[float, float]:
+    t = time.process_time()
+    bufs = [frames.encode(ftype, "sender-0", i, pack(b)) for i, b in enumerate(batches)]
+    packed = time.process_time() - t
+    t = time.process_time()
+    for buf in bufs:
+        unpack(frames.decode(buf).body)
+    return packed, time.process_time() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench_frames", description=__doc__)
+    ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=512, help="packets per frame, as --batch-size")
+    args = ap.parse_args(argv)
+    tune_gc()
+    packets = read_packets(args.capture)
+    n = len(packets)
+    pkt_batches = [packets[i : i + args.batch] for i in range(0, n, args.batch)]
+    app = AppInspector()
+    rec_batches = [decode_batch(b, app).records for b in pkt_batches]
+    kinds = {
+        "packets": (frames.FrameType.PACKETS, pkt_batches, "pktpack", "pack_packets", "unpack_packets"),
+        "records": (frames.FrameType.RECORDS, rec_batches, "recpack", "pack_records", "unpack_records"),
+    }
+    print(f"{args.capture} ({n:,} packets), frames of {args.batch}, best of {args.runs}, us per packet")
+    for kind, (ftype, batches, module, pack_name, unpack_name) in kinds.items():
+        impls = {"msgpack list": (lambda b: b, lambda body: body)}
+        pure = _pure(module)
+        impls["packed, pure"] = (getattr(pure, pack_name), getattr(pure, unpack_name))
+        if not compiled.forced_pure():
+            try:
+                twin = importlib.import_module(f"shared._{module}_c")
+                impls["packed, compiled"] = (getattr(twin, pack_name), getattr(twin, unpack_name))
+            except ImportError:
+                print(f"  (shared._{module}_c not built: run scripts/setup)")
+        for label, (pack, unpack) in impls.items():
+            best = [min(x) for x in zip(*(_time(batches, ftype, pack, unpack) for _ in range(args.runs)), strict=True)]
+            print(f"  {kind:8s} {label:17s} pack {best[0] * 1e6 / n:6.3f}   unpack {best[1] * 1e6 / n:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
