@@ -242,6 +242,8 @@ def test_sigterm_stops_services_cleanly_and_fast(short_tmp, launcher):
     log = (pipe.run_dir / "supervisord.log").read_text()
     assert "stopped: capture (exit status 0)" in log, log[-2000:]
     for n in names[1:]:  # downstream stages end by themselves at the end of stream capture sends
-        assert f"stopped: {n} (exit status 0)" in log or f"exited: {n} (exit status 0; expected)" in log, n
+        ended = f"stopped: {n} (exit status 0)" in log or f"exited: {n} (exit status 0; expected)" in log
+        own = pipe.run_dir / "logs" / f"{n}.log"
+        assert ended, (n, log[-3000:], own.read_text()[-2000:] if own.exists() else "no log")
     assert not socket_path(pipe.run_dir).exists() and not pid_path(pipe.run_dir).exists()
     print(f"{launcher}: stop took {took:.2f} s")

@@ -106,9 +106,15 @@ def test_private_redis_killed_mid_replay_comes_back_with_its_data(short_tmp, lon
     before = {entry_id for entry_id, _ in r.xrange(f"{replay.cfg.redis_prefix}:alerts")}
     entities = r.zcard(f"{replay.cfg.redis_prefix}:entities")
     assert before and entities
-    time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
-    pid = Supervisor(replay.run_dir).rpc.getProcessInfo("redis:redis")["pid"]
-    os.kill(pid, signal.SIGKILL)
+    # capture held still while the AOF catches up, so that the replay cannot end before the kill
+    capture = int(r.hget(f"{replay.cfg.redis_prefix}:stats:capture", "pid"))
+    os.kill(capture, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
+        pid = Supervisor(replay.run_dir).rpc.getProcessInfo("redis:redis")["pid"]
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        os.kill(capture, signal.SIGCONT)
     assert replay.proc.wait(timeout=600) == 0, replay.output()[-3000:]
     assert "Traceback" not in replay.output()
     summary = replay.summary()
