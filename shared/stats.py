@@ -152,9 +152,12 @@ def wait_until_ready(r: redis.Redis, keys: Keys, services: list[str], timeout: f
         time.sleep(0.02)
 
 
-def wait_until_ended(r: redis.Redis | None, keys: Keys, receivers: list[str], timeout: float) -> list[str]:
+def wait_until_ended(
+    r: redis.Redis | None, keys: Keys, receivers: list[str], timeout: float, stop: object = False
+) -> list[str]:
     """After sending its end of stream, wait until every receiver of this run has handled it
-    (its stats say ``eos``); return those that did not in time.
+    (its stats say ``eos``); return those that did not in time. A ``stop`` flag that turns true
+    (SIGTERM while waiting: compose stops every service at once) ends the wait early.
 
     A PUSH sender must not exit before that: ZeroMQ drops the frames still in the connection
     when a sender goes away while its receiver is behind (its receive queue full), whatever
@@ -179,7 +182,7 @@ def wait_until_ended(r: redis.Redis | None, keys: Keys, receivers: list[str], ti
             for name, (eos, run_id) in zip(waiting, replies, strict=True)
             if _text(run_id) == RUN_ID and _text(eos) != "1"
         ]
-        if not waiting or time.monotonic() >= deadline:
+        if not waiting or time.monotonic() >= deadline or stop:
             return waiting
         time.sleep(0.02)
 

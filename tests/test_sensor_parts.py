@@ -332,3 +332,38 @@ def test_a_pool_detector_takes_a_sensor_under_its_key_name_only(short_tmp, redis
         err = proc.stderr.read() if proc.stderr else ""
     assert rc == 0, err
     assert "sent with the key of sensor 'web-1'" in err
+
+
+def test_a_curve_pool_detector_also_serves_curve_alerts_on_tcp(short_tmp):
+    """The multihost compose example's pool: CURVE on the sensor link and on a TCP alerts endpoint.
+    One ZeroMQ context holds one ZAP handler, so the two CURVE servers must not share one (the
+    detector crashed at start with "Address already in use (addr='inproc://zeromq.zap.01')")."""
+    import signal
+
+    from services.detector.service import DetectorService
+    from shared.config import PipelineConfig
+    from shared.service import StopFlag
+
+    keys = short_tmp / "keys"
+    create_keys(keys, "web-1")
+    link, alerts_port = _free_port_below_the_ephemeral_range(), _free_port_below_the_ephemeral_range()
+    cfg = PipelineConfig(run_dir=str(short_tmp), redis_prefix="t", role="pool")
+    cfg.pool_listen, cfg.link_curve_dir = f"tcp://127.0.0.1:{link}", str(keys)
+    cfg.alerts_endpoint, cfg.alerts_curve_dir = f"tcp://127.0.0.1:{alerts_port}", str(keys)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = StopFlag()  # it takes SIGTERM and SIGINT over: pytest gets them back below
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    service = DetectorService(cfg, stop, 0)
+    try:
+        assert service.pull_auth is not None and service.auth is not None
+        assert service.pub.getsockopt(zmq.LAST_ENDPOINT).decode() == f"tcp://127.0.0.1:{alerts_port}"
+    finally:
+        service.pull.close()
+        service.pub.close(linger=0)
+        service.auth.stop()
+        service.pull_auth.stop()
+        service.pub_ctx.term()
+        service.ctx.term()

@@ -39,6 +39,9 @@ LIVE_TICK_SECONDS = 0.25  # live: and this often on the wall clock, so idle deco
 LIVE_TICK_LAG = 0.1  # live: a tick's packet time trails the wall clock by this much, so packets
 #                      still in the kernel's buffer (block mode: up to 50 ms) are not behind it
 EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
+# live or stopped (SIGTERM): the decoders may be stopping too (compose stops every service at
+# once), so the end of stream is offered this long, not the replay's minute
+STOP_EOS_SEND_TIMEOUT_MS = 1000
 DOWNSTREAM_READY_WAIT = 15.0
 RESERVE_PACKETS = 1024  # offline: packets a resume position is written ahead (a restart loses them)  # offline: seconds to wait for the other services to start
 
@@ -169,7 +172,9 @@ class Capture:
             "pcap_ifdrop": source_stats[2],
         }
         for i, sock in enumerate(self.socks):
-            sock.setsockopt(zmq.SNDTIMEO, EOS_SEND_TIMEOUT_MS)
+            sock.setsockopt(
+                zmq.SNDTIMEO, STOP_EOS_SEND_TIMEOUT_MS if (self.cfg.live or self.stop) else EOS_SEND_TIMEOUT_MS
+            )
             try:
                 sock.send(encode(FrameType.EOS, self.name, self.seq[i], body))
                 self.seq[i] += 1

@@ -173,7 +173,7 @@ class DecoderService:
             self.stats.flush()
             return 0
         finally:
-            self.close()
+            self.close(stop)
 
     def _upstream_ended_while_away(self, idle_since: float, stop: Any) -> bool:
         """Restarted, idle, and capture says it ended: its end of stream went with our predecessor."""
@@ -282,14 +282,17 @@ class DecoderService:
         self.stats.c["frames_out"] += 1
         return True
 
-    def close(self) -> None:
+    def close(self, stop: Any = False) -> None:
+        # After the end of stream, wait for the trackers to take it, unless told to stop meanwhile: a
+        # stop (SIGTERM) that comes with capture's end of stream (compose stops all at once) must
+        # not hold the process for the 60 s linger.
         if self.ended:
             names = self.cfg.tracker_names()
-            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000)
+            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000, stop)
             if late:
                 log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
         # after the end of stream, wait for a slow or restarting tracker to take the last frames
         for push in self.pushes:
-            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
+            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended and not stop else None)
         self.ctx.term()  # waits for them: plain process exit would drop what is still queued

@@ -84,8 +84,11 @@ class DetectorService:
             )
         else:
             self.pull = bind_pull(self.ctx, cfg.detector_endpoint_of(index), cfg.hwm)
+        # A context holds one ZAP handler (inproc://zeromq.zap.01): a CURVE pool link and CURVE alerts
+        # (the multihost compose example's pool) each need their own context.
+        self.pub_ctx = zmq.Context() if self.pull_auth is not None and cfg.alerts_curve_dir else self.ctx
         self.pub, self.auth = bind_alerts_pub(
-            self.ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm, cfg.alerts_curve_dir, cfg.insecure_listen
+            self.pub_ctx, cfg.alerts_pub_endpoint_of(index), cfg.hwm, cfg.alerts_curve_dir, cfg.insecure_listen
         )
         # several flow-tracker shards: their events are merged into one packet-time order
         self.merge = EventMerge(cfg.flowtrackers) if cfg.flowtrackers > 1 else None
@@ -268,6 +271,8 @@ class DetectorService:
             self.auth.stop()
         if self.pull_auth is not None:
             self.pull_auth.stop()
+        if self.pub_ctx is not self.ctx:
+            self.pub_ctx.term()
         self.ctx.term()
         return 0
 

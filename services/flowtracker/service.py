@@ -185,7 +185,7 @@ class FlowTrackerService:
             self._finish("shutdown", stop)
             return 0
         finally:
-            self.close()
+            self.close(stop)
 
     def _decoders_ended_while_away(self, idle_since: float) -> bool:
         """Restarted and idle: decoders whose stats say they ended sent their end of stream to our
@@ -409,10 +409,13 @@ class FlowTrackerService:
         self._update_counters()  # a few dict stores per frame: cheap next to the frame's records
         self.stats.maybe_flush()
 
-    def close(self) -> None:
+    def close(self, stop: Any = False) -> None:
+        # After the end of stream, wait for the detectors to take it, unless told to stop meanwhile: a
+        # stop (SIGTERM) that comes with capture's end of stream (compose stops all at once) must
+        # not hold the process for the 60 s linger.
         if self.ended:
             names = self.cfg.local_detector_names()
-            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000)
+            late = wait_until_ended(self.stats.r, self.stats.keys, names, END_OF_STREAM_LINGER_MS / 1000, stop)
             if late:
                 log.warning("%s: %s did not confirm the end of stream", self.name, ", ".join(late))
         self.pull.close(linger=0)
@@ -422,7 +425,7 @@ class FlowTrackerService:
             self.uplink.close()
         # after the end of stream, wait for a slow or restarting detector to take the last frames
         for push in self.pushes:
-            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended else None)
+            push.close(linger=END_OF_STREAM_LINGER_MS if self.ended and not stop else None)
         self.ctx.term()  # waits for that linger: exiting without it drops frames still queued
         if self.flow_log is not None:
             self.flow_log.close()
