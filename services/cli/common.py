@@ -83,6 +83,13 @@ def _load_trusted(path: Path, private_dir: bool) -> PipelineConfig:
 def resolve_redis(args: argparse.Namespace) -> None:
     """Fill args.redis_url / args.redis_prefix from the running pipeline when not given."""
     cfg = load_pipeline(getattr(args, "run_dir", None))
+    given = getattr(args, "redis_url", None)
+    chosen_dir = getattr(args, "run_dir", None) is not None
+    if given is not None and cfg is not None and not chosen_dir and given != cfg.effective_redis_url:
+        # another pipeline's Redis (a pool, a cluster, another host) and no --run-dir: the
+        # default run directory's pipeline says nothing about it (its run id would hide every
+        # service of the run that Redis holds)
+        cfg = None
     if getattr(args, "redis_url", None) is None:
         if cfg is None:
             where = getattr(args, "run_dir", None) or default_run_dir()
