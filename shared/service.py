@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import logging
 import os
@@ -22,12 +23,25 @@ class StopFlag:
         self.stopping = False
         signal.signal(signal.SIGTERM, self._set)
         signal.signal(signal.SIGINT, self._set)
+        atexit.register(_ignore_late_stop_signals)
 
     def _set(self, *_args) -> None:
         self.stopping = True
 
     def __bool__(self) -> bool:
         return self.stopping
+
+
+def _ignore_late_stop_signals() -> None:
+    """A service that is exiting has nothing left to stop: ignore SIGTERM/SIGINT from here on.
+
+    Why: late in interpreter shutdown CPython puts the default action back for signals that had
+    a Python handler, so a SIGTERM then (supervisord stopping a decoder that was already leaving
+    after its end of stream) killed a finished service: "terminated by SIGTERM", exit 143, where
+    it had exited 0. An ignored signal is left ignored (tests/test_stop_flag.py checks it).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # Young-generation threshold for the cyclic GC in service loops. Every frame unpacks hundreds
