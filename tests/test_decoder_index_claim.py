@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -200,6 +201,32 @@ def test_decoder_process_stops_when_another_replica_holds_its_index(short_tmp, r
         log = proc.stderr.read()
         assert "belongs to another replica (other-replica)" in log and "stopping on signal" in log
         assert rdb.get(index_claim_key(keys, 0)) == "other-replica"  # the new holder keeps it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_an_unreachable_redis_at_start_is_waited_out_and_a_stop_ends_the_wait(short_tmp, cluster):
+    """compose starts every container at once: a Redis (Cluster) not answering yet must be waited
+    for, not crash the decoder with a traceback, and SIGTERM must end the wait at once."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = PipelineConfig(
+        run_dir=str(short_tmp), redis_url=f"redis://127.0.0.1:{port}/0", redis_cluster=cluster, decoders=2
+    )
+    proc = start_auto_decoder(str(cfg.save()))
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.stderr.read()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 3
+        log = proc.stderr.read()
+        assert "unreachable" in log and "retrying" in log and "Traceback" not in log, log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -101,11 +101,22 @@ class IndexClaim:
         self.on_lost = on_lost
         self.index: int | None = None
         self.lost = False
-        self.r = connect(url, cluster=cluster, socket_connect_timeout=1, socket_timeout=2)
-        self._claim = self.r.register_script(CLAIM_LOWEST)
-        self._release = self.r.register_script(RELEASE)
+        self._client: redis.Redis | None = None
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _connected(self) -> redis.Redis:
+        """The Redis client, made at first use, inside the claim loop's retries: a Redis Cluster
+        still forming (compose starts every container at once) raises ConnectionError when the
+        client is made, and that must be waited out like any outage, not crash the decoder."""
+        if self._client is None:
+            client = connect(self.url, cluster=self.cluster, socket_connect_timeout=1, socket_timeout=2)
+            self._claim = client.register_script(CLAIM_LOWEST)
+            self._release = client.register_script(RELEASE)
+            self._client = client
+        return self._client
+
+    r = property(_connected)
 
     @property
     def key(self) -> str:
@@ -119,6 +130,7 @@ class IndexClaim:
     # --- claiming ----------------------------------------------------------------------------
     def try_claim(self) -> int | None:
         """Take the lowest free index now, or return None when all are held. Raises RedisError."""
+        self._connected()  # raises RedisError while Redis is unreachable: the caller retries
         got = int(self._claim(keys=self.all_keys(), args=[self.owner, self.ttl_ms]))
         if got < 0:
             return None
@@ -233,7 +245,8 @@ class IndexClaim:
 
     def close(self) -> None:
         self.release()
-        self.r.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _holder(r: redis.Redis, key: str) -> str:
