@@ -1,5 +1,5 @@
 """Frame bodies benchmark (not a test): packets and records through a frame, as msgpack lists and
-as the packed layouts (shared/pktpack.py, shared/recpack.py), pure and compiled.
+as the packed layouts (shared/packed.py), pure and compiled.
 
 Each batch's output is dropped once made, as the services do (keeping every tuple alive makes
 the collector's passes grow with the run and triples the unpacking figures). CPU seconds
@@ -21,16 +21,6 @@ from services.decoder.app.inspector import AppInspector
 from services.decoder.fastpath import decode_batch
 from shared import compiled, frames
 from shared.service import tune_gc
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _pure(name: str):
-    """The reference module under another name, so that it keeps its pure functions."""
-    spec = importlib.util.spec_from_file_location(f"{name}_pure", ROOT / "shared" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _time(batches: list, ftype: str, pack: Callable, unpack: Callable) -> tuple[float, float]:
@@ -56,20 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     app = AppInspector()
     rec_batches = [decode_batch(b, app).records for b in pkt_batches]
     kinds = {
-        "packets": (frames.FrameType.PACKETS, pkt_batches, "pktpack", "pack_packets", "unpack_packets"),
-        "records": (frames.FrameType.RECORDS, rec_batches, "recpack", "pack_records", "unpack_records"),
+        "packets": (frames.FrameType.PACKETS, pkt_batches, "pack_packets", "unpack_packets"),
+        "records": (frames.FrameType.RECORDS, rec_batches, "pack_records", "unpack_records"),
     }
+    pure = compiled.pure_module("shared.packed")
+    twin = None
+    if not compiled.forced_pure():
+        try:
+            twin = importlib.import_module("shared._packed_c")
+        except ImportError:
+            print("  (shared._packed_c not built: run scripts/setup)")
     print(f"{args.capture} ({n:,} packets), frames of {args.batch}, best of {args.runs}, us per packet")
-    for kind, (ftype, batches, module, pack_name, unpack_name) in kinds.items():
+    for kind, (ftype, batches, pack_name, unpack_name) in kinds.items():
         impls = {"msgpack list": (lambda b: b, lambda body: body)}
-        pure = _pure(module)
         impls["packed, pure"] = (getattr(pure, pack_name), getattr(pure, unpack_name))
-        if not compiled.forced_pure():
-            try:
-                twin = importlib.import_module(f"shared._{module}_c")
-                impls["packed, compiled"] = (getattr(twin, pack_name), getattr(twin, unpack_name))
-            except ImportError:
-                print(f"  (shared._{module}_c not built: run scripts/setup)")
+        if twin is not None:
+            impls["packed, compiled"] = (getattr(twin, pack_name), getattr(twin, unpack_name))
         for label, (pack, unpack) in impls.items():
             best = [min(x) for x in zip(*(_time(batches, ftype, pack, unpack) for _ in range(args.runs)), strict=True)]
             print(f"  {kind:8s} {label:17s} pack {best[0] * 1e6 / n:6.3f}   unpack {best[1] * 1e6 / n:6.3f}")

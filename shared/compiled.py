@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -55,20 +56,15 @@ TWINS: dict[str, str] = {
     "services.cli.filter.parser": "services.cli.filter._parser_c",
     "services.cli.filter.fields": "services.cli.filter._fields_c",
     "services.cli.filter.values": "services.cli.filter._values_c",
-    # the decoder -> flow-tracker records, packed (its twin is hand-written: HANDWRITTEN)
-    "shared.recpack": "shared._recpack_c",
-    # capture -> decoder packets, packed (hand-written twin too)
-    "shared.pktpack": "shared._pktpack_c",
+    # packed frame bodies, capture -> decoder and decoder -> flow-tracker (twin written by hand)
+    "shared.packed": "shared._packed_c",
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
 # pure-Python mode cannot express); their stamp covers both files, so editing either one
 # falls back to pure Python until scripts/setup runs again
 ROOT = Path(__file__).resolve().parent.parent
-HANDWRITTEN: dict[str, Path] = {
-    "shared.recpack": ROOT / "scripts" / "cython" / "_recpack_c.pyx",
-    "shared.pktpack": ROOT / "scripts" / "cython" / "_pktpack_c.pyx",
-}
+HANDWRITTEN: dict[str, Path] = {"shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx"}
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
 STATUS: dict[str, str] = {}
@@ -104,6 +100,18 @@ def twin(name: str, source: str | None) -> ModuleType | None:
         )
         return None
     STATUS[name] = "compiled"
+    return mod
+
+
+def pure_module(name: str) -> ModuleType:
+    """A fresh copy of pure module ``name`` that keeps its pure functions (loaded under another
+    name, so ``adopt`` finds no twin for it): for comparing both paths in one process."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"no module {name}")
+    copy = importlib.util.spec_from_file_location(f"{name}__pure", spec.origin)
+    mod = importlib.util.module_from_spec(copy)
+    copy.loader.exec_module(mod)
     return mod
 
 

@@ -34,8 +34,7 @@ from services.flowtracker.table import FlowTable
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END, from_row
 from shared.frames import FrameType, decode, encode
-from shared.pktpack import packets_body, packets_of
-from shared.recpack import records_body, records_of
+from shared.packed import packets_body, packets_of, records_body, records_of
 
 
 @dataclass

@@ -42,11 +42,10 @@ from tests.compose_helpers import (
     ensure_redis,
 )
 from tests.conftest import ROOT
-from tests.pipeline_helpers import free_port, wait_for
+from tests.pipeline_helpers import free_port, pktscope, wait_for
 
 pytestmark = [pytest.mark.live, pytest.mark.skipif(bool(cannot_run()), reason=cannot_run() or "-")]
 
-PKTSCOPE = [sys.executable, "-m", "services.cli.main"]
 GRACE = 10  # podman stop's default: a service that has not exited by then is killed (exit 137)
 ALERT_KINDS = ("new_process_egress", "new_process_dest")
 
@@ -88,9 +87,7 @@ def write_pipeline(example: str, workdir: Path, port: int) -> None:
 
 def host_cli(*argv: str) -> str:
     """`pktscope ...` on the host (the run directory and the Redis socket are shared with it)."""
-    done = subprocess.run([*PKTSCOPE, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return pktscope(*argv, timeout=60).stdout
 
 
 def send_udp(port: int) -> None:

@@ -12,10 +12,10 @@ import msgpack
 import pytest
 import zmq
 
-from shared import frames, pktpack, recpack
+from shared import frames, packed
 from shared.config import PipelineConfig
 from shared.frames import FrameType
-from shared.recpack import records_of
+from shared.packed import records_of
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
 from tests.conftest import PCAPS, ROOT
@@ -68,7 +68,7 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         push.send(b"\x93not a frame")  # bad frame: dropped and counted
         push.send(frames.encode(FrameType.PACKETS, "capture", seq, (("not", "a packet"),)))  # bad shape
         seq += 1
-        damaged = pktpack.pack_packets(packets[:64])[:-1]  # packed as capture does, cut short: bad
+        damaged = packed.pack_packets(packets[:64])[:-1]  # packed as capture does, cut short: bad
         push.send(frames.encode(FrameType.PACKETS, "capture", seq, damaged))
         seq += 1
         push.send(frames.encode(FrameType.TICK, "capture", seq, {"ts": 42.0}))
@@ -111,8 +111,8 @@ def test_decoder_without_redis_stops_cleanly_on_sigterm(short_tmp, zctx):
         push.send(frames.encode(FrameType.PACKETS, "capture", 0, tuple(packets)))
         got = receive(tracker)
         assert (got.type, got.sender, len(records_of(got.body))) == ("recs", "decoder-3", 17)
-        # packed when the compiled codec runs (shared/recpack.py), plain msgpack data otherwise
-        assert isinstance(got.body, bytes) == recpack.COMPILED
+        # packed when the compiled codec runs (shared/packed.py), plain msgpack data otherwise
+        assert isinstance(got.body, bytes) == packed.COMPILED
         assert msgpack.packb(got.body)
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)

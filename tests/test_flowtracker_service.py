@@ -15,7 +15,7 @@ from shared import frames
 from shared.config import PipelineConfig
 from shared.flowevents import from_row
 from shared.frames import FrameType
-from shared.recpack import pack_records
+from shared.packed import pack_records
 from shared.redis_keys import Keys
 from shared.sockets import bind_pull, connect_push
 from tests.conftest import ROOT

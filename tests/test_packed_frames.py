@@ -1,5 +1,5 @@
-"""Packed frame bodies: records (shared/recpack.py) and packets (shared/pktpack.py), each with
-a hand-written compiled twin (scripts/cython/_recpack_c.pyx, _pktpack_c.pyx).
+"""Packed frame bodies: packets and records (shared/packed.py) and its hand-written compiled twin
+(scripts/cython/_packed_c.pyx).
 
 What the decoder and the flow-tracker get from a packed body must be exactly what msgpack gave
 them: the same tuples, field types included, for every packet of the corpus and the bench
@@ -10,8 +10,9 @@ ValueError only, never another exception.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,31 +23,18 @@ from shared import compiled, frames
 from tests.conftest import BENCH_PCAP, PCAPS
 from tests.test_decoder_corpus import read_packets
 
-ROOT = Path(__file__).resolve().parent.parent
+PURE = compiled.pure_module("shared.packed")
 
 
-def _pure_module(name: str):
-    """shared/<name>.py loaded under another name, so that it keeps its pure functions."""
-    spec = importlib.util.spec_from_file_location(f"{name}_pure", ROOT / "shared" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-PURE = _pure_module("recpack")
-PURE_PKT = _pure_module("pktpack")
-
-
-def _compiled_module(name: str = "recpack"):
+def _compiled_module():
     if compiled.forced_pure():
         pytest.skip("PKTSCOPE_PURE=1: no compiled path to compare")
-    mod = importlib.import_module(f"shared.{name}")
-    assert mod.COMPILED, f"shared._{name}_c not built or stale ({compiled.STATUS}): run scripts/setup"
-    return importlib.import_module(f"shared._{name}_c")
+    mod = importlib.import_module("shared.packed")
+    assert mod.COMPILED, f"shared._packed_c not built or stale ({compiled.STATUS}): run scripts/setup"
+    return importlib.import_module("shared._packed_c")
 
 
 IMPLS = {"pure": lambda: PURE, "compiled": _compiled_module}
-PKT_IMPLS = {"pure": lambda: PURE_PKT, "compiled": lambda: _compiled_module("pktpack")}
 
 
 def _packet_batches(path: Path, size: int = 512) -> list[list[tuple]]:
@@ -160,39 +148,19 @@ def test_every_damaged_body_is_a_value_error_or_records_both_agree_on(impl, corp
     rng = random.Random(14)
     with_app = next(b for b in corpus_batches if any(r[12] is not None for r in b))
     body = PURE.pack_records(with_app[:40])
-    for cut in range(len(body)):  # every truncation
-        with pytest.raises(ValueError):
-            mod.unpack_records(body[:cut])
-    with pytest.raises(ValueError):
-        mod.unpack_records(body + b"\x00")
-    for _ in range(3000):  # bytes changed at random: an error, or tuples of the record shape
-        damaged = bytearray(body)
-        for _ in range(rng.randint(1, 4)):
-            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
-        damaged = bytes(damaged)
-        try:
-            got = mod.unpack_records(damaged)
-        except ValueError:
-            with pytest.raises(ValueError):
-                PURE.unpack_records(damaged)
-            continue
-        assert _same_nan(got, PURE.unpack_records(damaged))
-        assert all(type(r) is tuple and len(r) == 13 for r in got)
-    # a count the body cannot hold is refused before anything is allocated for it
-    with pytest.raises(ValueError, match="count"):
-        mod.unpack_records(body[:2] + (2**32 - 1).to_bytes(4, "little") + body[6:])
+    _damage(mod.unpack_records, PURE.unpack_records, body, rng, width=13)
 
 
 # --- packets ------------------------------------------------------------------------------------
 def test_every_corpus_packet_round_trips_as_msgpack_gave_it(packet_batches):
-    twin = _compiled_module("pktpack")
+    twin = _compiled_module()
     packets = 0
     links = set()
     for batch in packet_batches:
-        body = PURE_PKT.pack_packets(batch)
+        body = PURE.pack_packets(batch)
         assert body is not None and twin.pack_packets(batch) == body
         want = _via_msgpack(batch, frames.FrameType.PACKETS)
-        assert _same(PURE_PKT.unpack_packets(body), want)
+        assert _same(PURE.unpack_packets(body), want)
         assert _same(twin.unpack_packets(body), want)
         packets += len(batch)
         links.update(p[2] for p in batch)
@@ -202,7 +170,7 @@ def test_every_corpus_packet_round_trips_as_msgpack_gave_it(packet_batches):
 PKT = (7, 1.5, 1, 60, b"\x00" * 60)
 
 
-@pytest.mark.parametrize("impl", PKT_IMPLS)
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize(
     "packet",
     [
@@ -218,39 +186,50 @@ PKT = (7, 1.5, 1, 60, b"\x00" * 60)
     ],
 )
 def test_a_packet_that_does_not_fit_the_layout_sends_the_batch_as_a_list(impl, packet):
-    assert PKT_IMPLS[impl]().pack_packets([PKT, packet]) is None
+    assert IMPLS[impl]().pack_packets([PKT, packet]) is None
 
 
-@pytest.mark.parametrize("impl", PKT_IMPLS)
+@pytest.mark.parametrize("impl", IMPLS)
 def test_packets_edge_values_round_trip_and_damage_is_a_value_error(impl, packet_batches):
-    mod = PKT_IMPLS[impl]()
+    mod = IMPLS[impl]()
     edge = [(2**64 - 1, -0.0, 65535, 2**32 - 1, b""), (1, float("nan"), 0, 0, bytes(range(256)))]
     body = mod.pack_packets(edge)
-    assert body == PURE_PKT.pack_packets(edge)
+    assert body == PURE.pack_packets(edge)
     got = mod.unpack_packets(body)
     assert got[0] == edge[0] and str(got[1][1]) == "nan" and got[1][4] == edge[1][4]
     assert mod.unpack_packets(mod.pack_packets([])) == []
-    body = PURE_PKT.pack_packets(packet_batches[0][:20])
+    body = PURE.pack_packets(packet_batches[0][:20])
+    _damage(mod.unpack_packets, PURE.unpack_packets, body, random.Random(15))
+
+
+Unpack = Callable[[bytes], list[tuple]]
+
+
+def _damage(unpack: Unpack, reference: Unpack, body: bytes, rng: random.Random, width: int | None = None) -> None:
+    """Every truncation, a byte too many and 3,000 random changes of ``body``: ValueError, or
+    the same tuples as the reference (of ``width`` fields when given); and a count the body
+    cannot hold is refused before anything is allocated for it."""
     for cut in range(len(body)):
         with pytest.raises(ValueError):
-            mod.unpack_packets(body[:cut])
+            unpack(body[:cut])
     with pytest.raises(ValueError):
-        mod.unpack_packets(body + b"\x00")
-    rng = random.Random(15)
+        unpack(body + b"\x00")
     for _ in range(3000):
         damaged = bytearray(body)
         for _ in range(rng.randint(1, 4)):
             damaged[rng.randrange(len(damaged))] = rng.randrange(256)
         damaged = bytes(damaged)
         try:
-            got = mod.unpack_packets(damaged)
+            got = unpack(damaged)
         except ValueError:
             with pytest.raises(ValueError):
-                PURE_PKT.unpack_packets(damaged)
+                reference(damaged)
             continue
-        assert _same_nan(got, PURE_PKT.unpack_packets(damaged))
+        assert _same_nan(got, reference(damaged))
+        if width is not None:
+            assert all(type(r) is tuple and len(r) == width for r in got)
     with pytest.raises(ValueError, match="count"):
-        mod.unpack_packets(body[:2] + (2**32 - 1).to_bytes(4, "little") + body[6:])
+        unpack(body[:2] + (2**32 - 1).to_bytes(4, "little") + body[6:])
 
 
 def _same_nan(a: list[tuple], b: list[tuple]) -> bool:

@@ -17,7 +17,7 @@ import zmq
 from services.capture import sharding
 from services.capture.sharding import deal, make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
-from shared import pktpack
+from shared import packed
 from shared.config import PipelineConfig
 from shared.continuity import Continuity
 from shared.frames import FrameType, SequenceGaps, encode
@@ -122,7 +122,7 @@ class Capture:
         if block:  # offline
             self._checkpoint(body)
         if ftype == FrameType.PACKETS:
-            body = pktpack.packets_body(body)
+            body = packed.packets_body(body)
         frame = encode(ftype, self.name, self.seq[i], body)
         self.seq[i] += 1
         try:

@@ -16,11 +16,10 @@ import zmq
 from services.decoder import fastpath
 from services.decoder.fastpath import decode_batch
 from services.decoder.ring import PacketRing, RingServer
-from shared import frames, recpack
+from shared import frames, packed
 from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
-from shared.pktpack import packets_of
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.routing import route_records
@@ -226,7 +225,7 @@ class DecoderService:
     def _packets(self, body: Any, stop: Any) -> None:
         c = self.stats.c
         try:
-            body = packets_of(body)  # packed by capture (shared/pktpack.py), or a list
+            body = packed.packets_of(body)  # packed by capture (shared/packed.py), or a list
             result = decode_batch(body, self.app)
         except (TypeError, ValueError):  # packet tuples of the wrong shape: the frame is bad
             c["bad_frames"] += 1
@@ -239,11 +238,11 @@ class DecoderService:
         c["non_ip"] += result.non_ip
         c["app_errors"] += result.app_errors
         if self.trackers == 1:
-            if self._send(FrameType.RECORDS, recpack.records_body(result.records), stop):
+            if self._send(FrameType.RECORDS, packed.records_body(result.records), stop):
                 c["records_out"] += len(result.records)
             return
         for j, part in enumerate(route_records(result.records, self.trackers)):
-            if part and self._send(FrameType.RECORDS, recpack.records_body(part), stop, j):
+            if part and self._send(FrameType.RECORDS, packed.records_body(part), stop, j):
                 c["records_out"] += len(part)
 
     def _eos(self, upstream: Any, stop: Any) -> None:

@@ -32,7 +32,7 @@ from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
-from shared.recpack import records_of
+from shared.packed import records_of
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
 from shared.routing import NAMES_ONLY, detector_of
