@@ -1,7 +1,7 @@
 """A service restarted within a run (kill -9, crash) carries on from its predecessor, and counts
 what was lost in between.
 
-Every stage writes its *progress* to its stats hash after each frame it has handled: the last
+Every stage writes its *progress* to its stats hash after the frames it has handled: the last
 sequence number taken from each sender (``seq.<sender>``), its running counters and the next
 sequence number it will send (``next_seq``); skipped while Redis is out. A restarted incarnation of the same run reads it
 back (``resume``): it continues the counters, counts ``restarts``, and seeds its gap counter, so
@@ -11,7 +11,7 @@ gap for whatever the dead process had queued but not delivered, and never a numb
 
 What this cannot tell apart: a frame handled and sent whose progress write the kill prevented.
 Its input counts as a lost frame (over-counted), while its records, if they arrived, make the
-records lost look smaller by as many (at most one frame's worth per restart).
+records lost look smaller by as many (at most ``PROGRESS_EVERY`` seconds' worth per restart).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.continuity")
 
-# Seconds between progress writes. 0: after every frame. Writing less often would leave the
-# counters a restarted service takes over stale by more than one frame, and then a frame sent
-# but not yet written could make the records lost look smaller than they are.
-PROGRESS_EVERY = 0.0
+# Seconds between progress writes (0: after every frame). A restarted service takes over
+# counters stale by up to this much, so that much work counts as lost. After every frame cost
+# the decoders and the flow-tracker 0.45 of 6.2 CPU s on the 5x bench capture, a Redis round
+# trip per frame (scripts.bench_processes, 2026-12-03); at 10 ms it is ~100 writes a second.
+PROGRESS_EVERY = 0.01
 
 
 class Continuity:
@@ -86,8 +87,7 @@ class Continuity:
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number
-        (one per receiver when there are several). One HSET per frame: a few hundred per replay
-        of sv-merged.pcap per service."""
+        (one per receiver when there are several). One HSET at most every ``PROGRESS_EVERY``."""
         st = self.stats
         now = time.monotonic()
         if st.r is None or st.outages.down or now < self._next_write:
@@ -103,7 +103,7 @@ class Continuity:
             mapping["next_seq"] = next_seq
         mapping.update(extra)
         try:
-            st.r.hset(st.keys.stats(st.service), mapping=mapping)
+            st.write_deferred(mapping)  # not waited for: shared/deferred_write.py
         except redis.RedisError:
             st.redis_errors += 1
             st.outages.failed()

@@ -10,7 +10,9 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from shared.deferred_write import DeferredWrites
 from shared.outages import Outages
+from shared.redis_conn import is_cluster
 from shared.redis_keys import Keys
 
 OUTAGE_RETRY = 5.0  # seconds between stats writes while Redis is out
@@ -43,6 +45,7 @@ class ServiceStats:
         self.outages = Outages(self.c)  # shared with any other Redis user of this process
         # more counters, read only when flushing (e.g. the decoder's application-layer counters)
         self.sources: list[Callable[[], Mapping[str, int | float]]] = []
+        self._deferred: DeferredWrites | None = None  # progress writes (shared/continuity.py)
 
     def ready(self) -> None:
         """Say that the service has started and waits for frames (offline capture waits for it)."""
@@ -64,6 +67,21 @@ class ServiceStats:
                 if time.monotonic() >= deadline:
                     return  # an outage after all: flush counts it
                 time.sleep(0.01)
+
+    def write_deferred(self, mapping: Mapping[str, str | int | float]) -> None:
+        """HSET ``mapping`` into this service's hash without waiting for the reply (it is read
+        before the next write: shared/deferred_write.py). A Cluster client waits. Raises
+        redis.RedisError, for this write or the previous one."""
+        if self.r is None:
+            return
+        key = self.keys.stats(self.service)
+        if is_cluster(self.r):
+            self.r.hset(key, mapping=dict(mapping))
+            return
+        if self._deferred is None:
+            self._deferred = DeferredWrites(self.r)
+        flat = [x for kv in mapping.items() for x in kv]
+        self._deferred.send("HSET", key, *flat)
 
     def maybe_flush(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -100,6 +118,8 @@ class ServiceStats:
         mapping["max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak memory
         mapping["redis_errors"] = self.redis_errors
         try:
+            if self._deferred is not None:
+                self._deferred.drain()  # a deferred write landing after this one would undo it
             key = self.keys.stats(self.service)
             if not self._own_hash:
                 # what an earlier run left (its eos, ready, counters) must not show as this run's
