@@ -42,8 +42,8 @@ EOS_SEND_TIMEOUT_MS = END_OF_STREAM_LINGER_MS
 # live or stopped (SIGTERM): the decoders may be stopping too (compose stops every service at
 # once), so the end of stream is offered this long, not the replay's minute
 STOP_EOS_SEND_TIMEOUT_MS = 1000
-DOWNSTREAM_READY_WAIT = 15.0
-RESERVE_PACKETS = 1024  # offline: packets a resume position is written ahead (a restart loses them)  # offline: seconds to wait for the other services to start
+DOWNSTREAM_READY_WAIT = 15.0  # offline: seconds to wait for the other services to start
+RESERVE_PACKETS = 1024  # offline: packets a resume position is written ahead (a restart loses them)
 
 
 class Capture:
@@ -112,7 +112,9 @@ class Capture:
         if st.r is None or st.outages.down:
             return  # Redis out: carry on (a restart now would resend from the last reservation)
         try:
-            st.r.hset(st.keys.stats(self.name), "position", self.position)
+            # not waited for (shared/deferred_write.py): it is in Redis's socket before the
+            # packets leave, so a kill after the send cannot lose it
+            st.write_deferred({"position": self.position})
         except redis.RedisError:
             st.redis_errors += 1
             st.outages.failed()
