@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from services.detector import alerts, lua, sensor_entity
+from services.detector import alerts, connections, lua, sensor_entity
 from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
@@ -162,6 +162,7 @@ class DetectorEngine:
             "volume": lua.VOLUME,
             "touch": lua.TOUCH,
             "append_once": lua.APPEND_ONCE,
+            "conn_pair": connections.PAIR,
         }
         self._run_with_retry(self._load_state)
 
@@ -257,7 +258,7 @@ class DetectorEngine:
                     last_touch.clear()
                 last_touch[entity] = ts
                 self._touch(batch, entity, ts)
-        self.history.flush(batch)
+        self.history.flush(batch, self._sha["conn_pair"])
         if extra is not None:
             extra(batch)
         return self._run(batch)
