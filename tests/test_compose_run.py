@@ -303,6 +303,8 @@ def cluster_run(podman) -> Iterator[dict]:
         result["status"] = json.loads(cli("status", "--json"))
         stop_in_order(compose, ALL_SERVICES, CLUSTER_NODES)
         result["exit_codes"] = exit_codes(compose)
+        if set(result["exit_codes"].values()) != {0}:
+            result["logs"] = compose.logs()  # for the assertion's message, before `down` removes them
         yield result
     finally:
         compose.down()
@@ -315,7 +317,8 @@ def test_cluster_example_under_compose_alerts_and_stops(cluster_run):
     assert {a["kind"] for a in cluster_run["alerts"]} <= set(ALERT_KINDS)
     assert ALL_INSTANCES - {"capture"} <= set(cluster_run["status"]["services"]), sorted(cluster_run["status"]["services"])
     codes = {n: c for n, c in cluster_run["exit_codes"].items() if n != f"{project}_capture_1"}
-    assert set(codes.values()) == {0}, codes
+    failed = {n: c for n, c in codes.items() if c != 0}
+    assert not failed, f"{failed}\n{cluster_run.get('logs', '')}"
 
 
 def test_cluster_example_capture_reaches_the_cluster_and_stops_cleanly(cluster_run):
