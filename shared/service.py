@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import faulthandler
 import gc
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from shared.config import PipelineConfig
 from shared.parent_watch import die_with_parent
 from shared.stats import ServiceStats
 
+# Seconds from the first SIGTERM/SIGINT until a service that is still running exits anyway.
+# Under the 10 s that supervisord (stopwaitsecs), systemd, docker and podman give before SIGKILL:
+# a stop is then never a kill (exit 137, nothing logged), and the log shows where each thread was.
+STOP_DEADLINE = 8.0
+
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT so that loops finish their batch and exit cleanly."""
+    """Set by SIGTERM/SIGINT so that loops finish their batch and exit cleanly; a service still
+    running ``STOP_DEADLINE`` seconds later logs every thread's stack and exits 0."""
 
     def __init__(self) -> None:
         self.stopping = False
@@ -26,10 +34,26 @@ class StopFlag:
         atexit.register(_ignore_late_stop_signals)
 
     def _set(self, *_args) -> None:
+        if not self.stopping:
+            timer = threading.Timer(STOP_DEADLINE, _stop_overdue, (STOP_DEADLINE,))
+            timer.daemon = True  # a service that stops in time is not held by it
+            timer.start()
         self.stopping = True
 
     def __bool__(self) -> bool:
         return self.stopping
+
+
+def _stop_overdue(deadline: float) -> None:
+    """The stop signal came ``deadline`` s ago and the service is still here: say where each
+    thread was (the bug to fix) and leave."""
+    sys.stderr.write(
+        f"pktscope: service pid {os.getpid()} still running {deadline:g} s after the stop signal; "
+        "exiting now. Its threads:\n"
+    )
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    os._exit(0)
 
 
 def _ignore_late_stop_signals() -> None:
