@@ -42,12 +42,17 @@ class Continuity:
         self.restarted = False
         self.previous: dict[str, str] = {}
         self._next_write = 0.0
+        self._next_seq: int | list[int] | None = None  # as last given to progress()
+        self._extra: dict[str, int | float | str] = {}
 
     def resume(self) -> int | None:
         """Take over a predecessor of this run; return the sequence number to send next (None: 0)."""
         st = self.stats
         if st.r is None or not stats_module.RUN_ID:
             return None
+        # a service starts beside the private redis-server and may ask before it answers:
+        # that is not an outage (it was counted as one)
+        st.await_redis(stats_module.READY_WAIT)
         try:
             prev = st.r.hgetall(st.keys.stats(st.service))
         except redis.RedisError:
@@ -87,27 +92,39 @@ class Continuity:
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number
-        (one per receiver when there are several). One HSET at most every ``PROGRESS_EVERY``."""
+        (one per receiver when there are several). One HSET at most every ``PROGRESS_EVERY``;
+        every stats write in between carries them too (``fields``), so the counters a successor
+        takes over are never newer than the sequence numbers beside them: counters fresher than
+        ``seq.<sender>`` made a restarted decoder count frames its predecessor had handled as
+        lost, and a replay that lost nothing said "incomplete"."""
         st = self.stats
+        if self._next_seq is None:
+            st.sources.append(self.fields)
+        self._next_seq, self._extra = next_seq, extra
         now = time.monotonic()
         if st.r is None or st.outages.down or now < self._next_write:
             return  # (the periodic stats write finds out when Redis is back)
         self._next_write = now + PROGRESS_EVERY
-        mapping: dict[str, int | float | str] = {name: st.c[name] for name in self.counters}
-        mapping.update({f"seq.{s}": n for s, n in self.gaps.last.items()})
-        mapping["frames_lost"] = self.gaps.lost
-        if isinstance(next_seq, list):
-            mapping.update({f"next_seq.{j}": n for j, n in enumerate(next_seq)})
-            mapping["next_seq"] = next_seq[0]
-        else:
-            mapping["next_seq"] = next_seq
-        mapping.update(extra)
         try:
-            st.write_deferred(mapping)  # not waited for: shared/deferred_write.py
+            st.write_deferred(self.fields())  # not waited for: shared/deferred_write.py
         except redis.RedisError:
             st.redis_errors += 1
             st.outages.failed()
 
+    def fields(self) -> dict[str, int | float | str]:
+        """The progress as of now: counters, sequence numbers seen and sent, what it lost."""
+        st = self.stats
+        mapping: dict[str, int | float | str] = {name: st.c[name] for name in self.counters}
+        mapping.update({f"seq.{s}": n for s, n in self.gaps.last.items()})
+        mapping["frames_lost"] = self.gaps.lost
+        next_seq = self._next_seq
+        if isinstance(next_seq, list):
+            mapping.update({f"next_seq.{j}": n for j, n in enumerate(next_seq)})
+            mapping["next_seq"] = next_seq[0]
+        elif next_seq is not None:
+            mapping["next_seq"] = next_seq
+        mapping.update(self._extra)
+        return mapping
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -51,10 +51,10 @@ class ServiceStats:
         """Say that the service has started and waits for frames (offline capture waits for it)."""
         self.info["ready"] = 1
         self.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up cost, left out by scripts/bench
-        self._await_redis(READY_WAIT)
+        self.await_redis(READY_WAIT)
         self.flush()
 
-    def _await_redis(self, wait: float) -> None:
+    def await_redis(self, wait: float) -> None:
         """Before this process's first write only: give a Redis that is still starting ``wait`` s."""
         if self.r is None or self._own_hash:
             return

@@ -1,0 +1,50 @@
+"""Progress a restarted stage takes over (shared/continuity.py): written at most every 10 ms, and
+every stats write in between carries it too, so counters are never newer than the sequence
+numbers beside them (a restarted decoder then counted frames its predecessor had handled as lost,
+and a replay that lost nothing said "incomplete")."""
+
+from __future__ import annotations
+
+from shared.continuity import Continuity
+from shared.frames import SequenceGaps
+from shared.redis_keys import Keys
+from shared.stats import ServiceStats
+
+
+def test_a_stats_write_between_progress_writes_carries_the_progress(rdb):
+    stats = ServiceStats("decoder-0", rdb, Keys("t"))
+    gaps = SequenceGaps()
+    cont = Continuity(stats, gaps, ("packets_in", "frames_in"))
+    seqs = [0]
+    for seq in range(1, 40):  # 39 frames in well under 10 ms: one progress write, at the first
+        stats.c["frames_in"] += 1
+        stats.c["packets_in"] += 512
+        stats.c["frames_lost"] += gaps.see("capture", seq)
+        seqs[0] += 1
+        cont.progress(seqs)
+    stats.flush()  # the periodic stats write
+    h = rdb.hgetall("t:stats:decoder-0")
+    assert int(h["packets_in"]) == 39 * 512 and int(h["frames_in"]) == 39
+    assert int(h["seq.capture"]) == 39  # as new as the counters
+    assert int(h["next_seq"]) == int(h["next_seq.0"]) == 39
+    assert int(h["frames_lost"]) == 0
+
+
+def test_a_successor_takes_over_what_the_last_write_said(rdb, monkeypatch):
+    from shared import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "RUN_ID", "run-1")
+    first = ServiceStats("decoder-0", rdb, Keys("t"))
+    cont = Continuity(first, SequenceGaps(), ("packets_in",))
+    first.flush()
+    first.c["packets_in"] = 4096
+    cont.gaps.see("capture", 7)
+    cont.progress([3])
+    first.flush()
+    # the successor (same run, another process) reads it back
+    second = ServiceStats("decoder-0", rdb, Keys("t"))
+    gaps = SequenceGaps()
+    again = Continuity(second, gaps, ("packets_in",))
+    assert again.resume() == 4  # one past the last sequence number written + 1
+    assert again.restarted and second.c["packets_in"] == 4096 and gaps.last == {"capture": 7}
+    assert gaps.see("capture", 8) == 0  # the next frame is no gap
