@@ -1,7 +1,7 @@
 """A service restarted within a run (kill -9, crash) carries on from its predecessor, and counts
 what was lost in between.
 
-Every stage writes its *progress* to its stats hash after the frames it has handled: the last
+Every stage writes its *progress* to its stats hash after each frame it has handled: the last
 sequence number taken from each sender (``seq.<sender>``), its running counters and the next
 sequence number it will send (``next_seq``); skipped while Redis is out. A restarted incarnation of the same run reads it
 back (``resume``): it continues the counters, counts ``restarts``, and seeds its gap counter, so
@@ -11,7 +11,7 @@ gap for whatever the dead process had queued but not delivered, and never a numb
 
 What this cannot tell apart: a frame handled and sent whose progress write the kill prevented.
 Its input counts as a lost frame (over-counted), while its records, if they arrived, make the
-records lost look smaller by as many (at most ``PROGRESS_EVERY`` seconds' worth per restart).
+records lost look smaller by as many (at most one frame's worth per restart).
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.continuity")
 
-# Seconds between progress writes (0: after every frame). A restarted service takes over
-# counters stale by up to this much, so that much work counts as lost. After every frame cost
-# the decoders and the flow-tracker 0.45 of 6.2 CPU s on the 5x bench capture, a Redis round
-# trip per frame (scripts.bench_processes, 2026-12-03); at 10 ms it is ~100 writes a second.
-PROGRESS_EVERY = 0.01
+# Seconds between progress writes; 0: after every frame, which exact crash accounting needs.
+# A restarted sender numbers its frames from the written ``next_seq`` + 1: written less often
+# (tried at 10 ms: ~0.3 CPU s less on the 5x bench capture), that number may be one its
+# predecessor used, the next stage then takes the restart for a plain sender restart and the
+# frames lost with the dead process are not counted (tests/test_metrics.py saw no loss).
+# The write is not waited for (shared/deferred_write.py), which kept about half of that gain.
+PROGRESS_EVERY = 0.0
 
 
 class Continuity:
@@ -92,11 +94,11 @@ class Continuity:
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number
-        (one per receiver when there are several). One HSET at most every ``PROGRESS_EVERY``;
-        every stats write in between carries them too (``fields``), so the counters a successor
-        takes over are never newer than the sequence numbers beside them: counters fresher than
-        ``seq.<sender>`` made a restarted decoder count frames its predecessor had handled as
-        lost, and a replay that lost nothing said "incomplete"."""
+        (one per receiver when there are several). One HSET per frame, not waited for. Every
+        stats write carries them too (``fields``), so that the counters a successor takes over
+        are never newer than the sequence numbers beside them (they were once, when progress
+        was written every 10 ms: a restarted decoder counted frames its predecessor had
+        handled as lost, and a replay that lost nothing said "incomplete")."""
         st = self.stats
         if self._next_seq is None:
             st.sources.append(self.fields)

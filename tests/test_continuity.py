@@ -1,7 +1,7 @@
-"""Progress a restarted stage takes over (shared/continuity.py): written at most every 10 ms, and
-every stats write in between carries it too, so counters are never newer than the sequence
-numbers beside them (a restarted decoder then counted frames its predecessor had handled as lost,
-and a replay that lost nothing said "incomplete")."""
+"""Progress a restarted stage takes over (shared/continuity.py): written after each frame, and
+carried by every stats write too, so counters are never newer than the sequence numbers beside
+them (when progress was written every 10 ms, a restarted decoder counted frames its predecessor
+had handled as lost, and a replay that lost nothing said "incomplete")."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from shared.redis_keys import Keys
 from shared.stats import ServiceStats
 
 
-def test_a_stats_write_between_progress_writes_carries_the_progress(rdb):
+def test_a_stats_write_between_progress_writes_carries_the_progress(rdb, monkeypatch):
+    from shared import continuity
+
+    monkeypatch.setattr(continuity, "PROGRESS_EVERY", 3600.0)  # one progress write, at the first frame
     stats = ServiceStats("decoder-0", rdb, Keys("t"))
     gaps = SequenceGaps()
     cont = Continuity(stats, gaps, ("packets_in", "frames_in"))
     seqs = [0]
-    for seq in range(1, 40):  # 39 frames in well under 10 ms: one progress write, at the first
+    for seq in range(1, 40):
         stats.c["frames_in"] += 1
         stats.c["packets_in"] += 512
         stats.c["frames_lost"] += gaps.see("capture", seq)
