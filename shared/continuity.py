@@ -17,7 +17,6 @@ records lost look smaller by as many (at most one frame's worth per restart).
 from __future__ import annotations
 
 import logging
-import time
 
 import redis
 
@@ -27,13 +26,12 @@ from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.continuity")
 
-# Seconds between progress writes; 0: after every frame, which exact crash accounting needs.
-# A restarted sender numbers its frames from the written ``next_seq`` + 1: written less often
-# (tried at 10 ms: ~0.3 CPU s less on the 5x bench capture), that number may be one its
-# predecessor used, the next stage then takes the restart for a plain sender restart and the
-# frames lost with the dead process are not counted (tests/test_metrics.py saw no loss).
-# The write is not waited for (shared/deferred_write.py), which kept about half of that gain.
-PROGRESS_EVERY = 0.0
+# Progress is written after every frame, which exact crash accounting needs: a restarted sender
+# numbers its frames from the written ``next_seq`` + 1. Written less often (tried at 10 ms: ~0.3
+# CPU s less on the 5x bench capture), that number may be one its predecessor used; the next
+# stage then takes the restart for a plain sender restart, and the frames lost with the dead
+# process are not counted (tests/test_metrics.py saw no loss). The write is not waited for
+# (shared/deferred_write.py), which kept about half of that gain.
 
 
 class Continuity:
@@ -43,7 +41,6 @@ class Continuity:
         self.counters = counters
         self.restarted = False
         self.previous: dict[str, str] = {}
-        self._next_write = 0.0
         self._next_seq: int | list[int] | None = None  # as last given to progress()
         self._extra: dict[str, int | float | str] = {}
 
@@ -103,10 +100,8 @@ class Continuity:
         if self._next_seq is None:
             st.sources.append(self.fields)
         self._next_seq, self._extra = next_seq, extra
-        now = time.monotonic()
-        if st.r is None or st.outages.down or now < self._next_write:
+        if st.r is None or st.outages.down:
             return  # (the periodic stats write finds out when Redis is back)
-        self._next_write = now + PROGRESS_EVERY
         try:
             st.write_deferred(self.fields())  # not waited for: shared/deferred_write.py
         except redis.RedisError:
@@ -127,6 +122,7 @@ class Continuity:
             mapping["next_seq"] = next_seq
         mapping.update(self._extra)
         return mapping
+
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

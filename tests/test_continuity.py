@@ -11,20 +11,17 @@ from shared.redis_keys import Keys
 from shared.stats import ServiceStats
 
 
-def test_a_stats_write_between_progress_writes_carries_the_progress(rdb, monkeypatch):
-    from shared import continuity
-
-    monkeypatch.setattr(continuity, "PROGRESS_EVERY", 3600.0)  # one progress write, at the first frame
+def test_a_stats_write_carries_the_progress_of_the_frame_in_hand(rdb):
     stats = ServiceStats("decoder-0", rdb, Keys("t"))
     gaps = SequenceGaps()
     cont = Continuity(stats, gaps, ("packets_in", "frames_in"))
     seqs = [0]
-    for seq in range(1, 40):
+    cont.progress(seqs)
+    for seq in range(1, 40):  # frames taken in since the last progress write (none in between)
         stats.c["frames_in"] += 1
         stats.c["packets_in"] += 512
         stats.c["frames_lost"] += gaps.see("capture", seq)
         seqs[0] += 1
-        cont.progress(seqs)
     stats.flush()  # the periodic stats write
     h = rdb.hgetall("t:stats:decoder-0")
     assert int(h["packets_in"]) == 39 * 512 and int(h["frames_in"]) == 39
