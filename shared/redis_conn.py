@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import redis
@@ -9,6 +11,10 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+CONNECT_RETRY_MAX = 2.0  # seconds: the longest wait between tries for a Redis that is not up yet
 
 # Errors that mean "Redis is not answering right now" (paused, restarting, a Cluster failing a
 # master over): wait and try again, never give up the work. A cluster adds its own kinds.
@@ -128,3 +134,23 @@ def redact(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def connect_until_ready(url: str, stop: Any, cluster: bool = False, who: str = "") -> redis.Redis | None:
+    """A client that has answered PING; tries again (0.1 s doubling to ``CONNECT_RETRY_MAX``)
+    while Redis is not up yet, e.g. a new Cluster settling. None once ``stop`` is set.
+
+    Every service needs Redis before its loop: a short cap keeps a service from sleeping
+    seconds past the moment Redis comes up (and `pktscope status` from missing it meanwhile).
+    """
+    delay = 0.1
+    while not stop:
+        try:
+            r = connect(url, cluster=cluster)
+            r.ping()
+            return r
+        except redis.RedisError as exc:
+            log.warning("%sRedis %s not reachable (%s); retrying in %.1f s", f"{who}: " if who else "", redact(url), exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX)
+    return None

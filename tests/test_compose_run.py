@@ -300,7 +300,14 @@ def cluster_run(podman) -> Iterator[dict]:
             {*(f"{project}_{s}_1" for s in [*ALL_SERVICES, *CLUSTER_NODES]), f"{project}_decoder_2"},
             done={f"{project}_redis-cluster-create_1"},
         )
-        result["status"] = json.loads(cli("status", "--json"))
+        # each service lists itself at its first stats write, which a Cluster still settling can
+        # put off by a retry: status is read until every instance is there (or 20 s have passed)
+        deadline = time.monotonic() + 20
+        while True:
+            result["status"] = json.loads(cli("status", "--json"))
+            if set(result["status"]["services"]) >= ALL_INSTANCES or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         stop_in_order(compose, ALL_SERVICES, CLUSTER_NODES)
         result["exit_codes"] = exit_codes(compose)
         if set(result["exit_codes"].values()) != {0}:

@@ -26,7 +26,7 @@ from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.continuity import EOS_LOST_AFTER, ended_upstream
 from shared.curve import bind_alerts_pub
-from shared.redis_conn import connect
+from shared.redis_conn import connect_until_ready
 from shared.service import StopFlag, loop_starting
 from shared.sockets import bind_pull
 from shared.stats import ServiceStats
@@ -50,21 +50,6 @@ RUN_COUNTERS = (
     "unattributed",
     "batches_dropped",
 )
-
-
-def connect_with_backoff(url: str, stop: StopFlag, cluster: bool = False) -> redis.Redis | None:
-    """Redis is required: keep trying (0.1 s doubling to 5 s) until it answers or we are stopped."""
-    delay = 0.1
-    while not stop:
-        try:
-            r = connect(url, cluster=cluster)
-            r.ping()
-            return r
-        except redis.RedisError as exc:
-            log.warning("Redis %s not reachable (%s); retrying in %.1f s", url, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    return None
 
 
 class DetectorService:
@@ -105,7 +90,7 @@ class DetectorService:
         self._frame_buf: bytes | None = None
 
     def start(self) -> bool:
-        self.r = connect_with_backoff(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster)
+        self.r = connect_until_ready(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster, self.name)
         if self.r is None:
             return False
         self.stats = ServiceStats(self.name, self.r, self.keys)

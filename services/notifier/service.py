@@ -27,7 +27,7 @@ from services.notifier.targets import Target, TargetError, desktop_available, no
 from shared import stats as stats_module
 from shared.config import PipelineConfig
 from shared.observe_keys import ObserveKeys
-from shared.redis_conn import connect, is_cluster
+from shared.redis_conn import connect_until_ready, is_cluster
 from shared.service import StopFlag, loop_starting
 from shared.stats import ServiceStats
 
@@ -101,17 +101,8 @@ class NotifierService:
 
     # --- start ----------------------------------------------------------------------------------
     def _connect(self) -> bool:
-        delay = 0.1
-        while not self.stop:
-            try:
-                self.r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster)
-                self.r.ping()
-                return True
-            except redis.RedisError as exc:
-                log.warning("notifier: Redis not reachable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+        self.r = connect_until_ready(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster, "notifier")
+        return self.r is not None
 
     def _start_id(self) -> str:
         """A new consumer group starts at this run's start: older alerts were told (or not) before."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from shared import frames
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
 from shared.observe_keys import ObserveKeys
-from shared.redis_conn import connect
+from shared.redis_conn import connect_until_ready
 from shared.service import StopFlag, loop_starting
 from shared.sockets import bind_pull
 from shared.stats import ServiceStats
@@ -66,23 +65,10 @@ class ObserverService:
         self.stop = stop
         self.flows: OrderedDict[tuple, FlowFacts] = OrderedDict()
 
-    def _connect(self) -> redis.Redis | None:
-        delay = 0.1
-        while not self.stop:
-            try:
-                r = connect(self.cfg.effective_redis_url, cluster=self.cfg.redis_cluster)
-                r.ping()
-                return r
-            except redis.RedisError as exc:
-                log.warning("observer: Redis not reachable (%s); retrying in %.1f s", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return None
-
     def run(self) -> int:
         ctx = zmq.Context()
         pull = bind_pull(ctx, observer_endpoint(self.cfg), self.cfg.hwm)
-        r = self._connect()
+        r = connect_until_ready(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster, "observer")
         if r is None:
             return 0
         keys = ObserveKeys(self.cfg.redis_prefix)

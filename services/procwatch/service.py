@@ -20,11 +20,11 @@ from typing import Any
 import msgpack
 import zmq
 
-from services.detector.service import connect_with_backoff
 from services.procwatch import events
 from services.procwatch.loader import BpfProgram, BpfUnavailable
 from services.procwatch.proctable import ProcessTable, wall_offset
 from shared.config import PipelineConfig
+from shared.redis_conn import connect_until_ready
 from shared.redis_keys import Keys
 from shared.service import StopFlag, loop_starting
 from shared.sockets import bind_pub
@@ -137,7 +137,7 @@ class ProcwatchService:
         return out
 
     def run(self) -> int:
-        r = connect_with_backoff(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster)
+        r = connect_until_ready(self.cfg.effective_redis_url, self.stop, self.cfg.redis_cluster, "procwatch")
         if r is None:
             return 0
         self.stats = ServiceStats("procwatch", r, self.keys)
