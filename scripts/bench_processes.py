@@ -4,7 +4,10 @@ Starts the command, samples every process under it every 20 ms with psutil (CPU 
 process name: forked services are named ``pks-<service>[-<index>]``, see services/launcher/) and
 prints, per name, the last CPU seen, the sum and the wall time. A process's CPU in its last
 20 ms before it exits can be missed, so the sum is a little under ``scripts/bench``'s
-``getrusage`` total; use this for the split, that for the total. Usage:
+``getrusage`` total; use this for the split, that for the total. Like ``scripts/bench``, each
+command gets a fresh state directory (the private Redis's data), unless ``--state-dir`` names
+one: a directory many replays have written to makes the Redis start-up part of the figure.
+Usage:
 
     .venv/bin/python -m scripts.bench_processes [CAPTURE] [--decoders 2] [--extra "run flags"]
 """
@@ -14,8 +17,10 @@ from __future__ import annotations
 import argparse
 import collections
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +42,19 @@ def label(proc: psutil.Process) -> str:
     return name
 
 
-def measure(capture: Path, decoders: int, extra: list[str]) -> tuple[dict[str, float], float, int]:
+def measure(
+    capture: Path, decoders: int, extra: list[str], state_dir: Path | None = None
+) -> tuple[dict[str, float], float, int]:
     """(CPU seconds by process label, wall seconds, exit status) of one whole command."""
+    fresh = None if state_dir is not None else Path(tempfile.mkdtemp(prefix="pktscope-bench-state-"))
+    try:
+        return _measure(capture, decoders, [*extra, "--state-dir", str(state_dir or fresh)])
+    finally:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _measure(capture: Path, decoders: int, extra: list[str]) -> tuple[dict[str, float], float, int]:
     cmd = [sys.executable, "-m", "services.cli.main", "run", "--read", str(capture)]
     cmd += ["--decoders", str(decoders), "--learning", "0", "--json", *extra]
     start = time.monotonic()
@@ -69,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
     ap.add_argument("--decoders", type=int, default=2)
     ap.add_argument("--extra", default="", help='more `pktscope run` flags, e.g. "--launcher exec"')
+    ap.add_argument("--state-dir", type=Path, default=None, help="the private Redis's data (default: a fresh one)")
     args = ap.parse_args(argv)
     if not args.capture.exists():
         ap.error(f"{args.capture}: no such capture file")
-    cpu, wall, code = measure(args.capture, args.decoders, shlex.split(args.extra))
+    cpu, wall, code = measure(args.capture, args.decoders, shlex.split(args.extra), args.state_dir)
     print(f"{args.capture.name}: whole command {wall:.2f} s wall, exit {code}; CPU s by process:")
     for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:6.2f}  {name}")

@@ -71,7 +71,11 @@ class Replay:
         key = f"{self.cfg.redis_prefix}:stats:capture"
 
         def far_enough() -> bool:
-            return int(r.hget(key, "packets") or 0) >= at_least and not r.hget(key, "eos")
+            # ``packets`` is in capture's stats write, once a second, and capture can read a
+            # whole replay into the decoders' queues between two of them; ``position`` (the
+            # resume point, written before every 1,024 packets it hands out) moves with it.
+            packets, position, eos = r.hmget(key, "packets", "position", "eos")
+            return max(int(float(packets or 0)), int(float(position or 0))) >= at_least and not eos
 
         wait_for(far_enough, timeout, interval=0.02, what=f"capture to pass {at_least} packets")
 

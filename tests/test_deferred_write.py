@@ -9,13 +9,13 @@ import signal
 import pytest
 import redis
 
-from shared.deferred_write import DeferredWrites
+from shared.deferred_write import MAX_OWED, DeferredWrites
 from shared.redis_keys import Keys
 from shared.stats import ServiceStats
 from tests.conftest import start_redis
 
 
-def test_writes_land_in_order_and_the_reply_is_read_on_the_next_one(rdb):
+def test_writes_land_in_order(rdb):
     w = DeferredWrites(rdb)
     for i in range(50):
         w.send("HSET", "h", "n", i, f"f{i}", i)
@@ -24,15 +24,35 @@ def test_writes_land_in_order_and_the_reply_is_read_on_the_next_one(rdb):
     assert rdb.hlen("h") == 51
 
 
-def test_an_error_reply_is_raised_by_the_next_write_or_drain(rdb):
+def test_an_error_reply_is_raised_by_a_later_write_or_drain(rdb):
     rdb.set("s", "a string")
     w = DeferredWrites(rdb)
     w.send("HSET", "s", "f", 1)  # WRONGTYPE, not waited for
+    w.send("HSET", "h", "f", 1)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        w.send("HSET", "h", "f", 1)
+        w.drain()
+    assert rdb.hget("h", "f") == "1"  # sent before the error was read: written all the same
     w.send("HSET", "h", "f", 2)  # the writer goes on with a new connection
     w.drain()
     assert rdb.hget("h", "f") == "2"
+
+
+def test_an_error_reply_surfaces_within_max_owed_writes_without_a_drain(rdb):
+    rdb.set("s", "a string")
+    w = DeferredWrites(rdb)
+    w.send("HSET", "s", "f", 1)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        for i in range(MAX_OWED + 1):
+            w.send("HSET", "h", "n", i)
+
+
+def test_replies_owed_stay_bounded(rdb):
+    w = DeferredWrites(rdb)
+    for i in range(10 * MAX_OWED):
+        w.send("HSET", "h", "n", i)
+        assert w._owed <= MAX_OWED
+    w.drain()
+    assert w._owed == 0 and rdb.hget("h", "n") == str(10 * MAX_OWED - 1)
 
 
 def test_a_restarted_redis_is_an_error_once_then_written_again(tmp_path):

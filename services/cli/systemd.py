@@ -73,12 +73,15 @@ def instances(prog: Program) -> list[str]:
 
 def redis_argv(cfg: PipelineConfig) -> list[str]:
     """The private redis-server, as compose/redis-program.conf.tmpl runs it under supervisord."""
+    from shared.redis_server import AOF_REWRITE_MIN_SIZE  # (imports redis-py: only when asked)
+
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     return [
         exe, "--port", "0", "--unixsocket", f"{cfg.run_dir}/redis.sock", "--unixsocketperm", "700",
         "--dir", cfg.state_dir, "--dbfilename", "pktscope.rdb", "--save", "60 1",
         "--appendonly", "yes", "--appendfsync", "everysec", "--appenddirname", "pktscope-aof",
-        "--appendfilename", "pktscope.aof", "--daemonize", "no", "--protected-mode", "yes",
+        "--appendfilename", "pktscope.aof", "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
+        "--daemonize", "no", "--protected-mode", "yes",
     ]  # fmt: skip
 
 
