@@ -1,4 +1,4 @@
-"""Redis writes whose reply is read one write later instead of waited for.
+"""Redis writes whose replies are read later, in bunches, instead of waited for.
 
 Why: the decoders and the flow-tracker write their progress after every frame
 (shared/continuity.py), and the flow-tracker is the serial stage. On a busy 2-core machine a
