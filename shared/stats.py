@@ -71,7 +71,7 @@ class ServiceStats:
     def write_deferred(self, mapping: Mapping[str, str | int | float]) -> None:
         """HSET ``mapping`` into this service's hash without waiting for the reply (it is read
         later: shared/deferred_write.py). A Cluster client waits. Raises
-        redis.RedisError, for this write or the previous one."""
+        redis.RedisError, for this write or an earlier one."""
         if self.r is None:
             return
         key = self.keys.stats(self.service)
