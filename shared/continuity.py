@@ -1,10 +1,14 @@
 """A service restarted within a run (kill -9, crash) carries on from its predecessor, and counts
 what was lost in between.
 
-Every stage writes its *progress* to its stats hash after each frame it has handled: the last
-sequence number taken from each sender (``seq.<sender>``), its running counters and the next
-sequence number it will send (``next_seq``); skipped while Redis is out. A restarted incarnation of the same run reads it
-back (``resume``): it continues the counters, counts ``restarts``, and seeds its gap counter, so
+Every stage writes its *progress* after each frame it has handled: the last sequence number
+taken from each sender (``seq.<sender>``), its running counters and the next sequence number it
+will send (``next_seq``). It goes to a memory-mapped file in the run directory
+(shared/progress_file.py: no syscall, and it outlives the writer's kill -9), and with every
+stats write to the service's stats hash in Redis too. Without a run directory it goes to the
+stats hash after each frame (not waited for; skipped while Redis is out). A restarted
+incarnation of the same run reads it back (``resume``), the file over the hash: it continues
+the counters, counts ``restarts``, and seeds its gap counter, so
 the frames that were queued for the dead process show as ``frames_lost`` on the first frame
 after the restart. It numbers its own frames on from ``next_seq + 1``: the next stage then sees a
 gap for whatever the dead process had queued but not delivered, and never a number used twice.
@@ -17,11 +21,13 @@ records lost look smaller by as many (at most one frame's worth per restart).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import redis
 
 from shared import stats as stats_module
 from shared.frames import SequenceGaps
+from shared.progress_file import ProgressFile, read_progress
 from shared.stats import ServiceStats
 
 log = logging.getLogger("pktscope.continuity")
@@ -30,15 +36,24 @@ log = logging.getLogger("pktscope.continuity")
 # numbers its frames from the written ``next_seq`` + 1. Written less often (tried at 10 ms: ~0.3
 # CPU s less on the 5x bench capture), that number may be one its predecessor used; the next
 # stage then takes the restart for a plain sender restart, and the frames lost with the dead
-# process are not counted (tests/test_metrics.py saw no loss). The write is not waited for
-# (shared/deferred_write.py), which kept about half of that gain.
+# process are not counted (tests/test_metrics.py saw no loss). Hence the file, which costs no
+# syscall per frame.
+
+
+def progress_path(run_dir: str | Path, service: str) -> Path | None:
+    """Where ``service`` keeps its progress file in ``run_dir`` (None without a run directory)."""
+    return Path(run_dir) / "progress" / f"{service}.progress" if run_dir else None
 
 
 class Continuity:
-    def __init__(self, stats: ServiceStats, gaps: SequenceGaps, counters: tuple[str, ...]) -> None:
+    def __init__(
+        self, stats: ServiceStats, gaps: SequenceGaps, counters: tuple[str, ...], path: Path | None = None
+    ) -> None:
         self.stats = stats
         self.gaps = gaps
         self.counters = counters
+        self.path = path  # the progress file (progress_path); None: the stats hash only
+        self._file: ProgressFile | None = None  # opened at the first progress(), after resume() read it
         self.restarted = False
         self.previous: dict[str, str] = {}
         self._next_seq: int | list[int] | None = None  # as last given to progress()
@@ -58,6 +73,11 @@ class Continuity:
             st.outages.failed()
             return None
         prev = {_text(k): _text(v) for k, v in prev.items()}
+        if self.path is not None:
+            # the predecessor's last frame: newer than the hash (written each second), if of this run
+            latest = read_progress(self.path)
+            if latest is not None and latest.get("run_id") == stats_module.RUN_ID == prev.get("run_id"):
+                prev.update({_text(k): _text(v) for k, v in latest.items()})
         if prev.get("run_id") != stats_module.RUN_ID or prev.get("eos"):
             return None
         self.previous = prev
@@ -91,8 +111,9 @@ class Continuity:
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number
-        (one per receiver when there are several). One HSET per frame, not waited for. Every
-        stats write carries them too (``fields``), so that the counters a successor takes over
+        (one per receiver when there are several), into the progress file (else one HSET, not
+        waited for). Every stats write carries them too (``fields``), so that the counters a
+        successor takes over from the hash alone
         are never newer than the sequence numbers beside them (they were once, when progress
         was written every 10 ms: a restarted decoder counted frames its predecessor had
         handled as lost, and a replay that lost nothing said "incomplete")."""
@@ -100,6 +121,17 @@ class Continuity:
         if self._next_seq is None:
             st.sources.append(self.fields)
         self._next_seq, self._extra = next_seq, extra
+        if self.path is not None:
+            try:
+                if self._file is None:
+                    self._file = ProgressFile(self.path)
+                mapping = self.fields()
+                mapping["run_id"] = stats_module.RUN_ID
+                self._file.write(mapping)
+                return
+            except (OSError, ValueError) as exc:  # unwritable run directory, an oversized map
+                log.warning("%s: progress file %s unusable (%s); writing progress to Redis", st.service, self.path, exc)
+                self.path = self._file = None
         if st.r is None or st.outages.down:
             return  # (the periodic stats write finds out when Redis is back)
         try:

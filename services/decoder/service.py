@@ -18,7 +18,7 @@ from services.decoder.fastpath import decode_batch
 from services.decoder.ring import PacketRing, RingServer
 from shared import frames, packed
 from shared.config import PipelineConfig
-from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
+from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -125,7 +125,7 @@ class DecoderService:
         self.pushes = [connect_push(self.ctx, cfg.tracker_endpoint_of(j), cfg.records_hwm) for j in range(self.trackers)]
         self.seqs = [0] * self.trackers
         # restarted within the run: carry on the counters and the numbering, count what was lost
-        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS, progress_path(cfg.run_dir, self.name))
         self.continuity.resume()
         if self.continuity.restarted:
             self.seqs = self.continuity.next_seqs(self.trackers)

@@ -29,7 +29,7 @@ from services.flowtracker.table import FlowTable
 from services.flowtracker.uplink import Uplink
 from shared import frames
 from shared.config import PipelineConfig
-from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream
+from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.packed import records_of
@@ -111,7 +111,7 @@ class FlowTrackerService:
         self.seqs = [0] * self.detectors
         # restarted within the run: carry on counters and numbering; the flows the dead tracker
         # held are gone (they never end properly) and are counted as lost
-        self.continuity = Continuity(self.stats, self.gaps, COUNTERS)
+        self.continuity = Continuity(self.stats, self.gaps, COUNTERS, progress_path(cfg.run_dir, self.name))
         self.continuity.resume()
         prev = self.continuity.previous
         self.base = {name: c[name] for name in TABLE_COUNTERS}
