@@ -55,6 +55,7 @@ class Continuity:
         self.path = path  # the progress file (progress_path); None: the stats hash only
         self._file: ProgressFile | None = None  # opened at the first progress(), after resume() read it
         self.restarted = False
+        self.ended_before = False  # a predecessor of this run had ended the stream (killed after it)
         self.previous: dict[str, str] = {}
         self._next_seq: int | list[int] | None = None  # as last given to progress()
         self._extra: dict[str, int | float | str] = {}
@@ -78,7 +79,10 @@ class Continuity:
             latest = read_progress(self.path)
             if latest is not None and latest.get("run_id") == stats_module.RUN_ID == prev.get("run_id"):
                 prev.update({_text(k): _text(v) for k, v in latest.items()})
-        if prev.get("run_id") != stats_module.RUN_ID or prev.get("eos"):
+        if prev.get("run_id") != stats_module.RUN_ID:
+            return None
+        if prev.get("eos"):
+            self.ended_before = True
             return None
         self.previous = prev
         self.restarted = True
@@ -167,27 +171,34 @@ def _count(value) -> int:
         return 0
 
 
-EOS_LOST_AFTER = 5.0  # idle seconds before a restarted receiver believes an upstream's "eos" stats
+EOS_LOST_AFTER = 5.0  # idle seconds before a receiver believes an upstream's "eos" stats
 
 
-def ended_upstream(stats: ServiceStats, names: list[str]) -> list[str]:
+def ended_upstream(stats: ServiceStats, names: list[str], taken_over: bool = False) -> list[str]:
     """Those of ``names`` whose stats say they ended their stream in this run.
 
-    A restarted receiver asks when it has been idle a while: an end-of-stream frame sent to its
-    dead predecessor is gone with it, and waiting for it would hang the run.
+    A receiver asks when it has been idle a while, for two losses that would hang the run:
+    a restarted receiver, whose dead predecessor took the end-of-stream frames sent to it; and
+    (``taken_over``: any receiver) an upstream killed between its final stats and its
+    end-of-stream frame, whose successor (restarted by supervisord after the end) has
+    nothing to send. That one is told by the pid: the process that wrote ``eos`` (``eos_pid``)
+    is not the one writing the stats now. An upstream still alive that has written ``eos``
+    is only slow to send the frame (a full queue to another shard): it is waited for.
     """
     if stats.r is None or not names:
         return []
     try:
         pipe = stats.r.pipeline(transaction=False)
         for name in names:
-            pipe.hmget(stats.keys.stats(name), "eos", "run_id")
+            pipe.hmget(stats.keys.stats(name), "eos", "run_id", "eos_pid", "pid")
         replies = pipe.execute()
     except redis.RedisError:
         stats.outages.failed()
         return []
     return [
         name
-        for name, (eos, run_id) in zip(names, replies, strict=True)
-        if _text(eos) == "1" and _text(run_id) == stats_module.RUN_ID
+        for name, (eos, run_id, eos_pid, pid) in zip(names, replies, strict=True)
+        if _text(eos) == "1"
+        and _text(run_id) == stats_module.RUN_ID
+        and (not taken_over or (eos_pid is not None and _text(eos_pid) != _text(pid)))
     ]

@@ -112,6 +112,8 @@ class ServiceStats:
             mapping.update(source())
         mapping.update(self.info)
         mapping.update(extra)
+        if "eos" in extra:  # which process ended the stream: a successor's pid replaces ``pid``
+            mapping["eos_pid"] = os.getpid()
         mapping["heartbeat"] = time.time()
         mapping["run_id"] = RUN_ID
         mapping["cpu_seconds"] = round(time.process_time(), 4)  # per-stage cost in scripts/bench

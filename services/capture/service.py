@@ -80,6 +80,7 @@ class Capture:
         # offline: packets up to ``position`` were handed out (or lost with a dead predecessor)
         self.position = 0
         self.resume_after = 0  # restarted within the run: skip what the predecessor handed out
+        self.ended_before = False  # restarted after the predecessor had ended the replay
         if not cfg.live:
             self._resume()
 
@@ -96,6 +97,7 @@ class Capture:
         """
         cont = Continuity(self.stats, SequenceGaps(), ("frames_out",))
         cont.resume()
+        self.ended_before = cont.ended_before
         if not cont.restarted:
             return
         prev = cont.previous
@@ -339,6 +341,12 @@ def run(cfg: PipelineConfig, index: int = 0) -> int:
     try:
         if isinstance(source, LiveSource):
             cap.run_live(source)
+        elif cap.ended_before:
+            # killed after its final stats, maybe before its end of stream left: reading the file
+            # again would send every packet twice. The stats now carry this pid, which tells
+            # the decoders that the end of stream they still wait for is lost (ended_upstream).
+            log.warning("capture: the replay had ended before this restart; nothing left to send")
+            cap.stats.flush()
         else:
             cap.run_offline(source)
     finally:

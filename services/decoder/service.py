@@ -175,14 +175,15 @@ class DecoderService:
             self.close(stop)
 
     def _upstream_ended_while_away(self, idle_since: float, stop: Any) -> bool:
-        """Restarted, idle, and capture says it ended: its end of stream went with our predecessor."""
+        """Idle, and capture says it ended: its end of stream went with our dead predecessor, or
+        with a capture killed between its final stats and its end-of-stream frame."""
         now = time.monotonic()
-        if not self.continuity.restarted or now - idle_since < EOS_LOST_AFTER:
+        if now - idle_since < EOS_LOST_AFTER:
             return False
         names = self.cfg.capture_names()
-        if len(ended_upstream(self.stats, names)) < len(names):
+        if len(ended_upstream(self.stats, names, taken_over=not self.continuity.restarted)) < len(names):
             return False
-        log.warning("%s: capture ended while we were down; its end of stream was lost", self.name)
+        log.warning("%s: capture ended but its end of stream never came; counted as lost", self.name)
         self.stats.c["eos_lost"] += 1
         self._eos({"origin": "capture", "eos_lost": True}, stop)
         self.ended = not stop

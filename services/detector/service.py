@@ -273,15 +273,18 @@ class DetectorService:
         return msg.bytes
 
     def _tracker_ended_while_away(self, idle_since: float) -> bool:
-        """Restarted, idle, and the flow-tracker says it ended: its end of stream was lost with our
-        predecessor, and waiting for it would hang the run."""
+        """Idle, and the flow-tracker says it ended: its end of stream was lost with our dead
+        predecessor, or with a flow-tracker killed between its final stats and its end-of-stream
+        frame (supervisord restarts it, but the successor starts after the end); waiting for it
+        would hang the run."""
         assert self.stats is not None
-        if not self.stats.c["restarts"] or time.monotonic() - idle_since < EOS_LOST_AFTER:
+        if time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
         waiting = [n for n in self.cfg.tracker_names() if n not in self._eos_bodies]
-        if not waiting or len(ended_upstream(self.stats, waiting)) < len(waiting):
+        taken_over = not self.stats.c["restarts"]
+        if not waiting or len(ended_upstream(self.stats, waiting, taken_over)) < len(waiting):
             return False
-        log.warning("detector: the flow-tracker ended while we were down; its end of stream was lost")
+        log.warning("detector: the flow-tracker ended but its end of stream never came; counted as lost")
         self.stats.c["eos_lost"] += 1
         return True
 

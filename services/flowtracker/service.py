@@ -162,7 +162,7 @@ class FlowTrackerService:
                         self.uplink.pump()
                         self._relay_stats(stop)
                     self.poller.poll(POLL_MS)
-                    if not (self.continuity.restarted and self._decoders_ended_while_away(idle_since)):
+                    if not self._decoders_ended_while_away(idle_since):
                         continue
                     buf = None
                 else:
@@ -188,13 +188,14 @@ class FlowTrackerService:
             self.close(stop)
 
     def _decoders_ended_while_away(self, idle_since: float) -> bool:
-        """Restarted and idle: decoders whose stats say they ended sent their end of stream to our
-        dead predecessor. Count them as finished (``eos_lost``); True once every decoder is."""
+        """Idle: decoders whose stats say they ended sent their end of stream to our dead
+        predecessor, or were killed between their final stats and their end-of-stream frame.
+        Count them as finished (``eos_lost``); True once every decoder is."""
         if time.monotonic() - idle_since < EOS_LOST_AFTER:
             return False
         waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
-        for name in ended_upstream(self.stats, waiting):
-            log.warning("flowtracker: %s ended while we were down; its end of stream was lost", name)
+        for name in ended_upstream(self.stats, waiting, taken_over=not self.continuity.restarted):
+            log.warning("flowtracker: %s ended but its end of stream never came; counted as lost", name)
             self.stats.c["eos_lost"] += 1
             self.eos_bodies[name] = {"origin": name, "eos_lost": True}
             self.merge.finish(name)
