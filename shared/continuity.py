@@ -21,6 +21,7 @@ records lost look smaller by as many (at most one frame's worth per restart).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import redis
@@ -74,13 +75,13 @@ class Continuity:
             st.outages.failed()
             return None
         prev = {_text(k): _text(v) for k, v in prev.items()}
+        if prev.get("run_id") != stats_module.RUN_ID:
+            return None
         if self.path is not None:
             # the predecessor's last frame: newer than the hash (written each second), if of this run
             latest = read_progress(self.path)
-            if latest is not None and latest.get("run_id") == stats_module.RUN_ID == prev.get("run_id"):
+            if latest is not None and latest.get("run_id") == stats_module.RUN_ID:
                 prev.update({_text(k): _text(v) for k, v in latest.items()})
-        if prev.get("run_id") != stats_module.RUN_ID:
-            return None
         if prev.get("eos"):
             self.ended_before = True
             return None
@@ -158,6 +159,15 @@ class Continuity:
             mapping["next_seq"] = next_seq
         mapping.update(self._extra)
         return mapping
+
+
+def lost_ends(stats: ServiceStats, names: list[str], idle_since: float, restarted: bool) -> list[str]:
+    """Those of ``names`` whose end-of-stream frame will not come (``ended_upstream``), asked
+    only once the receiver has been idle ``EOS_LOST_AFTER`` s; ``restarted``: the receiver is
+    a successor within the run (its predecessor may have taken the frames)."""
+    if time.monotonic() - idle_since < EOS_LOST_AFTER:
+        return []
+    return ended_upstream(stats, names, taken_over=not restarted)
 
 
 def _text(value) -> str:

@@ -18,7 +18,7 @@ from services.decoder.fastpath import decode_batch
 from services.decoder.ring import PacketRing, RingServer
 from shared import frames, packed
 from shared.config import PipelineConfig
-from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream, progress_path
+from shared.continuity import Continuity, lost_ends, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.redis_conn import connect
 from shared.redis_keys import Keys
@@ -177,11 +177,8 @@ class DecoderService:
     def _upstream_ended_while_away(self, idle_since: float, stop: Any) -> bool:
         """Idle, and capture says it ended: its end of stream went with our dead predecessor, or
         with a capture killed between its final stats and its end-of-stream frame."""
-        now = time.monotonic()
-        if now - idle_since < EOS_LOST_AFTER:
-            return False
         names = self.cfg.capture_names()
-        if len(ended_upstream(self.stats, names, taken_over=not self.continuity.restarted)) < len(names):
+        if len(lost_ends(self.stats, names, idle_since, self.continuity.restarted)) < len(names):
             return False
         log.warning("%s: capture ended but its end of stream never came; counted as lost", self.name)
         self.stats.c["eos_lost"] += 1

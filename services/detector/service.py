@@ -24,7 +24,7 @@ from services.detector.pool_merge import PoolMerge
 from shared import frames, packet_ring
 from shared import stats as stats_module
 from shared.config import PipelineConfig
-from shared.continuity import EOS_LOST_AFTER, ended_upstream
+from shared.continuity import lost_ends
 from shared.curve import bind_alerts_pub
 from shared.redis_conn import connect_until_ready
 from shared.service import StopFlag, loop_starting
@@ -278,11 +278,9 @@ class DetectorService:
         frame (supervisord restarts it, but the successor starts after the end); waiting for it
         would hang the run."""
         assert self.stats is not None
-        if time.monotonic() - idle_since < EOS_LOST_AFTER:
-            return False
         waiting = [n for n in self.cfg.tracker_names() if n not in self._eos_bodies]
-        taken_over = not self.stats.c["restarts"]
-        if not waiting or len(ended_upstream(self.stats, waiting, taken_over)) < len(waiting):
+        restarted = bool(self.stats.c["restarts"])
+        if not waiting or len(lost_ends(self.stats, waiting, idle_since, restarted)) < len(waiting):
             return False
         log.warning("detector: the flow-tracker ended but its end of stream never came; counted as lost")
         self.stats.c["eos_lost"] += 1

@@ -29,7 +29,7 @@ from services.flowtracker.table import FlowTable
 from services.flowtracker.uplink import Uplink
 from shared import frames
 from shared.config import PipelineConfig
-from shared.continuity import EOS_LOST_AFTER, Continuity, ended_upstream, progress_path
+from shared.continuity import Continuity, lost_ends, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.packed import records_of
@@ -191,10 +191,8 @@ class FlowTrackerService:
         """Idle: decoders whose stats say they ended sent their end of stream to our dead
         predecessor, or were killed between their final stats and their end-of-stream frame.
         Count them as finished (``eos_lost``); True once every decoder is."""
-        if time.monotonic() - idle_since < EOS_LOST_AFTER:
-            return False
         waiting = [f"decoder-{i}" for i in range(self.cfg.decoders) if f"decoder-{i}" not in self.merge.finished]
-        for name in ended_upstream(self.stats, waiting, taken_over=not self.continuity.restarted):
+        for name in lost_ends(self.stats, waiting, idle_since, self.continuity.restarted):
             log.warning("flowtracker: %s ended but its end of stream never came; counted as lost", name)
             self.stats.c["eos_lost"] += 1
             self.eos_bodies[name] = {"origin": name, "eos_lost": True}
