@@ -58,13 +58,18 @@ TWINS: dict[str, str] = {
     "services.cli.filter.values": "services.cli.filter._values_c",
     # packed frame bodies, capture -> decoder and decoder -> flow-tracker (twin written by hand)
     "shared.packed": "shared._packed_c",
+    # capture's replay of a classic pcap file into packed bodies (twin written by hand)
+    "services.capture.pcap_deal": "services.capture._pcap_deal_c",
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
 # pure-Python mode cannot express); their stamp covers both files, so editing either one
 # falls back to pure Python until scripts/setup runs again
 ROOT = Path(__file__).resolve().parent.parent
-HANDWRITTEN: dict[str, Path] = {"shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx"}
+HANDWRITTEN: dict[str, Path] = {
+    "shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx",
+    "services.capture.pcap_deal": ROOT / "scripts" / "cython" / "_pcap_deal_c.pyx",
+}
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
 STATUS: dict[str, str] = {}

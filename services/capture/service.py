@@ -7,7 +7,6 @@ per decoder, and libpcap's own drop counters are reported beside them.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 
@@ -15,7 +14,9 @@ import redis
 import zmq
 
 from services.capture import sharding
-from services.capture.sharding import deal, make_sharder
+from services.capture.pcap_deal import PcapDealer
+from services.capture.replay import ListDealer, dealer_for
+from services.capture.sharding import make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
 from shared import packed
 from shared.config import PipelineConfig
@@ -65,7 +66,8 @@ class Capture:
             for i in range(self.n)
         ]
         self.seq = [0] * self.n
-        self.batches: list[list[tuple]] = [[] for _ in range(self.n)]
+        self.batches: list[list[tuple]] = [[] for _ in range(self.n)]  # live; a replay's dealer holds its own
+        self.dealer: ListDealer | PcapDealer | None = None
         self.drops = [0] * self.n
         try:
             r = connect(
@@ -105,11 +107,11 @@ class Capture:
         self.stats.info["resumed_after"] = self.resume_after
         log.warning("capture: restarted within the run; resuming after packet %d", self.resume_after)
 
-    def _checkpoint(self, body) -> None:
-        """Before packets past ``position`` go out: reserve the next stretch in Redis."""
-        if not (isinstance(body, list) and body) or body[-1][0] <= self.position:
+    def _checkpoint(self, last_num: int) -> None:
+        """Before packets up to ``last_num`` go out: reserve the next stretch in Redis."""
+        if last_num <= self.position:
             return
-        self.position = body[-1][0] + RESERVE_PACKETS
+        self.position = last_num + RESERVE_PACKETS
         st = self.stats
         if st.r is None or st.outages.down:
             return  # Redis out: carry on (a restart now would resend from the last reservation)
@@ -122,10 +124,10 @@ class Capture:
             st.outages.failed()
 
     # --- sending --------------------------------------------------------------------------
-    def _send(self, i: int, ftype: str, body, block: bool) -> bool:
-        if block:  # offline
-            self._checkpoint(body)
-        if ftype == FrameType.PACKETS:
+    def _send(self, i: int, ftype: str, body, block: bool, last_num: int = 0) -> bool:
+        if block and last_num:  # offline packets
+            self._checkpoint(last_num)
+        if ftype == FrameType.PACKETS and type(body) is list:
             body = packed.packets_body(body)
         frame = encode(ftype, self.name, self.seq[i], body)
         self.seq[i] += 1
@@ -137,14 +139,21 @@ class Capture:
         return True
 
     def _flush(self, i: int) -> None:
-        batch = self.batches[i]
-        if not batch:
-            return
-        self.batches[i] = []
-        if not self._send(i, FrameType.PACKETS, batch, block=not self.cfg.live):
-            self.drops[i] += len(batch)
-            self.stats.c[f"dropped_decoder_{i}"] += len(batch)
-            self.stats.c["dropped"] += len(batch)
+        if self.dealer is not None:  # a replay: its dealer holds the batches
+            taken = self.dealer.take(i)
+            if taken is None:
+                return
+            body, count, last_num = taken
+        else:
+            body = self.batches[i]
+            if not body:
+                return
+            self.batches[i] = []
+            count, last_num = len(body), body[-1][0]
+        if not self._send(i, FrameType.PACKETS, body, not self.cfg.live, last_num):
+            self.drops[i] += count
+            self.stats.c[f"dropped_decoder_{i}"] += count
+            self.stats.c["dropped"] += count
 
     def _flush_all(self) -> None:
         for i in range(self.n):
@@ -206,23 +215,19 @@ class Capture:
 
     # --- the two modes ----------------------------------------------------------------------
     def run_offline(self, source: OfflineSource) -> None:
-        shard = make_sharder(source.linktype, self.n)
-        lt = source.linktype
-        batches = self.batches
-        bsize = self.cfg.batch_size
+        dealer = self.dealer = dealer_for(source, self.n, self.cfg.batch_size)
+        self.stats.info["replay_path"] = "records" if isinstance(dealer, ListDealer) else "packed pcap"
         flush = self._flush
         num = 0
         next_tick = TICK_EVERY_PACKETS
         self._wait_for_downstream()
         self.stats.info["cpu_at_ready"] = round(time.process_time(), 4)  # start-up, left out by the bench
         self.stats.info["started_packets"] = time.time()
-        packets = source.records()
         ts = self.last_ts
         if self.resume_after:  # what a dead predecessor handed out is read past, not sent again
-            for _ in itertools.islice(packets, self.resume_after):
-                num += 1
+            num += dealer.skip(self.resume_after)
         while True:
-            num, last, full = deal(packets, shard, batches, bsize, lt, num, next_tick)
+            num, last, full = dealer.deal(num, next_tick)
             if last is not None:
                 ts = last
             if full >= 0:
@@ -242,12 +247,14 @@ class Capture:
         if num:
             self.last_ts = ts
         self.stats.c["packets"] = num
-        if source.error:
-            log.error("capture file ended early after %d packets: %s", num, source.error)
+        error = dealer.error
+        if error:
+            log.error("capture file ended early after %d packets: %s", num, error)
         self._flush_all()
+        dealer.close()
         # final stats first: once the end of stream is out, `pktscope run` may read them any moment
-        self.stats.flush_final(eos=1, error=source.error or "", finished=time.time())
-        self._eos(source.error, source.stats())
+        self.stats.flush_final(eos=1, error=error or "", finished=time.time())
+        self._eos(error, source.stats())
 
     def run_live(self, source: LiveSource) -> None:
         # The interface is open: what arrives while the other services start waits in the

@@ -79,10 +79,14 @@ class OfflineSource:
         check_capture_header(path)  # a clear error for files that are no capture at all
         self.error: str | None = None
         self._file: CaptureFileReader | None = None
+        self.path: str | None = None
         try:
             fh = open(path, "rb")  # noqa: SIM115 -- read to the end by records(), closed there
             self._file = CaptureFileReader(fh)
             self.linktype: int = self._file.linktype
+            # a classic pcap file can also be dealt from memory (services/capture/replay.py)
+            if self._file.kind == "pcap":
+                self.path = path
             return
         except NotACaptureFile:
             fh.close()
@@ -118,6 +122,11 @@ class OfflineSource:
 
     def stats(self) -> tuple[int, int, int]:
         return (0, 0, 0)
+
+    def close(self) -> None:
+        """Close the file (a replay dealt from memory never iterates ``records``)."""
+        if self._file is not None:
+            self._file.close()
 
 
 PCAP_MAGICS = {
