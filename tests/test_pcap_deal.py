@@ -251,3 +251,36 @@ def test_the_replay_uses_the_mapped_dealer_when_built():
     assert isinstance(dealer, pcap_deal.PcapDealer)
     dealer.close()
     source.close()
+
+
+def _rss_file() -> int:
+    """Bytes of file-backed pages this process has resident (counted in its RSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.parametrize("impl", ["pure", "compiled"])
+def test_pages_already_read_leave_the_processs_memory(impl):
+    module = PURE if impl == "pure" else importlib.import_module("services.capture.pcap_deal")
+    if impl == "compiled":
+        twin = _compiled_module()
+        assert twin.RELEASE_EVERY == pcap_deal.RELEASE_EVERY
+    size = BENCH_PCAP.stat().st_size
+    assert size > 4 * pcap_deal.RELEASE_EVERY
+    dealer = module.open_dealer(str(BENCH_PCAP), 2, 512)
+    base = _rss_file()
+    peak = base
+    num = 0
+    while True:
+        num, _ts, full = dealer.deal(num, 1 << 62)
+        if full >= 0:
+            dealer.take(full)
+            peak = max(peak, _rss_file())
+        if full == -2:
+            break
+    dealer.close()
+    assert num > 183_000
+    # without the release the whole file (55 MB) would be resident by the end
+    assert peak - base < 2 * pcap_deal.RELEASE_EVERY + (4 << 20), f"{(peak - base) >> 20} MB of the map resident"

@@ -12,6 +12,8 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+import mmap
+
 from services.capture.pcapfile import MAX_RECORD as _MAX_RECORD
 from services.capture.sharding import ethernet_shard, make_sharder
 
@@ -27,6 +29,12 @@ cdef enum:
     RECORD_HEADER = 16
 
 cdef Py_ssize_t MAX_RECORD = _MAX_RECORD
+# as pcap_deal.RELEASE_EVERY (not imported from there: that module imports this one;
+# tests/test_pcap_deal.py checks both agree)
+RELEASE_EVERY = 8 << 20
+cdef Py_ssize_t _RELEASE_EVERY = RELEASE_EVERY
+cdef Py_ssize_t PAGE = mmap.PAGESIZE
+_DONTNEED = mmap.MADV_DONTNEED
 
 
 cdef inline uint32_t _u32(const unsigned char *q, bint big) noexcept:
@@ -62,6 +70,7 @@ cdef class PcapDealer:
     cdef uint64_t *last_nums
     cdef public object error
     cdef public bint ended
+    cdef public Py_ssize_t released
     # the record _next found
     cdef Py_ssize_t r_start, r_caplen
     cdef uint32_t r_wirelen
@@ -89,6 +98,7 @@ cdef class PcapDealer:
         self.direct = linktype == 1 and self.decoders > 1
         self.error = None
         self.ended = False
+        self.released = 0
         self.bodies = <unsigned char **>malloc(self.decoders * sizeof(unsigned char *))
         self.lens = <Py_ssize_t *>malloc(self.decoders * sizeof(Py_ssize_t))
         self.caps = <Py_ssize_t *>malloc(self.decoders * sizeof(Py_ssize_t))
@@ -150,6 +160,14 @@ cdef class PcapDealer:
         self.r_ts = <double>sec + <double>frac * self.scale
         return True
 
+    cdef int _release(self) except -1:
+        """Drop the pages already read from this process (pcap_deal.RELEASE_EVERY)."""
+        cdef Py_ssize_t end = self.pos - self.pos % PAGE
+        if end - self.released >= _RELEASE_EVERY:
+            self.buf.madvise(_DONTNEED, self.released, end - self.released)
+            self.released = end
+        return 0
+
     def skip(self, count):
         """Read past ``count`` records; how many there were."""
         cdef Py_ssize_t done = 0, want = count
@@ -176,6 +194,7 @@ cdef class PcapDealer:
         cdef unsigned char *q
         cdef bint seen = False
         cdef double ts = 0.0
+        self._release()
         while True:
             if not self._next():
                 return n, (ts if seen else None), -2

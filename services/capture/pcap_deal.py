@@ -28,6 +28,10 @@ from shared.packed import _HEAD, _PKT, PACKETS_MAGIC, VERSION
 
 FILE_HEADER = 24
 RECORD_HEADER = 16
+# A mapped file's pages count in the process's RSS once touched: the 5x bench capture showed a
+# capture of 304 MB instead of 51 MB. Every this many bytes read, the pages behind are dropped
+# from the map (MADV_DONTNEED; they stay in the page cache), so RSS stays ~8 MB above the rest.
+RELEASE_EVERY = 8 << 20
 
 
 def open_dealer(path: str, decoders: int, bsize: int) -> PcapDealer | None:
@@ -40,6 +44,7 @@ def open_dealer(path: str, decoders: int, bsize: int) -> PcapDealer | None:
             buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
         return None  # not a regular file (mmap of a pipe), or empty
+    buf.madvise(mmap.MADV_SEQUENTIAL)  # read ahead further: it is read once, front to back
     geometry = pcap_geometry(head)
     if geometry is None:
         buf.close()
@@ -87,6 +92,14 @@ class PcapDealer:
         self.last_nums = [0] * self.decoders
         self.error: str | None = None
         self.ended = False
+        self.released = 0  # the map's bytes before this were dropped from this process
+
+    def _release(self) -> None:
+        """Drop the pages already read from this process (see RELEASE_EVERY)."""
+        end = self.pos - self.pos % mmap.PAGESIZE
+        if end - self.released >= RELEASE_EVERY:
+            self.buf.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
+            self.released = end
 
     def _next(self) -> tuple[float, bytes, int] | None:
         """The next record, or None at the end (``error`` says when it was cut short)."""
@@ -122,6 +135,7 @@ class PcapDealer:
     def deal(self, num: int, until: int) -> tuple[int, float | None, int]:
         """Number records and add each to its decoder's body until one holds ``bsize`` packets
         (its index), ``num`` reaches ``until`` (-1) or the file ends (-2): ``(num, last ts, full)``."""
+        self._release()
         ts = None
         while True:
             rec = self._next()
