@@ -169,9 +169,12 @@ class PipelineConfig:
 
         Live, the full ``hwm``: the burst a decoder may fall behind before capture drops. A
         replay blocks instead of dropping, so deep queues only hold memory (frames of 512 packets
-        waiting in capture and in the decoders): a quarter of it, as ``records_hwm``.
+        waiting in capture and in the decoders): a sixteenth of it (12 frames, 6k packets). Since
+        capture deals from a mapped file it runs ahead of the decoders and fills its queues: at a
+        quarter (50 frames) its peak RSS on the 5x capture was 56 MB against 51 MB before, at 12
+        frames 47 MB, with the same wall time (docs/benchmarks.md, "mapped replay").
         """
-        return self.hwm if self.live else max(8, self.hwm // 4)
+        return self.hwm if self.live else max(8, self.hwm // 16)
 
     @property
     def records_hwm(self) -> int:

@@ -10,16 +10,22 @@ stats hash after each frame (not waited for; skipped while Redis is out). A rest
 incarnation of the same run reads it back (``resume``), the file over the hash: it continues
 the counters, counts ``restarts``, and seeds its gap counter, so
 the frames that were queued for the dead process show as ``frames_lost`` on the first frame
-after the restart. It numbers its own frames on from ``next_seq + 1``: the next stage then sees a
+after the restart. It numbers its own frames on from ``next_seq``: the next stage then sees a
 gap for whatever the dead process had queued but not delivered, and never a number used twice.
+That needs to know that the predecessor sent nothing past ``next_seq``: the file says so unless
+its last write is a ``handling`` mark (a frame had come in and its sends may have begun); then,
+and when only the stats hash is there, the successor starts at ``next_seq + 1``.
 
-What this cannot tell apart: a frame handled and sent whose progress write the kill prevented.
-Its input counts as a lost frame (over-counted), while its records, if they arrived, make the
-records lost look smaller by as many (at most one frame's worth per restart).
+What that cautious case cannot tell apart: a frame handled and sent whose progress write the
+kill prevented. Its output counts as a lost frame (over-counted by one), while its records, if
+they arrived, make the records lost look smaller by as many (at most one frame per restart).
+Before the mark (kept since the progress file), a sender killed while idle, having lost
+nothing, always showed one frame lost and made a clean replay "incomplete".
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -60,6 +66,9 @@ class Continuity:
         self.previous: dict[str, str] = {}
         self._next_seq: int | list[int] | None = None  # as last given to progress()
         self._extra: dict[str, int | float | str] = {}
+        # the predecessor's last progress came from its file and said it was between frames: it
+        # sent nothing past ``next_seq`` (else it may have sent one frame more; see next_seqs)
+        self.exact = False
 
     def resume(self) -> int | None:
         """Take over a predecessor of this run; return the sequence number to send next (None: 0)."""
@@ -82,6 +91,7 @@ class Continuity:
             latest = read_progress(self.path)
             if latest is not None and latest.get("run_id") == stats_module.RUN_ID:
                 prev.update({_text(k): _text(v) for k, v in latest.items()})
+                self.exact = not latest.get("in_flight")
         if prev.get("eos"):
             self.ended_before = True
             return None
@@ -102,17 +112,37 @@ class Continuity:
             prev.get("pid", "?"),
         )
         nxt = prev.get("next_seq")
-        return _count(nxt) + 1 if nxt is not None else None
+        return _count(nxt) + self._skip() if nxt is not None else None
+
+    def _skip(self) -> int:
+        """How far past the predecessor's ``next_seq`` a successor starts numbering: 0 when its
+        progress file says it was between frames (it sent nothing past it), else 1, in case it
+        sent a frame its progress does not show (the receiver then sees a gap for a frame that
+        may have arrived: loss over-counted by one, never a number used twice)."""
+        return 0 if self.exact else 1
 
     def next_seqs(self, n: int) -> list[int]:
-        """A restarted sender's first sequence number per receiver (one past the last written + 1)."""
+        """A restarted sender's first sequence number per receiver (see ``_skip``)."""
         prev = self.previous
+        skip = self._skip()
         return [
-            _count(prev.get(f"next_seq.{j}", prev.get("next_seq") if j == 0 else None)) + 1
+            _count(prev.get(f"next_seq.{j}", prev.get("next_seq") if j == 0 else None)) + skip
             if prev.get(f"next_seq.{j}") is not None or (j == 0 and prev.get("next_seq") is not None)
             else 0
             for j in range(n)
         ]
+
+    def handling(self) -> None:
+        """A frame came in and its sends may follow: mark the progress file "in flight" (its last
+        progress stays as it was), so that a successor knows the predecessor may have sent past
+        it. Only the file: Redis is not asked per frame (the hash keeps the cautious rule)."""
+        if self._file is None or self._next_seq is None:
+            return
+        mapping = self.fields()
+        mapping["run_id"] = stats_module.RUN_ID
+        mapping["in_flight"] = 1
+        with contextlib.suppress(OSError, ValueError):  # progress() finds out and falls back to Redis
+            self._file.write(mapping)
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number

@@ -84,9 +84,36 @@ def test_a_successor_takes_the_file_over_the_older_stats_hash(rdb, tmp_path, mon
     second = ServiceStats("decoder-0", rdb, Keys("t"))
     again_gaps = SequenceGaps()
     again = Continuity(second, again_gaps, ("packets_in", "frames_in"), path)
-    assert again.resume() == 101
+    # the file says the predecessor was between frames: it sent nothing past next_seq 100
+    assert again.resume() == 100 and again.next_seqs(1) == [100]
     assert second.c["frames_in"] == 100 and second.c["packets_in"] == 100 * 512
     assert again_gaps.last == {"capture": 100}
+
+
+def test_a_successor_of_a_sender_killed_while_handling_a_frame_numbers_past_what_it_may_have_sent(
+    rdb, tmp_path, monkeypatch
+):
+    from shared import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "RUN_ID", "run-8")
+    path = progress_path(tmp_path, "flowtracker")
+    first = ServiceStats("flowtracker", rdb, Keys("t"))
+    cont = Continuity(first, SequenceGaps(), ("frames_in",), path)
+    first.flush()
+    cont.handling()  # before any progress: nothing to mark
+    assert read_progress(path) is None
+    cont.progress([7, 3])
+    cont.handling()  # the next frame came in; its sends may have begun when the kill came
+    marked = read_progress(path)
+    assert marked["in_flight"] == 1 and marked["next_seq.0"] == 7
+    successor = Continuity(ServiceStats("flowtracker", rdb, Keys("t")), SequenceGaps(), ("frames_in",), path)
+    successor.resume()
+    assert successor.next_seqs(2) == [8, 4]  # one past: a frame it sent shows as a gap, never reused
+    # its own progress clears the mark: a successor of the successor, killed idle, starts exact
+    successor.progress([9, 4])
+    third = Continuity(ServiceStats("flowtracker", rdb, Keys("t")), SequenceGaps(), ("frames_in",), path)
+    third.resume()
+    assert third.next_seqs(2) == [9, 4]
 
 
 def test_a_file_of_another_run_is_not_taken(rdb, tmp_path, monkeypatch):

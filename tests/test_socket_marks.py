@@ -8,11 +8,11 @@ from shared.config import PipelineConfig
 from shared.sockets import RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, bind_pull, connect_push
 
 
-def test_replay_links_queue_a_quarter_and_live_capture_keeps_the_whole_mark():
+def test_replay_links_queue_less_and_live_capture_keeps_the_whole_mark():
     replay = PipelineConfig(read_path="x.pcap", hwm=200)
     live = PipelineConfig(interface="lo", hwm=200)
     # a replay blocks instead of dropping: deep queues only hold memory
-    assert (replay.packets_hwm, replay.records_hwm) == (50, 50)
+    assert (replay.packets_hwm, replay.records_hwm) == (12, 50)
     # live, capture -> decoder is the burst a decoder may fall behind before capture drops
     assert (live.packets_hwm, live.records_hwm) == (200, 50)
     assert PipelineConfig(read_path="x.pcap", hwm=16).packets_hwm == 8  # never below 8 frames

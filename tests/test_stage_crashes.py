@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -15,10 +16,18 @@ from tests.fault_helpers import Replay
 from tests.pipeline_helpers import pktscope, service_pid, wait_for
 
 
-def _kill_mid_replay(tmp, capture, name: str, decoders: int = 1, at: int = 200_000) -> Replay:
+def _kill_mid_replay(
+    tmp, capture, name: str, decoders: int = 1, at: int = 200_000, stalled: bool = False
+) -> Replay:
+    """Kill ``name`` once capture has passed packet ``at``. ``stalled``: stop it first and let
+    capture fill its socket for half a second, so that it dies with frames it had not read (a
+    stage killed while idle, its queue drained, loses nothing and the run is rightly "done")."""
     replay = Replay(tmp, capture, decoders=decoders)
     replay.wait_packets(at)
     pid = service_pid(replay.run_dir, name)
+    if stalled:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: service_pid(replay.run_dir, name) not in (0, pid), 30, what=f"{name} restarted")
     return replay
@@ -49,12 +58,12 @@ def test_flowtracker_killed_mid_replay_is_counted_and_the_run_says_incomplete(sh
 
 @pytest.mark.slow
 def test_decoder_killed_mid_replay_counts_the_packets_it_took_with_it(short_tmp, long_capture):
-    replay = _kill_mid_replay(short_tmp, long_capture, "decoder:decoder-1", decoders=2)
+    replay = _kill_mid_replay(short_tmp, long_capture, "decoder:decoder-1", decoders=2, stalled=True)
     assert replay.proc.wait(timeout=400) == 3, replay.output()[-3000:]
     s = replay.summary()
     assert s["outcome"] == "incomplete"
     assert s["restarts"] == {"decoder-1": 1}
-    assert s["lost"]["packets"] > 0 or s["lost"]["records"] > 0
+    assert s["lost"]["packets"] > 0 or s["lost"]["records"] > 0, json.dumps(s)
     taken = sum(d["packets_in"] for d in s["per_decoder"].values())
     assert taken + s["lost"]["packets"] == s["packets"] == LONG_PACKETS  # every packet accounted for
     raw, text = _status(replay.run_dir)

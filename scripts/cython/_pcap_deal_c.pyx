@@ -31,7 +31,7 @@ cdef enum:
 cdef Py_ssize_t MAX_RECORD = _MAX_RECORD
 # as pcap_deal.RELEASE_EVERY (not imported from there: that module imports this one;
 # tests/test_pcap_deal.py checks both agree)
-RELEASE_EVERY = 8 << 20
+RELEASE_EVERY = 1 << 20
 cdef Py_ssize_t _RELEASE_EVERY = RELEASE_EVERY
 cdef Py_ssize_t PAGE = mmap.PAGESIZE
 _DONTNEED = mmap.MADV_DONTNEED

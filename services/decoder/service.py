@@ -161,6 +161,7 @@ class DecoderService:
                         return 0
                     continue
                 idle_since = time.monotonic()
+                self.continuity.handling()
                 if self.handle(buf, stop):
                     log.info("%s: end of stream after %d packets", self.name, self.stats.c["packets_in"])
                     return 0

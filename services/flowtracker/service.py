@@ -167,6 +167,7 @@ class FlowTrackerService:
                     buf = None
                 else:
                     idle_since = time.monotonic()
+                    self.continuity.handling()
                 if buf is None or self.handle(buf, stop):
                     self._finish("eos", stop)
                     self.ended = not stop
