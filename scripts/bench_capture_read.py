@@ -1,14 +1,16 @@
 """Benchmark (not a test): how many packets a second one offline capture process hands out.
 
-What `run_offline` (services/capture/service.py) does per packet, in this process: read the
-file (``OfflineSource.records``: pcapfile.py), hash and shard (sharding.py), append to the
-decoder's batch, and per full batch encode the frame and send it over ZeroMQ ipc to a PULL
-socket per decoder, drained by a child process that only receives. Issue 15 keeps one reader
+What `run_offline` (services/capture/service.py) does per packet, in this process, through the
+dealer it picks (services/capture/replay.py): a classic pcap file mapped and each record copied
+into its decoder's packed body (pcap_deal.py), else (or with ``--general``) the file read into
+tuples (``OfflineSource.records``: pcapfile.py), hashed and sharded (sharding.py) and packed per
+batch; per full batch the frame is encoded and sent over ZeroMQ ipc to a PULL socket per
+decoder, drained by a child process that only receives. Issue 15 keeps one reader
 for replays while this is over 1M packets/s. Printed: packets per CPU second of this process
 (what a core can read) and per wall second, median of ``--runs``; compiled or pure as built
 (PKTSCOPE_PURE=1 for the reference). Usage:
 
-    .venv/bin/python -m scripts.bench_capture_read [CAPTURE] [--decoders 2] [--runs 5] [--batch 512]
+    .venv/bin/python -m scripts.bench_capture_read [CAPTURE] [--decoders 2] [--runs 5] [--batch 512] [--general]
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 import zmq
 
 from services.capture import pcapfile, sharding
-from services.capture.sharding import deal, make_sharder
+from services.capture.replay import ListDealer, dealer_for
 from services.capture.sources import OfflineSource
+from shared import packed
 from shared.frames import FrameType, encode
 from shared.service import tune_gc
 
@@ -48,29 +51,32 @@ while True:
 """
 
 
-def read_once(path: Path, socks: list, bsize: int) -> tuple[int, float, float]:
-    """One pass as run_offline makes it; (packets, CPU s, wall s)."""
+def read_once(path: Path, socks: list, bsize: int, general: bool) -> tuple[int, float, float, str]:
+    """One pass as run_offline makes it; (packets, CPU s, wall s, dealer)."""
     n = len(socks)
-    source = OfflineSource(str(path))
-    shard = make_sharder(source.linktype, n)
-    lt = source.linktype
-    batches: list[list] = [[] for _ in range(n)]
     seq = [0] * n
     cpu, wall = time.process_time(), time.perf_counter()
+    source = OfflineSource(str(path))
+    dealer = ListDealer(source, n, bsize) if general else dealer_for(source, n, bsize)
+
+    def send(i: int) -> None:
+        taken = dealer.take(i)
+        if taken is not None:
+            body = taken[0] if type(taken[0]) is bytes else packed.packets_body(taken[0])
+            socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], body))
+            seq[i] += 1
+
     num = 0
-    packets = source.records()
-    while True:  # as run_offline: sharding.deal fills the batches, the caller sends full ones
-        num, _ts, full = deal(packets, shard, batches, bsize, lt, num, 1 << 62)
+    while True:  # as run_offline: the dealer fills the batches, the caller sends full ones
+        num, _ts, full = dealer.deal(num, 1 << 62)
         if full >= 0:
-            socks[full].send(encode(FrameType.PACKETS, "capture", seq[full], batches[full]))
-            seq[full] += 1
-            batches[full] = []
+            send(full)
         if full == -2:
             break
-    for i, b in enumerate(batches):
-        if b:
-            socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], b))
-    return num, time.process_time() - cpu, time.perf_counter() - wall
+    for i in range(n):
+        send(i)
+    dealer.close()
+    return num, time.process_time() - cpu, time.perf_counter() - wall, type(dealer).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--general", action="store_true", help="the tuple path, as for pcapng or a pure build")
     args = ap.parse_args(argv)
     tune_gc()
     tmp = Path(tempfile.mkdtemp(prefix="pkr-", dir="/tmp"))
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             s.setsockopt(zmq.SNDHWM, 200)
             s.connect(ep)
             socks.append(s)
-        results = [read_once(args.capture, socks, args.batch) for _ in range(args.runs)]
+        results = [read_once(args.capture, socks, args.batch, args.general) for _ in range(args.runs)]
         for s in socks:
             s.send(b"stop")
             s.close(linger=2000)
@@ -106,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     path = "compiled" if sharding.COMPILED and pcapfile.COMPILED else "pure"
     print(
         f"{args.capture.name}: {n:,} packets, {args.decoders} decoders, frames of {args.batch}, {path}, "
+        f"{results[0][3]}, "
         f"median of {args.runs}: read+hash+shard+send {cpu:.3f} CPU s = {n / cpu:,.0f} packets per CPU second "
         f"({wall:.3f} s wall = {n / wall:,.0f}/s)"
     )
