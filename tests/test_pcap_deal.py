@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -284,3 +285,24 @@ def test_pages_already_read_leave_the_processs_memory(impl):
     assert num > 183_000
     # without the release the whole file (55 MB) would be resident by the end
     assert peak - base < 2 * pcap_deal.RELEASE_EVERY + (4 << 20), f"{(peak - base) >> 20} MB of the map resident"
+
+
+@pytest.mark.parametrize("impl", ["pure", "compiled"])
+def test_a_file_cut_short_while_it_is_replayed_ends_with_an_error_not_a_crash(tmp_path, impl):
+    """Reading a mapped page past a file's new end is SIGBUS: the dealer must notice the cut."""
+    module = PURE if impl == "pure" else importlib.import_module("services.capture.pcap_deal")
+    if impl == "compiled":
+        _compiled_module()
+    path = tmp_path / "shrinking.pcap"
+    path.write_bytes(BENCH_PCAP.read_bytes())
+    dealer = module.open_dealer(str(path), 2, 64)
+    num, _ts, full = dealer.deal(0, 1 << 62)
+    assert full >= 0 and dealer.error is None
+    cut = 4 << 20  # far past what was read, far before the end
+    os.truncate(path, cut)
+    while full != -2:
+        num, _ts, full = dealer.deal(num, 1 << 62)
+    assert dealer.error and dealer.error.startswith("truncated record")
+    dealer.close()
+    whole = [pkt for _i, items in _general(path, 2, 64)[0] for pkt in items]
+    assert num == len(whole) > 1000  # every record the cut file still holds, none beyond

@@ -161,8 +161,13 @@ cdef class PcapDealer:
         return True
 
     cdef int _release(self) except -1:
-        """Drop the pages already read from this process (pcap_deal.RELEASE_EVERY)."""
-        cdef Py_ssize_t end = self.pos - self.pos % PAGE
+        """Drop the pages already read from this process (pcap_deal.RELEASE_EVERY), and end the
+        records where the file now ends if it was cut short since it was mapped (SIGBUS else)."""
+        cdef Py_ssize_t now = self.buf.size()
+        cdef Py_ssize_t end
+        if now < self.size:
+            self.size = now
+        end = self.pos - self.pos % PAGE
         if end - self.released >= _RELEASE_EVERY:
             self.buf.madvise(_DONTNEED, self.released, end - self.released)
             self.released = end

@@ -96,7 +96,12 @@ class PcapDealer:
         self.released = 0  # the map's bytes before this were dropped from this process
 
     def _release(self) -> None:
-        """Drop the pages already read from this process (see RELEASE_EVERY)."""
+        """Drop the pages already read from this process (see RELEASE_EVERY), and notice a file
+        cut short since it was mapped: reading a mapped page past the end of the file is SIGBUS,
+        so the records end where the file now ends (a "truncated record" error, as when read)."""
+        now = self.buf.size()  # an fstat: one per batch
+        if now < self.size:
+            self.size = now
         end = self.pos - self.pos % mmap.PAGESIZE
         if end - self.released >= RELEASE_EVERY:
             self.buf.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
