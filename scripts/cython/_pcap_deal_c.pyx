@@ -20,6 +20,8 @@ from services.capture.sharding import ethernet_shard, make_sharder
 cdef extern from "Python.h":
     int PyFloat_Pack8(double x, char *p, int le) except -1
 
+# shared/packed.py's packets layout, as _packed_c.pyx writes it (a Cython enum cannot be imported
+# from there); tests/test_pcap_deal.py unpacks every body with shared/packed.py, so a drift fails
 cdef enum:
     VERSION = 1
     HEAD_SIZE = 6
