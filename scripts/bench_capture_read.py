@@ -26,9 +26,8 @@ from pathlib import Path
 import zmq
 
 from services.capture import pcapfile, sharding
-from services.capture.replay import ListDealer, dealer_for
+from services.capture.replay import ListDealer, dealer_for, drain
 from services.capture.sources import OfflineSource
-from shared import packed
 from shared.frames import FrameType, encode
 from shared.service import tune_gc
 
@@ -58,23 +57,11 @@ def read_once(path: Path, socks: list, bsize: int, general: bool) -> tuple[int, 
     cpu, wall = time.process_time(), time.perf_counter()
     source = OfflineSource(str(path))
     dealer = ListDealer(source, n, bsize) if general else dealer_for(source, n, bsize)
-
-    def send(i: int) -> None:
-        taken = dealer.take(i)
-        if taken is not None:
-            body = taken[0] if type(taken[0]) is bytes else packed.packets_body(taken[0])
-            socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], body))
-            seq[i] += 1
-
     num = 0
-    while True:  # as run_offline: the dealer fills the batches, the caller sends full ones
-        num, _ts, full = dealer.deal(num, 1 << 62)
-        if full >= 0:
-            send(full)
-        if full == -2:
-            break
-    for i in range(n):
-        send(i)
+    for i, body, count in drain(dealer, n):  # as run_offline, without its ticks
+        socks[i].send(encode(FrameType.PACKETS, "capture", seq[i], body))
+        seq[i] += 1
+        num += count
     dealer.close()
     return num, time.process_time() - cpu, time.perf_counter() - wall, type(dealer).__name__
 

@@ -46,7 +46,7 @@ import psutil
 import redis
 
 from scripts.bench_stages import DEFAULT_CAPTURE
-from services.capture.replay import dealer_for
+from services.capture.replay import dealer_for, drain
 from services.capture.sharding import make_sharder
 from services.capture.sources import OfflineSource
 from services.decoder.fastpath import decode_batch
@@ -56,7 +56,7 @@ from services.detector.enrichment import Enrichers
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.service import local_nets
 from services.flowtracker.table import FlowTable
-from shared import frames, packed
+from shared import frames
 from shared.config import PipelineConfig
 from shared.redis_server import start_redis_server
 from shared.routing import NAMES_ONLY, detector_of
@@ -160,26 +160,11 @@ def measure_capture(path: Path, batch: int, runs: int) -> float:
     (through the dealer it picks: services/capture/replay.py)."""
 
     def once() -> None:
-        src = OfflineSource(str(path))
-        dealer = dealer_for(src, 2, batch)
+        dealer = dealer_for(OfflineSource(str(path)), 2, batch)
         seq = [0, 0]
-
-        def send(i: int) -> None:
-            taken = dealer.take(i)
-            if taken is not None:
-                body = taken[0] if type(taken[0]) is bytes else packed.packets_body(taken[0])
-                frames.encode(frames.FrameType.PACKETS, "capture", seq[i], body)
-                seq[i] += 1
-
-        num = 0
-        while True:
-            num, _ts, full = dealer.deal(num, 1 << 62)
-            if full >= 0:
-                send(full)
-            if full == -2:
-                break
-        send(0)
-        send(1)
+        for i, body, _count in drain(dealer, 2):
+            frames.encode(frames.FrameType.PACKETS, "capture", seq[i], body)
+            seq[i] += 1
         dealer.close()
 
     return median_cpu(once, runs)

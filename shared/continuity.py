@@ -138,11 +138,15 @@ class Continuity:
         it. Only the file: Redis is not asked per frame (the hash keeps the cautious rule)."""
         if self._file is None or self._next_seq is None:
             return
+        with contextlib.suppress(OSError, ValueError):  # progress() finds out and falls back to Redis
+            self._file.write(self._file_record(in_flight=1))
+
+    def _file_record(self, **marks: int) -> dict[str, int | float | str]:
+        """What the progress file holds: the progress, its run, and ``marks``."""
         mapping = self.fields()
         mapping["run_id"] = stats_module.RUN_ID
-        mapping["in_flight"] = 1
-        with contextlib.suppress(OSError, ValueError):  # progress() finds out and falls back to Redis
-            self._file.write(mapping)
+        mapping.update(marks)
+        return mapping
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:
         """After each handled frame: counters, seen sequence numbers, our next sequence number
@@ -160,9 +164,7 @@ class Continuity:
             try:
                 if self._file is None:
                     self._file = ProgressFile(self.path)
-                mapping = self.fields()
-                mapping["run_id"] = stats_module.RUN_ID
-                self._file.write(mapping)
+                self._file.write(self._file_record())
                 return
             except (OSError, ValueError) as exc:  # unwritable run directory, an oversized map
                 log.warning("%s: progress file %s unusable (%s); writing progress to Redis", st.service, self.path, exc)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.capture import pcap_deal
+from services.capture.pcapfile import pcap_geometry
 from services.capture.replay import ListDealer, dealer_for
 from services.capture.sources import OfflineSource
 from shared import compiled, packed
@@ -106,7 +107,7 @@ def test_both_implementations_write_the_same_bodies():
     twin = _compiled_module()
     for path in [*CAPTURES[:20], BENCH_PCAP]:
         with open(path, "rb") as fh:
-            big, scale, linktype = PURE.pcap_geometry(fh.read(24))
+            big, scale, linktype = pcap_geometry(fh.read(24))
         bodies = []
         for module in (PURE, twin):
             with open(path, "rb") as fh:

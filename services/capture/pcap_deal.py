@@ -22,7 +22,7 @@ import mmap
 import struct
 from typing import Any
 
-from services.capture.pcapfile import MAX_RECORD, PCAP_MAGIC_NS, PCAP_MAGIC_US
+from services.capture.pcapfile import MAX_RECORD, pcap_geometry, sniff
 from services.capture.sharding import make_sharder
 from shared.packed import _HEAD, _PKT, PACKETS_MAGIC, VERSION
 
@@ -46,30 +46,14 @@ def open_dealer(path: str, decoders: int, bsize: int) -> PcapDealer | None:
     except (OSError, ValueError):
         return None  # not a regular file (mmap of a pipe), or empty
     buf.madvise(mmap.MADV_SEQUENTIAL)  # read ahead further: it is read once, front to back
-    geometry = pcap_geometry(head)
-    if geometry is None:
+    if sniff(head) != "pcap":
         buf.close()
         return None
-    big_endian, scale, linktype = geometry
+    big_endian, scale, linktype = pcap_geometry(head)
     if linktype > 0xFFFF:
         buf.close()
         return None  # outside the packed layout: the general path sends such batches as lists
     return PcapDealer(buf, big_endian, scale, linktype, decoders, bsize)
-
-
-def pcap_geometry(head: bytes) -> tuple[bool, float, int] | None:
-    """(big-endian, seconds per timestamp fraction, link type) of a classic pcap file header."""
-    le = struct.unpack_from("<I", head)[0]
-    if le in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-        order, magic = "<", le
-    else:
-        magic = struct.unpack_from(">I", head)[0]
-        if magic not in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-            return None
-        order = ">"
-    scale = 1e-9 if magic == PCAP_MAGIC_NS else 1e-6
-    linktype = struct.unpack_from(order + "I", head, 20)[0] & 0x0FFFFFFF
-    return order == ">", scale, linktype
 
 
 class PcapDealer:

@@ -47,6 +47,16 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def pcap_geometry(head: bytes) -> tuple[bool, float, int]:
+    """(big-endian, seconds per timestamp fraction, link type) of a classic pcap file's 24-byte
+    header (``sniff`` said "pcap"): what reading its records needs."""
+    big_endian = struct.unpack_from("<I", head)[0] not in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
+    order = ">" if big_endian else "<"
+    magic = struct.unpack_from(order + "I", head)[0]
+    scale = 1e-9 if magic == PCAP_MAGIC_NS else 1e-6
+    return big_endian, scale, struct.unpack_from(order + "I", head, 20)[0] & 0x0FFFFFFF
+
+
 class CaptureFileReader:
     """Iterate the records of an open capture file; ``linktype`` is the first interface's."""
 
@@ -90,11 +100,8 @@ class CaptureFileReader:
         if len(rest) < 20:
             self.error = "truncated pcap file header"
             return
-        magic_le = struct.unpack("<I", self._head)[0]
-        order = "<" if magic_le in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
-        magic = struct.unpack(order + "I", self._head)[0]
-        scale = 1e-9 if magic == PCAP_MAGIC_NS else 1e-6
-        linktype = struct.unpack(order + "I", rest[16:20])[0] & 0x0FFFFFFF
+        big_endian, scale, linktype = pcap_geometry(self._head + rest)
+        order = ">" if big_endian else "<"
         self.linktype = linktype
         rec = struct.Struct(order + "IIII").unpack
         read = fh.read

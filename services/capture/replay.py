@@ -9,6 +9,7 @@ dead predecessor handed out, and ``error`` says why the file ended early.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 from services.capture import pcap_deal
 from services.capture.sharding import deal, make_sharder
@@ -42,14 +43,41 @@ class ListDealer:
         return len(self.batches[i])
 
     def take(self, i: int) -> tuple[list[tuple], int, int] | None:
-        batch = self.batches[i]
-        if not batch:
-            return None
-        self.batches[i] = []
-        return batch, len(batch), batch[-1][0]
+        return take_batch(self.batches, i)
 
     def close(self) -> None:
         self.source.close()
+
+
+def take_batch(batches: list[list[tuple]], i: int) -> tuple[list[tuple], int, int] | None:
+    """Batch ``i`` of packet-tuple lists as a dealer's ``take`` gives it (and an empty one in
+    its place): what a replay's general path and live capture send."""
+    batch = batches[i]
+    if not batch:
+        return None
+    batches[i] = []
+    return batch, len(batch), batch[-1][0]
+
+
+def drain(dealer: ListDealer | pcap_deal.PcapDealer, decoders: int) -> Iterator[tuple[int, bytes, int]]:
+    """Every frame of a whole replay as ``(decoder, packed body, packets)``, full batches as they
+    fill and the partial ones at the end, without ticks: for benchmarks of the reader."""
+    num = 0
+    while True:
+        num, _ts, full = dealer.deal(num, 1 << 62)
+        if full >= 0:
+            yield (full, *_packed(dealer.take(full)))
+        if full == -2:
+            break
+    for i in range(decoders):
+        taken = dealer.take(i)
+        if taken is not None:
+            yield (i, *_packed(taken))
+
+
+def _packed(taken: tuple) -> tuple[bytes, int]:
+    body, count, _last = taken
+    return (body if type(body) is bytes else packed.packets_body(body)), count
 
 
 def dealer_for(source: OfflineSource, decoders: int, bsize: int) -> ListDealer | pcap_deal.PcapDealer:

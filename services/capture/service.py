@@ -15,7 +15,7 @@ import zmq
 
 from services.capture import sharding
 from services.capture.pcap_deal import PcapDealer
-from services.capture.replay import ListDealer, dealer_for
+from services.capture.replay import ListDealer, dealer_for, take_batch
 from services.capture.sharding import make_sharder
 from services.capture.sources import CaptureError, LiveSource, OfflineSource, fanout_group_id
 from shared import packed
@@ -139,17 +139,11 @@ class Capture:
         return True
 
     def _flush(self, i: int) -> None:
-        if self.dealer is not None:  # a replay: its dealer holds the batches
-            taken = self.dealer.take(i)
-            if taken is None:
-                return
-            body, count, last_num = taken
-        else:
-            body = self.batches[i]
-            if not body:
-                return
-            self.batches[i] = []
-            count, last_num = len(body), body[-1][0]
+        # a replay's dealer holds its batches; live capture's are here
+        taken = self.dealer.take(i) if self.dealer is not None else take_batch(self.batches, i)
+        if taken is None:
+            return
+        body, count, last_num = taken
         if not self._send(i, FrameType.PACKETS, body, not self.cfg.live, last_num):
             self.drops[i] += count
             self.stats.c[f"dropped_decoder_{i}"] += count
