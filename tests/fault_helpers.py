@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -86,6 +89,15 @@ class Replay:
         import json
 
         return json.loads(self.output().strip().splitlines()[-1])
+
+
+def kill_with_unread_frames(pid: int) -> None:
+    """Kill -9 a receiving stage so that it dies with frames it had not read: stopped first, its
+    sender fills its socket for half a second. (A stage killed while idle, its queue drained,
+    loses nothing, and the run rightly says "done": docs/reliability.md.)"""
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGKILL)
 
 
 def gone(pid: int) -> bool:

@@ -22,7 +22,7 @@ from services.cli.supervisor import Supervisor, render_config
 from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
 from shared.config import PipelineConfig
 from tests.conftest import LONG_PACKETS
-from tests.fault_helpers import Replay, gone
+from tests.fault_helpers import Replay, gone, kill_with_unread_frames
 from tests.pipeline_helpers import (
     ROOT,
     LivePipeline,
@@ -179,7 +179,7 @@ def test_a_forked_decoder_killed_is_restarted_by_supervisord_and_its_losses_coun
     client_pid = service_pid(replay.run_dir, "decoder:decoder-1")
     pid = _service_pid(replay, "decoder-1")
     assert pid != client_pid and psutil.Process(pid).ppid() == zygote_pid  # the stats give the real pid
-    os.kill(pid, signal.SIGKILL)
+    kill_with_unread_frames(pid)
     wait_for(lambda: service_pid(replay.run_dir, "decoder:decoder-1") not in (0, client_pid), 30, what="restart")
     assert replay.proc.wait(timeout=400) == 3, replay.output()[-3000:]
     s = replay.summary()
@@ -212,7 +212,7 @@ def test_after_the_zygote_dies_restarts_exec_the_service(short_tmp, long_capture
     replay.wait_packets(150_000)
     os.kill(int(pid_path(replay.run_dir).read_text()), signal.SIGKILL)
     pid = _service_pid(replay, "decoder-0")
-    os.kill(pid, signal.SIGKILL)
+    kill_with_unread_frames(pid)
     wait_for(lambda: _service_pid(replay, "decoder-0") not in (0, pid), 30, what="decoder-0 restarted")
     # exec'd in place of its client: supervisord's pid is the service's
     assert _service_pid(replay, "decoder-0") == service_pid(replay.run_dir, "decoder:decoder-0")

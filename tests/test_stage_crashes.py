@@ -7,28 +7,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from tests.conftest import LONG_PACKETS
-from tests.fault_helpers import Replay
+from tests.fault_helpers import Replay, kill_with_unread_frames
 from tests.pipeline_helpers import pktscope, service_pid, wait_for
 
 
 def _kill_mid_replay(
     tmp, capture, name: str, decoders: int = 1, at: int = 200_000, stalled: bool = False
 ) -> Replay:
-    """Kill ``name`` once capture has passed packet ``at``. ``stalled``: stop it first and let
-    capture fill its socket for half a second, so that it dies with frames it had not read (a
-    stage killed while idle, its queue drained, loses nothing and the run is rightly "done")."""
+    """Kill ``name`` once capture has passed packet ``at``; ``stalled``: with frames it had not
+    read (fault_helpers.kill_with_unread_frames)."""
     replay = Replay(tmp, capture, decoders=decoders)
     replay.wait_packets(at)
     pid = service_pid(replay.run_dir, name)
     if stalled:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.5)
-    os.kill(pid, signal.SIGKILL)
+        kill_with_unread_frames(pid)
+    else:
+        os.kill(pid, signal.SIGKILL)
     wait_for(lambda: service_pid(replay.run_dir, name) not in (0, pid), 30, what=f"{name} restarted")
     return replay
 
