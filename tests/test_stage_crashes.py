@@ -23,8 +23,9 @@ def _kill_mid_replay(
     replay = Replay(tmp, capture, decoders=decoders)
     replay.wait_packets(at)
     pid = service_pid(replay.run_dir, name)
-    if stalled:
-        kill_with_unread_frames(pid)
+    if stalled:  # the service's own pid (its stats'): supervisord's is its launcher client's
+        stats = replay.redis().hget(f"{replay.cfg.redis_prefix}:stats:{name.rpartition(':')[2]}", "pid")
+        kill_with_unread_frames(int(stats))
     else:
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: service_pid(replay.run_dir, name) not in (0, pid), 30, what=f"{name} restarted")
