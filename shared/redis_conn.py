@@ -12,6 +12,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError, TryAgainError
 from redis.retry import Retry
 
+from shared.resp_packer import DirectPacker
+
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_MAX = 2.0  # seconds: the longest wait between tries for a Redis that is not up yet
@@ -105,6 +107,8 @@ def connect(url: str, cluster: bool = False, **kw: Any) -> redis.Redis:
                 raise
             # no node answered the slot map: the callers' "Redis unreachable" handling applies
             raise redis.ConnectionError(f"Redis Cluster at {redact(url)}: {exc}") from exc
+    # commands packed by hiredis directly (shared/resp_packer.py: 6x cheaper for the detector's scripts)
+    kw.setdefault("command_packer", DirectPacker(kw.get("encoding", "utf-8"), kw.get("encoding_errors", "strict")))
     return redis.Redis.from_url(url, **kw)
 
 
