@@ -10,6 +10,13 @@ one: a directory many replays have written to makes the Redis start-up part of t
 Usage:
 
     .venv/bin/python -m scripts.bench_processes [CAPTURE] [--decoders 2] [--extra "run flags"]
+        [--runs K] [--against OTHER_CHECKOUT]
+
+With ``--runs``, each process's median CPU and its median share of the command's sum are shown:
+on this machine the whole command's CPU drifts by ±20% from minute to minute, all processes
+together, so a change to one process shows in its share long before it shows in the total.
+``--against`` names another checkout (built with its own ``scripts/setup``) run in turn with
+this one, run by run: an A/B of two commits on the same minutes of the same machine.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import collections
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,22 +51,23 @@ def label(proc: psutil.Process) -> str:
 
 
 def measure(
-    capture: Path, decoders: int, extra: list[str], state_dir: Path | None = None
+    capture: Path, decoders: int, extra: list[str], state_dir: Path | None = None, root: Path = ROOT
 ) -> tuple[dict[str, float], float, int]:
-    """(CPU seconds by process label, wall seconds, exit status) of one whole command."""
+    """(CPU seconds by process label, wall seconds, exit status) of one whole command of ``root``'s checkout."""
     fresh = None if state_dir is not None else Path(tempfile.mkdtemp(prefix="pktscope-bench-state-"))
     try:
-        return _measure(capture, decoders, [*extra, "--state-dir", str(state_dir or fresh)])
+        return _measure(capture, decoders, [*extra, "--state-dir", str(state_dir or fresh)], root)
     finally:
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)
 
 
-def _measure(capture: Path, decoders: int, extra: list[str]) -> tuple[dict[str, float], float, int]:
-    cmd = [sys.executable, "-m", "services.cli.main", "run", "--read", str(capture)]
+def _measure(capture: Path, decoders: int, extra: list[str], root: Path) -> tuple[dict[str, float], float, int]:
+    python = sys.executable if root == ROOT else str(root / ".venv" / "bin" / "python")
+    cmd = [python, "-m", "services.cli.main", "run", "--read", str(capture)]
     cmd += ["--decoders", str(decoders), "--learning", "0", "--json", *extra]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     top = psutil.Process(proc.pid)
     last: dict[int, tuple[str, float]] = {}
     while proc.poll() is None:
@@ -86,15 +95,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoders", type=int, default=2)
     ap.add_argument("--extra", default="", help='more `pktscope run` flags, e.g. "--launcher exec"')
     ap.add_argument("--state-dir", type=Path, default=None, help="the private Redis's data (default: a fresh one)")
+    ap.add_argument("--runs", type=int, default=1, help="commands per checkout; medians are shown (default 1)")
+    ap.add_argument("--against", type=Path, default=None, help="another checkout to run in turn with this one")
     args = ap.parse_args(argv)
     if not args.capture.exists():
         ap.error(f"{args.capture}: no such capture file")
-    cpu, wall, code = measure(args.capture, args.decoders, shlex.split(args.extra), args.state_dir)
-    print(f"{args.capture.name}: whole command {wall:.2f} s wall, exit {code}; CPU s by process:")
-    for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1]):
-        print(f"  {seconds:6.2f}  {name}")
-    print(f"  {sum(cpu.values()):6.2f}  sum")
-    return 0 if code == 0 else 1
+    if args.runs < 1:
+        ap.error("--runs must be 1 or more")
+    roots = [ROOT]
+    if args.against is not None:
+        other = args.against.resolve()
+        if not (other / ".venv" / "bin" / "python").exists():
+            ap.error(f"--against {other}: no .venv there; run its scripts/setup first")
+        roots.append(other)
+    runs: dict[Path, list[dict[str, float]]] = {root: [] for root in roots}
+    walls: dict[Path, list[float]] = {root: [] for root in roots}
+    failed = 0
+    for _ in range(args.runs):
+        for root in roots:
+            cpu, wall, code = measure(args.capture, args.decoders, shlex.split(args.extra), args.state_dir, root)
+            failed += code != 0
+            runs[root].append(cpu)
+            walls[root].append(wall)
+    for root in roots:
+        report(args.capture, root, runs[root], walls[root])
+    return 0 if not failed else 1
+
+
+def report(capture: Path, root: Path, runs: list[dict[str, float]], walls: list[float]) -> None:
+    """Per process: median CPU s and, over several runs, the median share of each run's sum."""
+    median = statistics.median
+    names = sorted({name for cpu in runs for name in cpu}, key=lambda n: -median([c.get(n, 0.0) for c in runs]))
+    where = "" if root == ROOT else f" ({root})"
+    print(f"{capture.name}{where}: whole command {median(walls):.2f} s wall, median of {len(runs)}; CPU s by process:")
+    for name in names:
+        seconds = median([c.get(name, 0.0) for c in runs])
+        share = median([c.get(name, 0.0) / (sum(c.values()) or 1.0) for c in runs])
+        print(f"  {seconds:6.2f}  {share:6.1%}  {name}")
+    print(f"  {median([sum(c.values()) for c in runs]):6.2f}          sum")
 
 
 if __name__ == "__main__":
