@@ -60,6 +60,8 @@ TWINS: dict[str, str] = {
     "shared.packed": "shared._packed_c",
     # capture's replay of a classic pcap file into packed bodies (twin written by hand)
     "services.capture.pcap_deal": "services.capture._pcap_deal_c",
+    # the decoder's batch, packed packets in, packed records out (twin written by hand)
+    "services.decoder.packed_batch": "services.decoder._packed_batch_c",
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
@@ -69,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HANDWRITTEN: dict[str, Path] = {
     "shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx",
     "services.capture.pcap_deal": ROOT / "scripts" / "cython" / "_pcap_deal_c.pyx",
+    "services.decoder.packed_batch": ROOT / "scripts" / "cython" / "_packed_batch_c.pyx",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"

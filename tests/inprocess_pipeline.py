@@ -2,7 +2,7 @@
 
 Starting the five processes costs ~2 s per run; comparing 1, 2 and 3 decoders over 50
 captures that way would take many minutes. Here the same stage code runs in-process: capture's
-sharder, batching and TICKs; one AppInspector and ``decode_batch`` per decoder; the
+sharder, batching and TICKs; one AppInspector and the decoder service's batch call per decoder; the
 flow-tracker's CaptureOrderMerge and FlowTable with the service's release rule; the detector's
 engine on a real Redis. The decoders' frames reach the tracker in a seeded random
 interleaving (each decoder's own frames in order), as ZeroMQ's fair queueing may deliver them.
@@ -23,8 +23,10 @@ import redis
 from services.capture.service import TICK_EVERY_PACKETS
 from services.capture.sharding import make_sharder
 from services.capture.sources import OfflineSource
+from services.decoder import packed_batch
 from services.decoder.app.inspector import AppInspector
 from services.decoder.fastpath import decode_batch
+from services.decoder.packed_batch import decode_packed
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from services.flowtracker.localaddr import LocalMatcher
@@ -106,8 +108,12 @@ def run(
             if kind == "pkts":
                 # through the services' body codecs (packed when compiled) and frames, as on the
                 # sockets: each stage sees what msgpack gives back (tuples for lists)
-                packets = packets_of(decode(encode(FrameType.PACKETS, "capture", 0, packets_body(body))).body)
-                frame = encode(FrameType.RECORDS, "decoder", 0, records_body(decode_batch(packets, app).records))
+                wire = decode(encode(FrameType.PACKETS, "capture", 0, packets_body(body))).body
+                if packed_batch.COMPILED and type(wire) is bytes:  # as DecoderService._packed_packets
+                    out = decode_packed(wire, app).body
+                else:
+                    out = records_body(decode_batch(packets_of(wire), app).records)
+                frame = encode(FrameType.RECORDS, "decoder", 0, out)
                 own.append(("recs", records_of(decode(frame).body)))
             else:
                 own.append((kind, body))

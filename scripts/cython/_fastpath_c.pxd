@@ -9,4 +9,4 @@ import cython
                ver=Py_ssize_t, plen=Py_ssize_t, size=Py_ssize_t, offx2=Py_ssize_t, flags=Py_ssize_t,
                hlen=Py_ssize_t, paylen=Py_ssize_t, depth=Py_ssize_t,
                proto=Py_ssize_t)
-cpdef decode_batch(packets, app=*, depth=*)
+cpdef decode_batch(packets, app=*, depth=*, expire=*)

@@ -68,12 +68,14 @@ _NO_STATES: dict = {}  # for inspectors without ``state_of``: every flow is hand
 
 
 def decode_batch(
-    packets: Iterable[tuple], app: AppInspectorLike | None = None, depth: int = 0
+    packets: Iterable[tuple], app: AppInspectorLike | None = None, depth: int = 0, expire: bool = True
 ) -> BatchResult:
     """Decode packet tuples (num, ts, linktype, wirelen, data) into record tuples.
 
     ``depth`` is how many tunnel headers were already peeled (callers leave it 0; the VXLAN
     branch passes depth + 1 for the inner frame, and at MAX_NESTING stops looking for VXLAN).
+    ``expire``: end with the inspector's ``expire`` at the last packet's time, as a batch does
+    (services/decoder/packed_batch.py hands over single packets of a batch and expires once).
     """
     records: list[tuple] = []
     append = records.append
@@ -238,7 +240,7 @@ def decode_batch(
         except errors:
             malformed += 1
 
-    if app is not None and ts is not None and not depth:
+    if app is not None and ts is not None and not depth and expire:
         try:
             app.expire(ts)
         except Exception:  # the application layer must never stop the decoder

@@ -13,8 +13,9 @@ from typing import Any
 import redis
 import zmq
 
-from services.decoder import fastpath
+from services.decoder import fastpath, packed_batch
 from services.decoder.fastpath import decode_batch
+from services.decoder.packed_batch import decode_packed
 from services.decoder.ring import PacketRing, RingServer
 from shared import frames, packed
 from shared.config import PipelineConfig
@@ -135,6 +136,9 @@ class DecoderService:
         if cfg.keep_packets > 0:
             self.ring = PacketRing(cfg.keep_packets)
             self.ring_server = RingServer(self.ring, r, cfg.redis_prefix)
+        # packed packets straight to packed records (compiled twin only; the ring and several
+        # flow-tracker shards want the tuples)
+        self.packed_path = packed_batch.COMPILED and self.ring is None and self.trackers == 1
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: Any) -> int:
@@ -223,6 +227,9 @@ class DecoderService:
 
     def _packets(self, body: Any, stop: Any) -> None:
         c = self.stats.c
+        if self.packed_path and type(body) is bytes:
+            self._packed_packets(body, stop)
+            return
         try:
             body = packed.packets_of(body)  # packed by capture (shared/packed.py), or a list
             result = decode_batch(body, self.app)
@@ -243,6 +250,22 @@ class DecoderService:
         for j, part in enumerate(route_records(result.records, self.trackers)):
             if part and self._send(FrameType.RECORDS, packed.records_body(part), stop, j):
                 c["records_out"] += len(part)
+
+    def _packed_packets(self, body: bytes, stop: Any) -> None:
+        """A packed batch straight to a packed RECORDS body (services/decoder/packed_batch.py)."""
+        c = self.stats.c
+        try:
+            batch = decode_packed(body, self.app)
+        except ValueError:  # not a whole packed body: the frame is bad
+            c["bad_frames"] += 1
+            return
+        c["packets_in"] += batch.packets
+        c["decoded"] += batch.decoded
+        c["malformed"] += batch.malformed
+        c["non_ip"] += batch.non_ip
+        c["app_errors"] += batch.app_errors
+        if self._send(FrameType.RECORDS, batch.body, stop):
+            c["records_out"] += batch.records
 
     def _eos(self, upstream: Any, stop: Any) -> None:
         c = self.stats.c
