@@ -139,13 +139,12 @@ class Continuity:
         if self._file is None or self._next_seq is None:
             return
         with contextlib.suppress(OSError, ValueError):  # progress() finds out and falls back to Redis
-            self._file.write(self._file_record(in_flight=1))
+            self._file.mark_in_flight()
 
-    def _file_record(self, **marks: int) -> dict[str, int | float | str]:
-        """What the progress file holds: the progress, its run, and ``marks``."""
+    def _file_record(self) -> dict[str, int | float | str]:
+        """What the progress file holds: the progress and its run (the in-flight mark is the file's)."""
         mapping = self.fields()
         mapping["run_id"] = stats_module.RUN_ID
-        mapping.update(marks)
         return mapping
 
     def progress(self, next_seq: int | list[int], **extra: int | float | str) -> None:

@@ -13,6 +13,12 @@ write (each second), for `pktscope status` and for a successor on another host.
 Layout: a header (magic, the index of the slot last completed) and two slots, each a length
 and a msgpack map. A write fills the slot not in use, then flips the index with one aligned
 4-byte store, so a writer killed in the middle leaves the previous write intact.
+
+The index word also carries the "in flight" mark (shared/continuity.py: a frame came in since the
+last write, and its sends may have begun): 2 + the slot. Setting it is that one 4-byte store, not
+a new write of the whole map (per frame, that write had cost the flow-tracker ~8% of its CPU on
+the 5x bench capture, py-spy); the next write's flip clears it. Readers see it as
+``in_flight: 1`` in the map.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ FILE_SIZE = _HEADER.size + 2 * SLOT_SIZE
 # never with ``_HEADER.pack_into``: CPython's pack_into zeroes its target before it packs, and a
 # writer killed in between left a header of zeros, losing every write (seen once in a full run).
 _FLIPPED = (_HEADER.pack(MAGIC, 0), _HEADER.pack(MAGIC, 1))
+_MARKED = (_HEADER.pack(MAGIC, 2), _HEADER.pack(MAGIC, 3))  # slot 0 or 1, in flight
 
 
 class ProgressTooLarge(ValueError):
@@ -53,6 +60,7 @@ class ProgressFile:
         finally:
             os.close(fd)
         self._active = 1
+        self._written = False
         # nothing valid until the first write: an old run's content is dropped
         self._map[: _HEADER.size + _LENGTH.size] = b"\0" * (_HEADER.size + _LENGTH.size)
         self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -69,6 +77,12 @@ class ProgressFile:
         m[off + _LENGTH.size : off + _LENGTH.size + len(blob)] = blob
         m[: _HEADER.size] = _FLIPPED[slot]  # the flip: the new slot is complete; only one byte changes
         self._active = slot
+        self._written = True
+
+    def mark_in_flight(self) -> None:
+        """Mark the last write "in flight" (one byte of the index word changes); the next write clears it."""
+        if self._written:
+            self._map[: _HEADER.size] = _MARKED[self._active]
 
     def close(self) -> None:
         self._map.close()
@@ -82,9 +96,10 @@ def read_progress(path: str | Path) -> dict[str, Any] | None:
         return None
     if len(data) < FILE_SIZE:
         return None
-    magic, slot = _HEADER.unpack_from(data, 0)
-    if magic != MAGIC or slot not in (0, 1):
+    magic, word = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC or word not in (0, 1, 2, 3):
         return None
+    slot = word & 1
     off = _HEADER.size + slot * SLOT_SIZE
     (n,) = _LENGTH.unpack_from(data, off)
     if n > SLOT_SIZE - _LENGTH.size:
@@ -93,4 +108,8 @@ def read_progress(path: str | Path) -> dict[str, Any] | None:
         obj = msgpack.unpackb(data[off + _LENGTH.size : off + _LENGTH.size + n], raw=False)
     except Exception:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
         return None
-    return obj if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    if word & 2:
+        obj["in_flight"] = 1
+    return obj
