@@ -40,6 +40,7 @@ from services.detector.events import FlowEvent, inbound_time, parse
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_CRED, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
+from shared.redis_batch import run_batch
 from shared.redis_conn import UNAVAILABLE, evalsha, is_cluster, recover
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class DetectorEngine:
         self.c: Counter[str] = counters if counters is not None else Counter()
         # a Cluster keeps the stream in its own slot: a decision script cannot append there
         self.cluster = is_cluster(r)
+        self._plain = not self.cluster and isinstance(r, redis.Redis)  # run_batch can serve it
         self.append_in_script = append_in_script and not self.cluster
         self.name_wait = name_wait
         self.max_flows = max_flows
@@ -762,7 +764,11 @@ class DetectorEngine:
                 pipe.execute_command(name.upper(), *args)
             else:
                 getattr(pipe, name)(*args, **kwargs)
-        results = pipe.execute(raise_on_error=False)
+        if self._plain:  # one round trip without redis-py's pipeline layers (shared/redis_batch.py)
+            results = run_batch(self.r, [args for args, _options in pipe.command_stack])
+            pipe.reset()
+        else:
+            results = pipe.execute(raise_on_error=False)
         missing = [i for i, x in enumerate(results) if isinstance(x, redis.exceptions.NoScriptError)]
         if missing:
             # Redis restarted, flushed its script cache, or a replica took over (scripts loaded
