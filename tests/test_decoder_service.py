@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import zmq
 
+from services.decoder import packed_batch
 from shared import frames, packed
 from shared.config import PipelineConfig
 from shared.frames import FrameType
@@ -73,7 +74,8 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         seq += 1
         push.send(frames.encode(FrameType.TICK, "capture", seq, {"ts": 42.0}))
         seq += 2  # one frame lost on the way
-        push.send(frames.encode(FrameType.PACKETS, "capture", seq, tuple(batches[2])))
+        # the last batch packed, as capture sends it: the decoder's packed path (when compiled)
+        push.send(frames.encode(FrameType.PACKETS, "capture", seq, packed.pack_packets(batches[2])))
         seq += 1
         push.send(frames.encode(FrameType.EOS, "capture", seq, {"origin": "capture", "packets": 160}))
 
@@ -97,6 +99,7 @@ def test_decoder_service_end_to_end(short_tmp, redis_url, rdb, zctx):
         assert int(stats["bad_frames"]) == 3 and int(stats["frames_lost"]) == 1
         assert int(stats["malformed"]) == 1 and int(stats["decoded"]) == 159
         assert "decoder-0" in rdb.smembers(Keys(cfg.redis_prefix).services())
+        assert stats["decode_path"] == ("packed" if packed_batch.COMPILED else "tuples")
     finally:
         stop(proc)
 

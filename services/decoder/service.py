@@ -139,6 +139,7 @@ class DecoderService:
         # packed packets straight to packed records (compiled twin only; the ring and several
         # flow-tracker shards want the tuples)
         self.packed_path = packed_batch.COMPILED and self.ring is None and self.trackers == 1
+        self.stats.info["decode_path"] = "packed" if self.packed_path else "tuples"
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self, stop: Any) -> int:
