@@ -24,7 +24,6 @@ import msgpack
 from services.decoder import ipv6, link, tunnels, vxlan
 from services.decoder.fastpath import decode_batch
 from services.decoder.ipv6 import EXTENSION_HEADERS
-from services.decoder.packed_batch import PackedBatch
 from shared import packed
 
 cdef extern from "Python.h":
@@ -50,7 +49,9 @@ cdef enum:
 
 _pack_app = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _PLACEHOLDER = b"\xc0"  # msgpack nil, for a record whose app map the layout cannot carry
+cdef const unsigned char *_ZEROS = b"\0\0\0\0"  # the stand-in's addresses
 _VXLAN_PORTS = vxlan.PORTS
+_result = None  # services.decoder.packed_batch.PackedBatch
 _IP_TUNNELS = tunnels.IP_TUNNEL_PROTOS
 assert tunnels.GENEVE_PORT == GENEVE_PORT and vxlan.MAX_NESTING > 0 and tunnels.MAX_NESTING > 0
 assert link.VLAN_TYPES == {0x8100, 0x88A8, 0x9100}
@@ -370,10 +371,11 @@ def decode_packed(body, app=None):
             app_errors += res.app_errors
             for rec in res.records:
                 fitted = packed.pack_records([rec])
-                if fitted is None:
+                if fitted is None:  # kept as it is; a stand-in holds its place in the body
                     unfit[out.count] = rec
-                    fitted = packed.pack_records([rec[:12] + (None,)])
-                out.packed_records(fitted)
+                    out.record(0, 0.0, 0, 0, _ZEROS, _ZEROS, 4, 0, 0, 0, 0, 0, 0, None)
+                else:
+                    out.packed_records(fitted)
     if app is not None and count:
         try:
             app.expire(PyFloat_FromDouble(ts))
@@ -385,7 +387,12 @@ def decode_packed(body, app=None):
         records = packed.unpack_records(records)
         for k, rec in unfit.items():
             records[k] = rec
-    return PackedBatch(records, count, count - malformed, malformed, non_ip, app_errors, made)
+    global _result
+    if _result is None:
+        # imported on first use, not at this module's import: packed_batch imports this module
+        # (shared/compiled.adopt), and importing it from here first would see it half made
+        from services.decoder.packed_batch import PackedBatch as _result
+    return _result(records, count, count - malformed, malformed, non_ip, app_errors, made)
 
 
 cdef int _emit(_Out out, dict unfit, uint64_t num, double ts, unsigned int wl, int proto,
