@@ -7,9 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import redis
-
 from shared.processes import wait_or_kill
+
+# redis-py is imported where a server is talked to, not here: `pktscope run` imports this module
+# before supervisord starts, and redis-py's import (~0.1 s) belongs after that (services/cli/run.py)
 
 
 class RedisServerError(RuntimeError):
@@ -34,6 +35,11 @@ def has_aof(data_dir: Path) -> bool:
     return (data_dir / "pktscope-aof" / "pktscope.aof.manifest").exists()
 
 
+def needs_migration(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
+    """An RDB file and no AOF: a state directory from before AOF (see ``migrate_to_aof``)."""
+    return not has_aof(data_dir) and (data_dir / dbfilename).exists()
+
+
 def migrate_to_aof(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
     """A state directory from before AOF (an RDB file only) gets its AOF made from that data.
 
@@ -41,8 +47,10 @@ def migrate_to_aof(data_dir: Path, dbfilename: str = "pktscope.rdb") -> bool:
     ignore the RDB file; switching AOF on in a running server (CONFIG SET) writes the AOF from
     what it loaded instead. True when a migration ran.
     """
-    if has_aof(data_dir) or not (data_dir / dbfilename).exists():
+    if not needs_migration(data_dir, dbfilename):
         return False
+    import redis
+
     sock = data_dir / "migrate.sock"
     proc, url = start_redis_server(sock, data_dir, dbfilename, aof=False)
     try:
@@ -96,6 +104,8 @@ def start_redis_server(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    import redis
+
     url = f"unix://{sock}"
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:

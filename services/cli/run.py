@@ -378,11 +378,13 @@ def _prepare_dirs(cfg: PipelineConfig) -> Path:
 def _prepare_state(cfg: PipelineConfig) -> None:
     """The private Redis's data directory, migrated to AOF if it is from before."""
     if not cfg.redis_url:
-        import redis
-
-        from shared.redis_server import RedisServerError, migrate_to_aof
+        from shared.redis_server import RedisServerError, migrate_to_aof, needs_migration
 
         Path(cfg.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not needs_migration(Path(cfg.state_dir)):
+            return  # redis-py is imported later, while supervisord starts (0.1 s off the start)
+        import redis
+
         try:
             migrate_to_aof(Path(cfg.state_dir))  # a state directory from before AOF keeps its data
         except (RedisServerError, redis.RedisError) as exc:
