@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from services.detector.alerts import clean_text
 from shared.flowevents import EV_END, FIELDS, INDEX
 from shared.observe_keys import ObserveKeys
 
@@ -97,10 +98,6 @@ def conn_key(row: tuple) -> str:
     return f"{row[_PROTO]}|{row[_SRC]}|{row[_SPORT]}|{row[_DST]}|{row[_DPORT]}|{row[_FIRST]!r}"
 
 
-def _tuple_key(row: tuple) -> tuple:
-    return (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT], row[_FIRST])
-
-
 def _text_key(key: tuple) -> str:
     proto, src, sport, dst, dport, first = key
     return f"{proto}|{src}|{sport}|{dst}|{dport}|{first!r}"
@@ -140,6 +137,10 @@ RECORD_FIELDS = (
 )  # fmt: skip
 
 
+# json.dumps with separators makes a new JSONEncoder per call; one made once writes the same text
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def as_map(record: Any) -> dict[str, Any] | None:
     """A stored record (JSON array, RECORD_FIELDS order) as a map; None when it is not one."""
     if isinstance(record, list) and len(record) == len(RECORD_FIELDS):
@@ -149,8 +150,6 @@ def as_map(record: Any) -> dict[str, Any] | None:
 
 def record(row: tuple, flow: Any, label_of) -> list[Any]:
     """The stored view of one flow from its latest event and the detector's state of it."""
-    from services.detector.alerts import clean_text
-
     name = row[_NAME] or ""
     if name and not name.isprintable():
         name = clean_text(name, 253)
@@ -231,7 +230,7 @@ class LiveStore:
         row = raw if type(raw) is tuple and len(raw) == _ROW_LEN else as_row(raw)
         if row is None:
             return
-        key = _tuple_key(row)
+        key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT], row[_FIRST])  # 5-tuple and first
         ts = row[_TS]
         if type(ts) is float and ts > self.watermark:
             self.watermark = ts
@@ -276,13 +275,13 @@ class LiveStore:
             for key in self.dirty:
                 row, flow = live[key]
                 rec = record(row, flow, label)
-                mapping[rec[0]] = json.dumps(rec, separators=(",", ":"))
+                mapping[rec[0]] = _to_json(rec)
             pipe.hset(keys.live_conns(), mapping=mapping)
         if self.removed:
             pipe.hdel(keys.live_conns(), *(_text_key(k) for k in self.removed))
         if self.ended:
             history = {
-                json.dumps(record(row, flow, label), separators=(",", ":")): float(row[_LAST] or row[_TS])
+                _to_json(record(row, flow, label)): float(row[_LAST] or row[_TS])
                 for row, flow in self.ended
             }
             pipe.zadd(keys.live_history(), history)

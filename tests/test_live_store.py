@@ -1,0 +1,46 @@
+"""The live view's stored records (services/detector/live_store.py): the JSON text is what
+json.dumps writes, for open flows and for the history of ended ones, names from outside included."""
+
+from __future__ import annotations
+
+import json
+
+from services.detector.live_store import LiveStore, as_map, record
+from shared.flowevents import FIELDS
+from shared.observe_keys import ObserveKeys
+
+
+def _row(**values) -> tuple:
+    base = dict.fromkeys(FIELDS)
+    base.update(ev="start", fid=1, ts=10.5, proto=6, src="10.0.0.1", sport=40000, dst="93.184.216.34",
+                dport=443, outbound=True, first=10.5, last=10.5, pkts_out=1, bytes_out=60, pkts_in=0,
+                bytes_in=0, state="SYN_SENT", name="", name_src="")  # fmt: skip
+    base.update(values)
+    return tuple(base[f] for f in FIELDS)
+
+
+def test_stored_records_are_json_dumps_text(rdb):
+    keys = ObserveKeys("t")
+    store = LiveStore(rdb, keys, lambda name: name.rsplit(".", 2)[-2] if name.count(".") >= 1 else "")
+    rows = [
+        _row(name="exämple.com"),
+        _row(fid=2, sport=40001, name="evil\x1b[31m.example", ts=11.25, first=11.25, last=11.25),
+        _row(fid=3, proto=17, sport=5353, dport=53, state="", name="dns.exämple.org", ts=12.0, first=12.0, last=12.0),
+        _row(fid=4, sport=40002, outbound=False, src="93.184.216.34", dst="10.0.0.1", ts=13.0, first=13.0),
+    ]
+    for row in rows:
+        store.observe(row, None)
+    ended = _row(ev="end", reason="fin", ts=14.0, last=14.0, bytes_out=1e3 + 0.5, name="exämple.com")
+    store.observe(ended, None)
+    store.flush()
+    stored = rdb.hgetall(keys.live_conns())
+    assert len(stored) == 3  # the first row's flow ended
+    expected = {}
+    for row in rows[1:]:
+        rec = record(row, None, store.label)
+        expected[rec[0]] = json.dumps(rec, separators=(",", ":"))
+    assert stored == expected
+    assert all("\x1b" not in text for text in stored.values())  # control characters escaped
+    history = rdb.zrange(keys.live_history(), 0, -1)
+    assert history == [json.dumps(record(ended, None, store.label), separators=(",", ":"))]
+    assert as_map(json.loads(history[0]))["reason"] == "fin"
