@@ -28,7 +28,7 @@ BUILD = ROOT / ".cache" / "cython"
 PXD = ROOT / "scripts" / "cython"
 
 sys.path.insert(0, str(ROOT))
-from shared.compiled import HANDWRITTEN, TWINS, source_digest  # noqa: E402
+from shared.compiled import HANDWRITTEN, PACKED_LAYOUT, TWINS, source_digest  # noqa: E402
 
 DIRECTIVES = {
     "language_level": 3,
@@ -47,6 +47,10 @@ def artefacts() -> list[Path]:
 def stage_sources() -> list[tuple[str, Path]]:
     """Copy each pure module to the build tree under its twin's name, stamped with its digest."""
     staged = []
+    layout = BUILD / PACKED_LAYOUT.name  # cimported by the hand-written twins (include path BUILD)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if not layout.exists() or layout.read_bytes() != PACKED_LAYOUT.read_bytes():
+        layout.write_bytes(PACKED_LAYOUT.read_bytes())
     for pure, twin in TWINS.items():
         src = ROOT / (pure.replace(".", "/") + ".py")
         dst = BUILD / (twin.replace(".", "/") + ".py")

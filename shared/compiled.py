@@ -65,9 +65,11 @@ TWINS: dict[str, str] = {
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
-# pure-Python mode cannot express); their stamp covers both files, so editing either one
-# falls back to pure Python until scripts/setup runs again
+# pure-Python mode cannot express); their stamp covers both files and the packed layouts they
+# share (PACKED_LAYOUT), so editing any of them falls back to pure Python until scripts/setup
+# runs again
 ROOT = Path(__file__).resolve().parent.parent
+PACKED_LAYOUT = ROOT / "scripts" / "cython" / "packed_layout.pxd"
 HANDWRITTEN: dict[str, Path] = {
     "shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx",
     "services.capture.pcap_deal": ROOT / "scripts" / "cython" / "_pcap_deal_c.pyx",
@@ -84,10 +86,12 @@ def forced_pure() -> bool:
 
 
 def source_digest(path: str | Path, handwritten: Path | None = None) -> str:
-    """SHA-256 of a module's source (and of its hand-written twin): what a twin was built from."""
+    """SHA-256 of a module's source (and of its hand-written twin and the layouts it cimports):
+    what a twin was built from."""
     data = Path(path).read_bytes()
     if handwritten is not None:
-        data += handwritten.read_bytes() if handwritten.exists() else b"(missing)"
+        for part in (handwritten, PACKED_LAYOUT):
+            data += part.read_bytes() if part.exists() else b"(missing)"
     return hashlib.sha256(data).hexdigest()
 
 

@@ -10,7 +10,6 @@ that are not whole (ValueError before anything is decoded).
 
 from __future__ import annotations
 
-import importlib
 import random
 from pathlib import Path
 
@@ -21,16 +20,13 @@ from services.decoder.app.inspector import AppInspector
 from shared import compiled, packed
 from tests.conftest import BENCH_PCAP, PCAPS
 from tests.test_decoder_corpus import read_packets
+from tests.twin_helpers import compiled_twin
 
 REFERENCE = compiled.pure_module("services.decoder.packed_batch")
 
 
 def _twin():
-    if compiled.forced_pure():
-        pytest.skip("PKTSCOPE_PURE=1: no compiled path to compare")
-    mod = importlib.import_module("services.decoder.packed_batch")
-    assert mod.COMPILED, f"services.decoder._packed_batch_c not built or stale ({compiled.STATUS}): run scripts/setup"
-    return importlib.import_module("services.decoder._packed_batch_c")
+    return compiled_twin("services.decoder.packed_batch")
 
 
 def _wire(body) -> bytes:

@@ -10,7 +10,6 @@ ValueError only, never another exception.
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +21,13 @@ from services.decoder.fastpath import decode_batch
 from shared import compiled, frames
 from tests.conftest import BENCH_PCAP, PCAPS
 from tests.test_decoder_corpus import read_packets
+from tests.twin_helpers import compiled_twin
 
 PURE = compiled.pure_module("shared.packed")
 
 
 def _compiled_module():
-    if compiled.forced_pure():
-        pytest.skip("PKTSCOPE_PURE=1: no compiled path to compare")
-    mod = importlib.import_module("shared.packed")
-    assert mod.COMPILED, f"shared._packed_c not built or stale ({compiled.STATUS}): run scripts/setup"
-    return importlib.import_module("shared._packed_c")
+    return compiled_twin("shared.packed")
 
 
 IMPLS = {"pure": lambda: PURE, "compiled": _compiled_module}

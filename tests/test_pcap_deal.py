@@ -22,6 +22,7 @@ from services.capture.replay import ListDealer, dealer_for
 from services.capture.sources import OfflineSource
 from shared import compiled, packed
 from tests.conftest import BENCH_PCAP, PCAPS
+from tests.twin_helpers import compiled_twin
 
 PURE = compiled.pure_module("services.capture.pcap_deal")
 PCAP_MAGIC_LE = b"\xd4\xc3\xb2\xa1"
@@ -35,10 +36,7 @@ TICK = 4096  # as the capture service: a tick flushes every partial batch
 
 
 def _compiled_module():
-    if compiled.forced_pure():
-        pytest.skip("PKTSCOPE_PURE=1: no compiled path to compare")
-    assert pcap_deal.COMPILED, f"services.capture._pcap_deal_c not built or stale ({compiled.STATUS}): run scripts/setup"
-    return importlib.import_module("services.capture._pcap_deal_c")
+    return compiled_twin("services.capture.pcap_deal")
 
 
 def _frames(dealer, decoders: int, skip: int = 0) -> tuple[list, list, str | None]:

@@ -19,6 +19,13 @@ from cpython.float cimport PyFloat_FromDouble
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
+from packed_layout cimport (
+    DST16, HAS_APP, HEAD_SIZE, PACKETS_MAGIC, PKT_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, VERSION,
+    PyFloat_Pack8, PyFloat_Unpack8,
+)
+from packed_layout cimport get_le as _get
+from packed_layout cimport put_le as _put
+
 import msgpack
 
 from services.decoder import ipv6, link, tunnels, vxlan
@@ -26,20 +33,7 @@ from services.decoder.fastpath import decode_batch
 from services.decoder.ipv6 import EXTENSION_HEADERS
 from shared import packed
 
-cdef extern from "Python.h":
-    double PyFloat_Unpack8(const char *p, int le) except? -1.0
-    int PyFloat_Pack8(double x, char *p, int le) except -1
-
 cdef enum:
-    VERSION = 1
-    HEAD_SIZE = 6
-    PACKETS_MAGIC = 0x50
-    PKT_SIZE = 26
-    RECORDS_MAGIC = 0x52
-    REC_SIZE = 41
-    SRC16 = 1
-    DST16 = 2
-    HAS_APP = 4
     FRAG_NONE = 0
     FRAG_FIRST = 1
     FRAG_LATER = 2
@@ -56,22 +50,6 @@ _IP_TUNNELS = tunnels.IP_TUNNEL_PROTOS
 assert tunnels.GENEVE_PORT == GENEVE_PORT and vxlan.MAX_NESTING > 0 and tunnels.MAX_NESTING > 0
 assert link.VLAN_TYPES == {0x8100, 0x88A8, 0x9100}
 assert ipv6.MAX_EXT_HEADERS == MAX_EXT_HEADERS and EXTENSION_HEADERS == {0, 43, 44, 51, 60}
-assert packed.HEAD_SIZE == HEAD_SIZE and packed.PKT_SIZE == PKT_SIZE and packed.REC_SIZE == REC_SIZE
-
-
-cdef inline void _put(unsigned char *p, uint64_t v, int n) noexcept:
-    cdef int i
-    for i in range(n):
-        p[i] = v & 255
-        v >>= 8
-
-
-cdef inline uint64_t _get(const unsigned char *p, int n) noexcept:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(n - 1, -1, -1):
-        v = (v << 8) | p[i]
-    return v
 
 
 cdef inline unsigned int _be16(const unsigned char *p) noexcept:

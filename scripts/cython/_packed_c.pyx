@@ -15,40 +15,18 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy
 
+from packed_layout cimport (
+    DST16, HAS_APP, HEAD_SIZE, PACKETS_MAGIC, PKT_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, VERSION,
+    PyFloat_Pack8, PyFloat_Unpack8,
+)
+from packed_layout cimport get_le as _get
+from packed_layout cimport put_le as _put
+
 import msgpack
 
-cdef extern from "Python.h":
-    double PyFloat_Unpack8(const char *p, int le) except? -1.0
-    int PyFloat_Pack8(double x, char *p, int le) except -1
-
-cdef enum:
-    VERSION = 1
-    HEAD_SIZE = 6
-    PACKETS_MAGIC = 0x50
-    PKT_SIZE = 26
-    RECORDS_MAGIC = 0x52
-    REC_SIZE = 41
-    SRC16 = 1
-    DST16 = 2
-    HAS_APP = 4
 
 _pack_app = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _unpackb = msgpack.unpackb
-
-
-cdef inline void _put(unsigned char *p, uint64_t v, int n) noexcept:
-    cdef int i
-    for i in range(n):
-        p[i] = v & 255
-        v >>= 8
-
-
-cdef inline uint64_t _get(const unsigned char *p, int n) noexcept:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(n - 1, -1, -1):
-        v = (v << 8) | p[i]
-    return v
 
 
 cdef inline void _set(tuple t, Py_ssize_t i, object v):

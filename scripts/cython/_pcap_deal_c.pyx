@@ -12,21 +12,16 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+from packed_layout cimport HEAD_SIZE, PACKETS_MAGIC, PKT_SIZE, VERSION, PyFloat_Pack8
+from packed_layout cimport put_le as _put
+
 import mmap
 
 from services.capture.pcapfile import MAX_RECORD as _MAX_RECORD
 from services.capture.sharding import ethernet_shard, make_sharder
 
-cdef extern from "Python.h":
-    int PyFloat_Pack8(double x, char *p, int le) except -1
-
-# shared/packed.py's packets layout, as _packed_c.pyx writes it (a Cython enum cannot be imported
-# from there); tests/test_pcap_deal.py unpacks every body with shared/packed.py, so a drift fails
+# the pcap file's own headers (the packets layout is packed_layout.pxd's)
 cdef enum:
-    VERSION = 1
-    HEAD_SIZE = 6
-    PACKETS_MAGIC = 0x50
-    PKT_SIZE = 26
     FILE_HEADER = 24
     RECORD_HEADER = 16
 
@@ -43,13 +38,6 @@ cdef inline uint32_t _u32(const unsigned char *q, bint big) noexcept:
     if big:
         return (<uint32_t>q[0] << 24) | (<uint32_t>q[1] << 16) | (<uint32_t>q[2] << 8) | <uint32_t>q[3]
     return (<uint32_t>q[3] << 24) | (<uint32_t>q[2] << 16) | (<uint32_t>q[1] << 8) | <uint32_t>q[0]
-
-
-cdef inline void _put(unsigned char *p, uint64_t v, int n) noexcept:
-    cdef int i
-    for i in range(n):
-        p[i] = v & 255
-        v >>= 8
 
 
 cdef class PcapDealer:

@@ -240,10 +240,7 @@ class DecoderService:
         c["packets_in"] += len(body)
         if self.ring is not None:
             self.ring.add_batch(body, result.records)
-        c["decoded"] += result.decoded
-        c["malformed"] += result.malformed
-        c["non_ip"] += result.non_ip
-        c["app_errors"] += result.app_errors
+        self._count(result)
         if self.trackers == 1:
             if self._send(FrameType.RECORDS, packed.records_body(result.records), stop):
                 c["records_out"] += len(result.records)
@@ -261,12 +258,17 @@ class DecoderService:
             c["bad_frames"] += 1
             return
         c["packets_in"] += batch.packets
-        c["decoded"] += batch.decoded
-        c["malformed"] += batch.malformed
-        c["non_ip"] += batch.non_ip
-        c["app_errors"] += batch.app_errors
+        self._count(batch)
         if self._send(FrameType.RECORDS, batch.body, stop):
             c["records_out"] += batch.records
+
+    def _count(self, result: Any) -> None:
+        """A decoded batch's counters (fastpath.BatchResult or packed_batch.PackedBatch)."""
+        c = self.stats.c
+        c["decoded"] += result.decoded
+        c["malformed"] += result.malformed
+        c["non_ip"] += result.non_ip
+        c["app_errors"] += result.app_errors
 
     def _eos(self, upstream: Any, stop: Any) -> None:
         c = self.stats.c
