@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -493,13 +494,16 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     try:
         _prepare_state(cfg)
         cfg.save()
-        return _supervise(args, cfg, run_dir)
+        return _supervise(args, cfg, run_dir, zygote.ask_to_stop)
     finally:
         zygote.stop()  # after supervisord (and so every service) stopped
 
 
-def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path) -> int:
-    """supervisord with this host's programs until a replay ends or we are stopped; the summary."""
+def _supervise(
+    args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, services_stopped: Callable[[], None]
+) -> int:
+    """supervisord with this host's programs until a replay ends or we are stopped; the summary.
+    ``services_stopped`` is called once every program is down, before supervisord's own shutdown."""
     sup = Supervisor(run_dir)
     interrupt = _Interrupt()
     try:
@@ -558,7 +562,7 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path) -> 
         started = time.time()
         bar = None
         if not args.json:
-            # imported here: rich costs 0.04 s, which the command paid before supervisord started
+            # imported here, and rich only when the bar is shown (services/cli/progress.py)
             from services.cli.progress import ReplayProgress
 
             bar = ReplayProgress.maybe(cfg, r, keys)
@@ -642,5 +646,8 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path) -> 
         if summary["capture_error"]:
             exit_code = exit_code or 1
     finally:
-        sup.shutdown(stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"))
+        sup.shutdown(
+            stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"),
+            when_stopped=services_stopped,
+        )
     return exit_code

@@ -82,11 +82,16 @@ class ZygoteProcess:
             listener.close()
         pid_path(self.run_dir).write_text(f"{self.proc.pid}\n")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop it (its services are stopped already); the socket goes with it."""
+    def ask_to_stop(self) -> None:
+        """SIGTERM it without waiting: its exit then overlaps supervisord's (``stop`` waits)."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop it (its services are stopped already); the socket goes with it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.ask_to_stop()
             wait_or_kill(self.proc, timeout)
         socket_path(self.run_dir).unlink(missing_ok=True)
         pid_path(self.run_dir).unlink(missing_ok=True)

@@ -215,4 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Nothing is left to tear down: every service has ended and the log is line-buffered. Tearing
+    # down the preloaded modules took 10-20 ms at the end of every command, which waits for us.
+    logging.shutdown()
+    os._exit(code)
