@@ -72,9 +72,14 @@ def _ignore_late_stop_signals() -> None:
 # of tuples; with CPython's default (700) the collector ran several times per frame and walked
 # the flow table's long-lived state over and over. Measured on sv-merged.pcap with the stages
 # run in one process, as scripts/bench_stages.py does (median of 3): 50,000 cut unpacking
-# records by 36%, the flow table by 17%, unpacking flow events by 40%. Hot-path objects form no cycles, so
-# collections find little; this only makes them rarer.
-GC_GEN0_THRESHOLD = 50_000
+# records by 36%, the flow table by 17%, unpacking flow events by 40%. Hot-path objects form no
+# cycles, so collections find nothing (0 objects collected in every run measured); this only
+# makes them rarer. The count is of live young objects (allocations less deallocations), so a
+# batch's records, freed with it, never add up: what reaches the threshold is state that lives
+# on (flows, waiting events). At 50,000 the flow-tracker still collected 9 times on the 5x bench
+# capture, each walk of the young flows and events ~20 ms: 0.18 of its 1.1 CPU s in one process;
+# at 500,000 none (docs/benchmarks.md, 2026-12-04 (2)).
+GC_GEN0_THRESHOLD = 500_000
 
 
 def profiled(name: str, fn: Callable[[], int]) -> int:
