@@ -19,7 +19,10 @@ log = logging.getLogger("pktscope.decoder")
 EXIT_LEASE_LOST = 3  # another replica took our index: restart and claim again
 # imported in main (not at import, to keep `python -m` lean); the fork launcher's zygote imports
 # them ahead so each forked decoder has them (services/launcher/zygote.py)
-PRELOAD = ("services.decoder.app.inspector",)
+# cryptography.x509 too: a decoder imports it at its first TLS certificate (services/decoder/app/
+# tls.py), 25-35 CPU ms each (its name parser compiles regexes), which was 7% of each decoder's
+# CPU on the 5x bench capture; the zygote pays it once for all of them.
+PRELOAD = ("services.decoder.app.inspector", "cryptography.x509")
 
 
 def take_auto_index(argv: list[str]) -> tuple[list[str], bool]:
