@@ -62,6 +62,8 @@ TWINS: dict[str, str] = {
     "services.capture.pcap_deal": "services.capture._pcap_deal_c",
     # the decoder's batch, packed packets in, packed records out (twin written by hand)
     "services.decoder.packed_batch": "services.decoder._packed_batch_c",
+    # the flow-tracker's packed records, read in place by the flow table's loop (written by hand)
+    "services.flowtracker.packed_records": "services.flowtracker._packed_records_c",
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
@@ -74,6 +76,7 @@ HANDWRITTEN: dict[str, Path] = {
     "shared.packed": ROOT / "scripts" / "cython" / "_packed_c.pyx",
     "services.capture.pcap_deal": ROOT / "scripts" / "cython" / "_pcap_deal_c.pyx",
     "services.decoder.packed_batch": ROOT / "scripts" / "cython" / "_packed_batch_c.pyx",
+    "services.flowtracker.packed_records": ROOT / "scripts" / "cython" / "_packed_records_c.pyx",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"

@@ -29,6 +29,7 @@ from services.decoder.fastpath import decode_batch
 from services.decoder.packed_batch import decode_packed
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
+from services.flowtracker import packed_records
 from services.flowtracker.localaddr import LocalMatcher
 from services.flowtracker.merge import CaptureOrderMerge
 from services.flowtracker.service import DETECTOR_TICK_EVERY
@@ -101,6 +102,7 @@ def run(
     # decoders: each turns its packet frames into record frames, in order
     inputs = capture_frames(path, decoders, batch_size)
     decoded: list[list[tuple]] = []
+    wire_bodies: list[list] = [[] for _ in range(decoders)]  # each decoder's RECORDS bodies, as received
     for frames in inputs:
         app = AppInspector()
         own = []
@@ -114,7 +116,9 @@ def run(
                 else:
                     out = records_body(decode_batch(packets_of(wire), app).records)
                 frame = encode(FrameType.RECORDS, "decoder", 0, out)
-                own.append(("recs", records_of(decode(frame).body)))
+                received = decode(frame).body
+                own.append(("recs", records_of(received)))
+                wire_bodies[len(decoded)].append(received)
             else:
                 own.append((kind, body))
         decoded.append(own)
@@ -137,6 +141,8 @@ def run(
 
     rng = random.Random(seed)
     pos = [0] * decoders
+    recs_taken = [0] * decoders
+    by_reference = packed_records.COMPILED  # as FlowTrackerService.by_reference with one tracker
     while not merge.all_finished:
         live = [d for d in range(decoders) if pos[d] < len(decoded[d])]
         d = rng.choice(live)
@@ -144,14 +150,20 @@ def run(
         pos[d] += 1
         sender = f"decoder-{d}"
         if kind == "recs":
-            merge.add(sender, body)
+            # as FlowTrackerService.handle: packed bodies as references when that twin runs
+            wire = wire_bodies[d][recs_taken[d]]
+            recs_taken[d] += 1
+            merge.add(sender, packed_records.refs_of(wire) if by_reference and type(wire) is bytes else body)
         elif kind == "tick":
             merge.tick(sender, *body)
         else:
             merge.finish(sender)
         records = merge.release()
         if records:
-            table.add(records)
+            if by_reference:
+                packed_records.add_records(table, records)
+            else:
+                table.add(records)
         if merge.all_finished:
             break
         table.advance(merge.watermark)

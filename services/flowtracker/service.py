@@ -18,6 +18,7 @@ from typing import Any
 import redis
 import zmq
 
+from services.flowtracker import packed_records
 from services.flowtracker import table as flow_table
 from services.flowtracker.capture_merge import CaptureTimeMerge
 from services.flowtracker.flowlog import FlowLog
@@ -103,6 +104,11 @@ class FlowTrackerService:
         self.merge: CaptureOrderMerge | CaptureTimeMerge = (
             CaptureTimeMerge(cfg.decoders, cfg.captures) if cfg.captures > 1 else CaptureOrderMerge(cfg.decoders)
         )
+        # packed records go through the merge and into the table as references, read in place
+        # (packed_records.py), when its twin runs and no other tracker's DNS answers are looked
+        # into first (_learn_names_only reads record tuples)
+        self.by_reference = packed_records.COMPILED and cfg.flowtrackers <= 1
+        self.stats.info["records_path"] = "references" if self.by_reference else "tuples"
         self.detectors = max(1, cfg.detectors)
         self.tick_sent = [float("-inf")] * self.detectors  # packet time of the last TICK to each
         self.gaps = SequenceGaps()
@@ -215,7 +221,10 @@ class FlowTrackerService:
         merge = self.merge
         if ftype == FrameType.RECORDS:
             try:
-                merge.add(sender, records_of(body))  # packed by the decoder, or a list
+                if self.by_reference and type(body) is bytes:
+                    merge.add(sender, packed_records.refs_of(body))
+                else:
+                    merge.add(sender, records_of(body))  # packed by the decoder, or a list
             except ValueError:
                 c["bad_frames"] += 1
                 return False
@@ -249,7 +258,7 @@ class FlowTrackerService:
             records = self._learn_names_only(records)
         if records:
             before = table.records
-            table.add(records)
+            self._add(records)
             self.stats.c["records_in"] += table.records - before
         if merge.all_finished:
             return  # _finish ends every flow and sends the rest
@@ -270,6 +279,13 @@ class FlowTrackerService:
             if horizon > self.tick_sent[k] + (0.0 if merging else DETECTOR_TICK_EVERY):
                 self.tick_sent[k] = horizon
                 self._send(FrameType.TICK, {"ts": horizon}, stop, None, k)
+
+    def _add(self, records: list) -> None:
+        """Records (tuples, and references when ``by_reference``) into the flow table, in order."""
+        if self.by_reference:
+            packed_records.add_records(self.table, records)
+        else:
+            self.table.add(records)
 
     def _learn_names_only(self, records: list) -> list:
         """DNS answers another tracker's flow carried (shared/routing.py): learned, not counted."""
@@ -309,7 +325,7 @@ class FlowTrackerService:
         if reason != "eos":
             held = merge.drain()  # a stop: what waits for a slower decoder is counted in now
             if held:
-                self.table.add(held)
+                self._add(held)
                 self.stats.c["records_in"] += len(held)
         end_ts = merge.highest if merge.highest > float("-inf") else 0.0
         self.table.finish(reason, end_ts)
