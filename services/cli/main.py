@@ -84,7 +84,8 @@ def entry() -> None:
     """The installed `pktscope` script (and ``python -m services.cli.main``)."""
     argv = sys.argv[1:]
     code = main(argv)
-    if argv and argv[0] in QUICK_EXIT:
+    if argv and argv[0] in QUICK_EXIT and sys.getprofile() is None and sys.gettrace() is None:
+        # (under a profiler or a tracer the interpreter ends as usual: they write at its end)
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe: main said so already
