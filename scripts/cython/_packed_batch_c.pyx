@@ -23,6 +23,7 @@ from packed_layout cimport (
     DST16, HAS_APP, HEAD_SIZE, PACKETS_MAGIC, PKT_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, VERSION,
     PyFloat_Pack8, PyFloat_Unpack8,
 )
+from packed_layout cimport checked_count
 from packed_layout cimport get_le as _get
 from packed_layout cimport put_le as _put
 
@@ -157,17 +158,9 @@ cdef class _Out:
 cdef Py_ssize_t _checked_count(object body) except -1:
     """The packet count of a whole, well-formed PACKETS body; ValueError otherwise, before
     anything is decoded (as the reference, which unpacks the whole body first)."""
-    if type(body) is not bytes:
-        raise ValueError("packed packets: not bytes")
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), count, o = HEAD_SIZE, i
+    cdef Py_ssize_t count = checked_count(body, PACKETS_MAGIC, PKT_SIZE, "packets")
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), o = HEAD_SIZE, i
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
-    if size < HEAD_SIZE:
-        raise ValueError("packed packets: shorter than its header")
-    if p[0] != PACKETS_MAGIC or p[1] != VERSION:
-        raise ValueError(f"packed packets: unknown header {p[0]:#x}/{p[1]}")
-    count = <Py_ssize_t>_get(p + 2, 4)
-    if count > (size - HEAD_SIZE) // PKT_SIZE:
-        raise ValueError("packed packets: count larger than the body")
     for i in range(count):
         if o + PKT_SIZE > size:
             raise ValueError("packed packets: truncated header")

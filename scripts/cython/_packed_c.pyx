@@ -19,6 +19,7 @@ from packed_layout cimport (
     DST16, HAS_APP, HEAD_SIZE, PACKETS_MAGIC, PKT_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, VERSION,
     PyFloat_Pack8, PyFloat_Unpack8,
 )
+from packed_layout cimport app_map, checked_count, record_end
 from packed_layout cimport get_le as _get
 from packed_layout cimport put_le as _put
 
@@ -38,22 +39,6 @@ cdef inline void _head(unsigned char *p, int magic, Py_ssize_t count) noexcept:
     p[0] = magic
     p[1] = VERSION
     _put(p + 2, <uint64_t>count, 4)
-
-
-cdef Py_ssize_t _count(object body, int magic, Py_ssize_t least, str what) except -1:
-    """As shared/packed._count: the header's item count, checked against the body's size."""
-    if type(body) is not bytes:
-        raise ValueError(f"packed {what}: not bytes")
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), count
-    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
-    if size < HEAD_SIZE:
-        raise ValueError(f"packed {what}: shorter than its header")
-    if p[0] != magic or p[1] != VERSION:
-        raise ValueError(f"packed {what}: unknown header {p[0]:#x}/{p[1]}")
-    count = <Py_ssize_t>_get(p + 2, 4)
-    if count > (size - HEAD_SIZE) // least:
-        raise ValueError(f"packed {what}: count larger than the body")
-    return count
 
 
 cdef inline bint _addr_ok(object a):
@@ -108,7 +93,7 @@ def pack_packets(packets):
 
 def unpack_packets(body):
     """The packet tuples of a packed body; ValueError for anything not whole and well-formed."""
-    cdef Py_ssize_t count = _count(body, PACKETS_MAGIC, PKT_SIZE, "packets")
+    cdef Py_ssize_t count = checked_count(body, PACKETS_MAGIC, PKT_SIZE, "packets")
     cdef Py_ssize_t size = PyBytes_GET_SIZE(body), o = HEAD_SIZE, i, n
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
     cdef tuple t
@@ -214,23 +199,17 @@ def pack_records(records):
 
 def unpack_records(body):
     """The record tuples of a packed body; ValueError for anything not whole and well-formed."""
-    cdef Py_ssize_t count = _count(body, RECORDS_MAGIC, REC_SIZE + 8, "records")
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), o = HEAD_SIZE, i, ls, ld, la
+    cdef Py_ssize_t count = checked_count(body, RECORDS_MAGIC, REC_SIZE + 8, "records")
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), o = HEAD_SIZE, i, ls, ld, end, app_at, app_len
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
     cdef int kind
     cdef tuple t
     cdef list out = []
-    cdef object app
     for i in range(count):
-        if o + REC_SIZE > size:
-            raise ValueError("packed records: truncated record")
+        end = record_end(p, o, size, &app_at, &app_len)  # checked whole first
         kind = p[o]
-        if kind > 7:
-            raise ValueError(f"packed records: unknown kind {kind}")
         ls = 16 if kind & SRC16 else 4
         ld = 16 if kind & DST16 else 4
-        if o + REC_SIZE + ls + ld > size:
-            raise ValueError("packed records: truncated addresses")
         t = PyTuple_New(13)
         _set(t, 0, PyLong_FromUnsignedLongLong(_get(p + o + 1, 8)))
         _set(t, 1, PyFloat_FromDouble(PyFloat_Unpack8(<const char *>(p + o + 9), 1)))
@@ -244,22 +223,9 @@ def unpack_records(body):
         _set(t, 9, PyLong_FromLong(<long>_get(p + o + 28, 4)))
         _set(t, 10, PyLong_FromLong(p[o + 32]))
         _set(t, 11, PyLong_FromLongLong(<int64_t>_get(p + o + 33, 8)))
-        o += REC_SIZE + ls + ld
-        app = None
-        if kind & HAS_APP:
-            if o + 4 > size:
-                raise ValueError("packed records: truncated app length")
-            la = <Py_ssize_t>_get(p + o, 4)
-            o += 4
-            if o + la > size:
-                raise ValueError("packed records: truncated app map")
-            try:
-                app = _unpackb(body[o:o + la], raw=False, use_list=False, strict_map_key=False)
-            except Exception as exc:  # msgpack raises several unrelated types for bad input
-                raise ValueError(f"packed records: bad app map: {exc}") from None
-            o += la
-        _set(t, 12, app)
+        _set(t, 12, app_map(_unpackb, body, app_at, app_len) if app_at >= 0 else None)
         out.append(t)
+        o = end
     if o != size:
         raise ValueError("packed records: bytes after the last record")
     return out

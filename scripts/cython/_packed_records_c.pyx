@@ -27,7 +27,8 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTu
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp
 
-from packed_layout cimport DST16, HAS_APP, HEAD_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, VERSION, PyFloat_Unpack8
+from packed_layout cimport DST16, HEAD_SIZE, RECORDS_MAGIC, REC_SIZE, SRC16, PyFloat_Unpack8
+from packed_layout cimport app_map, checked_count, record_end
 from packed_layout cimport get_le as _get
 
 import msgpack
@@ -73,54 +74,22 @@ cdef inline void _set(tuple t, Py_ssize_t i, object v):
 
 def refs_of(body):
     """The references of a packed body's records; ValueError as shared/packed.unpack_records."""
-    if type(body) is not bytes:
-        raise ValueError("packed records: not bytes")
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), count, o = HEAD_SIZE, i, ls, ld, la, start
+    cdef Py_ssize_t count = checked_count(body, RECORDS_MAGIC, REC_SIZE + 8, "records")
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(body), o = HEAD_SIZE, i, end, app_at, app_len
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(body)
-    cdef int kind
     cdef tuple t
     cdef list out = []
-    cdef object app
-    if size < HEAD_SIZE:
-        raise ValueError("packed records: shorter than its header")
-    if p[0] != RECORDS_MAGIC or p[1] != VERSION:
-        raise ValueError(f"packed records: unknown header {p[0]:#x}/{p[1]}")
-    count = <Py_ssize_t>_get(p + 2, 4)
-    if count > (size - HEAD_SIZE) // (REC_SIZE + 8):
-        raise ValueError("packed records: count larger than the body")
     for i in range(count):
-        if o + REC_SIZE > size:
-            raise ValueError("packed records: truncated record")
-        kind = p[o]
-        if kind > 7:
-            raise ValueError(f"packed records: unknown kind {kind}")
-        ls = 16 if kind & SRC16 else 4
-        ld = 16 if kind & DST16 else 4
-        if o + REC_SIZE + ls + ld > size:
-            raise ValueError("packed records: truncated addresses")
-        start = o
-        o += REC_SIZE + ls + ld
-        app = None
-        if kind & HAS_APP:
-            if o + 4 > size:
-                raise ValueError("packed records: truncated app length")
-            la = <Py_ssize_t>_get(p + o, 4)
-            o += 4
-            if o + la > size:
-                raise ValueError("packed records: truncated app map")
-            try:
-                app = _unpackb(body[o:o + la], raw=False, use_list=False, strict_map_key=False)
-            except Exception as exc:  # msgpack raises several unrelated types for bad input
-                raise ValueError(f"packed records: bad app map: {exc}") from None
-            o += la
+        end = record_end(p, o, size, &app_at, &app_len)
         t = PyTuple_New(6)
-        _set(t, 0, PyLong_FromUnsignedLongLong(_get(p + start + 1, 8)))
-        _set(t, 1, PyFloat_FromDouble(PyFloat_Unpack8(<const char *>(p + start + 9), 1)))
+        _set(t, 0, PyLong_FromUnsignedLongLong(_get(p + o + 1, 8)))
+        _set(t, 1, PyFloat_FromDouble(PyFloat_Unpack8(<const char *>(p + o + 9), 1)))
         _set(t, 2, _REF)
         _set(t, 3, body)
-        _set(t, 4, PyLong_FromSsize_t(start))
-        _set(t, 5, app)
+        _set(t, 4, PyLong_FromSsize_t(o))
+        _set(t, 5, app_map(_unpackb, body, app_at, app_len) if app_at >= 0 else None)
         out.append(t)
+        o = end
     if o != size:
         raise ValueError("packed records: bytes after the last record")
     return out
