@@ -104,6 +104,16 @@ cdef inline bint _is_ref(object r) noexcept:
     )
 
 
+cdef inline bint _same_ends(const unsigned char *a, Py_ssize_t la, long pa, const unsigned char *b,
+                            Py_ssize_t lb, long pb, const unsigned char *c, Py_ssize_t lc, long pc,
+                            const unsigned char *d, Py_ssize_t ld, long pd) noexcept:
+    """Endpoints (a, pa) -> (b, pb) are (c, pc) -> (d, pd): addresses of ``l*`` bytes, ports."""
+    return (
+        pa == pc and pb == pd and la == lc and lb == ld
+        and memcmp(a, c, la) == 0 and memcmp(b, d, lb) == 0
+    )
+
+
 def add_records(table, records):
     """``table.add`` for a batch of references and record tuples, in their order."""
     cdef list batch = records if type(records) is list else list(records)
@@ -141,6 +151,7 @@ cdef Py_ssize_t _add_refs(table, list batch, Py_ssize_t start, Py_ssize_t end) e
     cdef Py_ssize_t prev_ls = 0, prev_ld = 0
     cdef long prev_sport = 0, prev_dport = 0, prev_proto = 0
     cdef bint prev_fwd = False, fwd, out
+    cdef int same
     cdef Py_ssize_t i, o, ls, ld, n = 0
     cdef const unsigned char *p
     cdef const unsigned char *src_p
@@ -178,32 +189,18 @@ cdef Py_ssize_t _add_refs(table, list batch, Py_ssize_t start, Py_ssize_t end) e
             if frag:
                 # every fragment of a datagram counts in one portless flow of its address pair
                 sport = dport = flags = 0
-            if (
-                prev is not None
-                and sport == prev_sport
-                and dport == prev_dport
-                and ls == prev_ls
-                and ld == prev_ld
-                and memcmp(src_p, prev_src_p, ls) == 0
-                and memcmp(dst_p, prev_dst_p, ld) == 0
-                and proto == prev_proto
-                and (<list>prev)[ALIVE]
-            ):
+            # the previous record's flow, either way (table.py: 87% of records on sv-merged)
+            same = 0
+            if prev is not None and proto == prev_proto and (<list>prev)[ALIVE]:
+                if _same_ends(src_p, ls, sport, dst_p, ld, dport, prev_src_p, prev_ls, prev_sport,
+                              prev_dst_p, prev_ld, prev_dport):
+                    same = 1
+                elif _same_ends(src_p, ls, sport, dst_p, ld, dport, prev_dst_p, prev_ld, prev_dport,
+                                prev_src_p, prev_ls, prev_sport):
+                    same = -1
+            if same:
                 st = <list>prev
-                fwd = prev_fwd
-            elif (
-                prev is not None
-                and sport == prev_dport
-                and dport == prev_sport
-                and ls == prev_ld
-                and ld == prev_ls
-                and memcmp(src_p, prev_dst_p, ls) == 0
-                and memcmp(dst_p, prev_src_p, ld) == 0
-                and proto == prev_proto
-                and (<list>prev)[ALIVE]
-            ):
-                st = <list>prev
-                fwd = not prev_fwd
+                fwd = prev_fwd if same > 0 else not prev_fwd
             else:
                 src = PyBytes_FromStringAndSize(<const char *>src_p, ls)
                 dst = PyBytes_FromStringAndSize(<const char *>dst_p, ld)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from shared.packed import _REC, HEAD_SIZE, REC_SIZE, RECORDS_MAGIC, _count, unpack_records
+from shared.packed import _REC, HEAD_SIZE, REC_SIZE, unpack_records
 
 REF = object()  # marks a reference: no record that came as a list can hold this very object
 _LEN = struct.Struct("<I")
@@ -32,7 +32,6 @@ def refs_of(body: bytes) -> list[tuple]:
     """A packed body's records as references; ValueError as ``unpack_records`` raises it."""
     records = unpack_records(body)  # the same checks, the same errors, the same app maps
     size = len(body)
-    _count(body, RECORDS_MAGIC, REC_SIZE + 8, "records")
     out = []
     o = HEAD_SIZE
     for rec in records:
