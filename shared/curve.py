@@ -22,13 +22,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import zmq
-import zmq.auth
-
-if TYPE_CHECKING:  # imported where used: it brings asyncio in, 18 ms before a replay's zygote starts
+if TYPE_CHECKING:
+    # zmq is imported where used: `pktscope run` checks endpoints and keys before it starts the
+    # launcher's zygote, and zmq (10-20 ms) would delay that start; zmq.auth.thread brings asyncio in
+    import zmq
     from zmq.auth.thread import ThreadAuthenticator
-
-from shared.sockets import bind_pub
 
 log = logging.getLogger("pktscope.curve")
 
@@ -61,6 +59,8 @@ def has_server_keys(keys_dir: Path) -> bool:
 
 def create_keys(keys_dir: Path, client: str = "client") -> dict[str, Path]:
     """Make the server keys (once) and a subscriber's keys (once per name); authorize the subscriber."""
+    import zmq.auth
+
     for sub in ("", "clients", "authorized"):
         (keys_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     if not has_server_keys(keys_dir):
@@ -79,6 +79,8 @@ def create_keys(keys_dir: Path, client: str = "client") -> dict[str, Path]:
 
 
 def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
     try:
         public, private = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -92,6 +94,10 @@ def bind_alerts_pub(
     ctx: zmq.Context, endpoint: str, hwm: int, keys_dir: str, insecure: bool
 ) -> tuple[zmq.Socket, ThreadAuthenticator | None]:
     """The alerts PUB socket: CURVE server when ``keys_dir`` is set, plaintext otherwise."""
+    import zmq
+
+    from shared.sockets import bind_pub
+
     if not keys_dir:
         if not is_local_endpoint(endpoint):
             log.warning(

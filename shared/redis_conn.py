@@ -17,6 +17,7 @@ from shared.resp_packer import DirectPacker
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_MAX = 2.0  # seconds: the longest wait between tries for a Redis that is not up yet
+QUIET_WAIT = 1.0  # seconds of tries before a Redis that is not up yet is warned about (it may be starting)
 
 # Errors that mean "Redis is not answering right now" (paused, restarting, a Cluster failing a
 # master over): wait and try again, never give up the work. A cluster adds its own kinds.
@@ -141,20 +142,25 @@ def redact(url: str) -> str:
 
 
 def connect_until_ready(url: str, stop: Any, cluster: bool = False, who: str = "") -> redis.Redis | None:
-    """A client that has answered PING; tries again (0.1 s doubling to ``CONNECT_RETRY_MAX``)
+    """A client that has answered PING; tries again (0.01 s doubling to ``CONNECT_RETRY_MAX``)
     while Redis is not up yet, e.g. a new Cluster settling. None once ``stop`` is set.
 
     Every service needs Redis before its loop: a short cap keeps a service from sleeping
     seconds past the moment Redis comes up (and `pktscope status` from missing it meanwhile).
+    The first tries are close together: the private redis-server starts beside the services,
+    and a first wait of 0.1 s, taken by the first services forked, held every replay's start
+    back by that much. Only a Redis still missing after ``QUIET_WAIT`` s is warned about.
     """
-    delay = 0.1
+    delay = 0.01
+    began = time.monotonic()
     while not stop:
         try:
             r = connect(url, cluster=cluster)
             r.ping()
             return r
         except redis.RedisError as exc:
-            log.warning("%sRedis %s not reachable (%s); retrying in %.1f s", f"{who}: " if who else "", redact(url), exc, delay)
+            level = logging.WARNING if time.monotonic() - began >= QUIET_WAIT else logging.DEBUG
+            log.log(level, "%sRedis %s not reachable (%s); retrying in %.2f s", f"{who}: " if who else "", redact(url), exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, CONNECT_RETRY_MAX)
     return None

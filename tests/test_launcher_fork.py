@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.cli.supervisor import Supervisor, render_config
+from services.cli.supervisor import Supervisor, parent_death_signal, render_config
 from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
 from shared.config import PipelineConfig
 from tests.conftest import LONG_PACKETS
@@ -141,7 +141,8 @@ def test_supervisord_commands_by_launcher(short_tmp):
     client_cmd = f"command={sys.executable} -S -I {CLIENT} {socket_path(short_tmp)} services."
     for name in ("capture", "decoder", "flowtracker", "detector", "observer", "notifier"):
         assert any(c.startswith(client_cmd + name + " ") for c in commands), name
-    assert any("redis-server" in c and "parent_watch" in c for c in commands)  # redis is not forked
+    # redis is not forked; it dies with supervisord (setpriv --pdeathsig, or parent_watch without it)
+    assert any("redis-server" in c and parent_death_signal(sys.executable) in c for c in commands)
     cfg.launcher = "exec"
     assert f"command={sys.executable} -m services.decoder " in render_config(cfg, sys.executable)
 

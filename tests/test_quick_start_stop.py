@@ -4,19 +4,28 @@
   PYTHONDONTWRITEBYTECODE is set (this machine, many container images);
 - ``wait_or_kill`` notices an exit at once (a pidfd) and still kills what outlives its timeout;
 - `pktscope run` skips the interpreter's teardown, and still flushes what it printed;
-- the replay progress bar's rich is imported only when a bar is shown.
+- the replay progress bar's rich is imported only when a bar is shown;
+- the private redis-server is tied to supervisord's life without a Python start (setpriv), and
+  still dies with it;
+- `pktscope run` starts the zygote before it imports zmq or xmlrpc;
+- the Public Suffix List is not parsed at each start: setup cached it, and the cache answers
+  as the parsed list does.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from services.cli.supervisor import parent_death_signal
 from shared.processes import wait_or_kill
-from tests.pipeline_helpers import ROOT
+from tests.pipeline_helpers import ROOT, wait_for
 
 
 def test_setup_wrote_the_bytecode_of_every_project_module():
@@ -59,3 +68,90 @@ def test_the_progress_module_leaves_rich_unimported_until_a_bar_is_shown():
     code = "import sys, services.cli.progress; print('rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_program_tied_to_its_parent_dies_when_the_parent_is_killed():
+    """The redis program's prefix (setpriv --pdeathsig, else shared/parent_watch.py): a parent
+    killed with -9 (supervisord, say) takes the program with it."""
+    tie = shlex.split(parent_death_signal(sys.executable))
+    assert Path(tie[0]).name == "setpriv", tie  # Debian's util-linux: no Python start for redis
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen({[*tie, '--', 'sleep', '60']!r})\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        # setpriv has set the signal once it is the program (a parent killed before that leaves
+        # it untied: setpriv has no check for a parent already gone, parent_watch.py has one)
+        wait_for(lambda: Path(f"/proc/{child}/comm").read_text().strip() == "sleep", 10, what="the exec")
+        parent.kill()
+        parent.wait(timeout=10)
+        wait_for(lambda: not _alive(child), 10, what="the tied program's end")
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_run_starts_the_zygote_before_importing_zmq_and_xmlrpc():
+    """What `pktscope run` imports before it starts the launcher's zygote (the first service
+    forks once the zygote has imported everything: every millisecond before it is the replay's)."""
+    code = (
+        "import sys\n"
+        "import services.cli.run as run\n"
+        "from services.launcher.start import ZygoteProcess\n"
+        "def start(self, modules):\n"
+        "    print(sorted(m for m in ('zmq', 'xmlrpc.client', 'redis') if m in sys.modules))\n"
+        "    raise SystemExit(0)\n"
+        "ZygoteProcess.start = start\n"
+        "from services.cli.main import main\n"
+        "main(['run', '--read', sys.argv[1], '--run-dir', sys.argv[2], '--state-dir', sys.argv[3]])\n"
+    )
+    capture = ROOT.parent / "shared" / "corpus" / "pcaps" / "bug-5713-01" / "TLSv1-Extracted-MaliciousC2.pcap"
+    with_dirs = [str(capture), f"/tmp/pks-zyg-{os.getpid()}", f"/tmp/pks-zyg-state-{os.getpid()}"]
+    out = subprocess.run([sys.executable, "-c", code, *with_dirs], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
+def test_setup_cached_the_public_suffix_list_and_the_cache_answers_as_the_parsed_list():
+    from publicsuffixlist import PublicSuffixList
+
+    from services.detector.enrich import psl_cache
+
+    path = psl_cache.cache_path()
+    assert path is not None and path.is_file(), "scripts/setup writes it"
+    cached, parsed = psl_cache.load(), PublicSuffixList()
+    assert vars(cached) == vars(parsed)
+    names = [
+        "a.b.example.co.uk", "user.github.io", "www.ck", "a.b.kawasaki.jp", "city.kawasaki.jp",
+        "x.xn--p1ai", "host.corp.internal", "com", "a.com.", "s3.amazonaws.com", "b.s3.amazonaws.com",
+    ]  # fmt: skip
+    assert [cached.privatesuffix(n) for n in names] == [parsed.privatesuffix(n) for n in names]
+
+
+def test_a_damaged_or_foreign_cache_is_not_used(tmp_path, monkeypatch):
+    from services.detector.enrich import psl_cache
+
+    monkeypatch.setattr(psl_cache, "CACHE_DIR", tmp_path)  # where this test may write
+    path = psl_cache.write()
+    assert path is not None and path.parent == tmp_path
+    good = path.read_bytes()
+    import marshal
+
+    for damaged in (good[: len(good) // 2], b"", marshal.dumps(["not", "a", "map"]), marshal.dumps({"_publicsuffix": [1]})):
+        path.write_bytes(damaged)
+        assert psl_cache._read(path) is None
+        assert psl_cache.load().privatesuffix("a.b.example.co.uk") == "example.co.uk"  # parsed instead
+    path.write_bytes(good)
+    assert psl_cache._read(path) is not None

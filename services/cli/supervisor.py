@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
 
 from services.launcher.start import command_prefix
+from shared import parent_watch
 from shared.config import PipelineConfig
 from shared.parent_watch import die_with_parent
 from shared.processes import wait_or_kill
@@ -35,7 +36,10 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
                 "redis-server is not installed: run scripts/setup (installs it), or pass --redis-url"
             )
         redis_program = Template((COMPOSE / "redis-program.conf.tmpl").read_text()).substitute(
-            redis_server=redis_server, run_dir=cfg.run_dir, state_dir=cfg.state_dir, python=python
+            redis_server=redis_server,
+            run_dir=cfg.run_dir,
+            state_dir=cfg.state_dir,
+            tie=parent_death_signal(python),
         )
     procwatch_program = ""
     if cfg.procwatch_enabled:
@@ -63,6 +67,14 @@ def render_config(cfg: PipelineConfig, python: str = sys.executable) -> str:
     return keep_programs(conf, cfg)  # a sensor or a pool runs its share only
 
 
+def parent_death_signal(python: str = sys.executable) -> str:
+    """The command prefix that makes a program die with supervisord (see redis-program.conf.tmpl)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return f"{shlex.quote(setpriv)} --pdeathsig TERM"
+    return f"{shlex.quote(python)} -S -I {shlex.quote(parent_watch.__file__)}"
+
+
 def running_pid(run_dir: Path) -> int | None:
     """The pid of a supervisord still running for this run directory, if any."""
     try:
@@ -88,7 +100,10 @@ class Supervisor:
     @property
     def rpc(self):
         """A fresh proxy per use: a failed call leaves supervisor's transport unusable."""
-        # imported at first use: `pktscope run` starts the zygote and supervisord before it
+        # imported at first use (as xmlrpc.client, 10-20 ms): `pktscope run` starts the zygote
+        # and supervisord before it
+        import xmlrpc.client
+
         from supervisor.xmlrpc import SupervisorTransport
 
         return xmlrpc.client.ServerProxy(
@@ -146,6 +161,7 @@ class Supervisor:
         turns once a second; a blocking ``stopProcessGroup(wait=True)`` therefore took a second
         per group. Asking for the state every 20 ms is activity that turns the loop at once.
         """
+        import xmlrpc.client
         with contextlib.suppress(OSError, xmlrpc.client.Fault):
             self.rpc.stopProcessGroup(name, False)
         deadline = time.monotonic() + timeout
@@ -173,6 +189,8 @@ class Supervisor:
         """
         if self.proc is None or self.proc.poll() is not None:
             return
+        import xmlrpc.client
+
         try:
             infos = self.rpc.getAllProcessInfo()
         except (OSError, xmlrpc.client.Fault):

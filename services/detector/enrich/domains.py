@@ -21,9 +21,10 @@ import ipaddress
 import re
 
 import idna
-from publicsuffixlist import PublicSuffixList
 
-_PSL = PublicSuffixList()
+from services.detector.enrich import psl_cache
+
+_PSL = psl_cache.load()  # parsed once at setup (psl_cache.py), not at each start
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")  # '_' appears in real DNS names (_dmarc, srv records)
 _MAX_NAME = 253
 _PORT = re.compile(r":[0-9]{1,5}\Z")
