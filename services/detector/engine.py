@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
-from services.detector import alerts, connections, lua, sensor_entity
+from services.detector import alerts, connections, lua, script_batch, sensor_entity
 from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
 from services.detector.events import FlowEvent, inbound_time, parse
@@ -45,6 +46,7 @@ from shared.redis_conn import UNAVAILABLE, evalsha, is_cluster, recover
 
 log = logging.getLogger(__name__)
 
+DISPATCH = "dispatch"  # the script that runs a frame's script calls as one (plain Redis)
 NAME_WAIT = 5.0  # packet-time seconds an unnamed flow waits for its SNI/Host before IP labelling
 MAX_FLOWS = 200_000  # flows remembered (LRU); a forgotten flow is treated as new when seen again
 MAX_OPEN_INTERVALS = 100_000  # entities whose open volume interval this process will close by time
@@ -125,6 +127,7 @@ class DetectorEngine:
         name_wait: float = NAME_WAIT,
         max_flows: int = MAX_FLOWS,
         stop: Callable[[], bool] = lambda: False,
+        batch_scripts: bool = True,
     ) -> None:
         self.r = r
         self.det = cfg.detector
@@ -166,6 +169,10 @@ class DetectorEngine:
             "append_once": lua.APPEND_ONCE,
             "conn_pair": connections.PAIR,
         }
+        # a frame's script calls as one (services/detector/script_batch.py); plain Redis only
+        self._dispatch = self._plain and batch_scripts
+        if self._dispatch:
+            self._scripts[DISPATCH] = script_batch.dispatcher_source(self._scripts)
         self._run_with_retry(self._load_state)
 
     # --- public ------------------------------------------------------------------------------
@@ -342,6 +349,7 @@ class DetectorEngine:
     def _load_state(self) -> None:
         for name, text in self._scripts.items():
             self._sha[name] = self.r.script_load(text)
+        self._script_of = {sha: name for name, sha in self._sha.items() if name != DISPATCH}
         start, end = self.r.hmget(self.keys.learning(), "start", "end")
         if start is not None and end is not None:
             self.learning_start, self.learning_end = float(start), float(end)
@@ -755,19 +763,12 @@ class DetectorEngine:
         return go
 
     def _execute(self, commands: list[tuple[str, tuple, dict]]) -> list:
-        pipe = self.r.pipeline(transaction=False)
-        for name, args, kwargs in commands:
-            if name in self._sha:
-                keys, argv = args
-                evalsha(pipe, self._sha[name], keys, argv)
-            elif name in ("evalsha", "eval"):  # a Cluster pipeline refuses these methods: send them raw
-                pipe.execute_command(name.upper(), *args)
-            else:
-                getattr(pipe, name)(*args, **kwargs)
         if self._plain:  # one round trip without redis-py's pipeline layers (shared/redis_batch.py)
-            results = run_batch(self.r, [args for args, _options in pipe.command_stack])
-            pipe.reset()
+            results = self._execute_plain(commands)
         else:
+            pipe = self.r.pipeline(transaction=False)
+            for name, args, kwargs in commands:
+                self._queue(pipe, name, args, kwargs)
             results = pipe.execute(raise_on_error=False)
         missing = [i for i, x in enumerate(results) if isinstance(x, redis.exceptions.NoScriptError)]
         if missing:
@@ -775,9 +776,65 @@ class DetectorEngine:
             # with SCRIPT LOAD are not replicated): those did not run; load and send only them
             # (on a Cluster the other masters' scripts did run and must not run twice)
             self._sha.update({n: self.r.script_load(t) for n, t in self._scripts.items()})
+            self._script_of = {sha: name for name, sha in self._sha.items() if name != DISPATCH}
             again = self._execute([commands[i] for i in missing])
             for i, answer in zip(missing, again, strict=True):
                 results[i] = answer
+        return results
+
+    def _queue(self, pipe: Any, name: str, args: tuple, kwargs: dict) -> None:
+        """One command on a redis-py pipeline: a script of ours by name, or any pipeline method."""
+        if name in self._sha:
+            keys, argv = args
+            evalsha(pipe, self._sha[name], keys, argv)
+        elif name in ("evalsha", "eval"):  # a Cluster pipeline refuses these methods: send them raw
+            pipe.execute_command(name.upper(), *args)
+        else:
+            getattr(pipe, name)(*args, **kwargs)
+
+    def _script_call(self, name: str, args: tuple) -> tuple[str, Any, Any] | None:
+        """(script name, keys, args) of a call of one of our scripts, else None."""
+        if name in self._sha:
+            return (name, *args)
+        if name == "evalsha" and args[0] in self._script_of:
+            nkeys = int(args[1])
+            return (self._script_of[args[0]], args[2 : 2 + nkeys], args[2 + nkeys :])
+        return None
+
+    def _execute_plain(self, commands: list[tuple[str, tuple, dict]]) -> list:
+        """Every script call as one dispatcher call (script_batch), then the other commands.
+
+        The other commands (index ZADDs, the frame sequence HSET) never touch a key a script
+        reads or writes, so running them after every script call changes no outcome.
+        """
+        calls: list[tuple[str, Any, Any]] = []
+        call_at: list[int] = []
+        others: list[int] = []
+        pipe = self.r.pipeline(transaction=False)
+        for i, (name, args, kwargs) in enumerate(commands):
+            call = self._script_call(name, args) if self._dispatch else None
+            if call is not None:
+                calls.append(call)
+                call_at.append(i)
+            else:
+                self._queue(pipe, name, args, kwargs)
+                others.append(i)
+        batch = [args for args, _options in pipe.command_stack]
+        pipe.reset()
+        if calls:
+            batch.insert(0, script_batch.dispatch_command(self._sha[DISPATCH], calls))
+        replies = run_batch(self.r, batch)
+        results: list[Any] = [None] * len(commands)
+        if calls:
+            answers = replies.pop(0)
+            if not isinstance(answers, list) or len(answers) != len(calls):
+                # the dispatcher itself failed (NOSCRIPT after a restart, ...): so did every call
+                failed = answers if isinstance(answers, Exception) else ResponseError(f"dispatcher answered {answers!r}")
+                answers = [failed] * len(calls)
+            for i, answer in zip(call_at, answers, strict=True):
+                results[i] = answer
+        for i, answer in zip(others, replies, strict=True):
+            results[i] = answer
         return results
 
     def _run_with_retry(self, fn: Callable[[], Any]) -> Any:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 KNOWN, LEARNED, COOLDOWN, ALERTED, BEHIND = 0, 1, 2, 3, 4
 
-_COMMON = r"""
+# Helpers every decision script starts with (services/detector/script_batch.py defines them once
+# for all the scripts it calls).
+COMMON = r"""
 local function replace_plain(s, old, new)
   local i, j = string.find(s, old, 1, true)
   if not i then return s end
@@ -67,7 +69,7 @@ end
 """
 
 CHECK_NOVEL = (
-    _COMMON
+    COMMON
     + r"""
 -- KEYS[1] cooldown sorted set, KEYS[2..n+1] targets, KEYS[n+2] alert stream (optional)
 -- ARGV: learning(0|1) ts cooldown cap maxlen kind n, then n x (mode member value dedup alert_json)
@@ -124,7 +126,7 @@ return raised
 )
 
 CHECK_IDENTITY = (
-    _COMMON
+    COMMON
     + r"""
 -- KEYS[1] entity hash, KEYS[2] cooldown hash, KEYS[3] alert stream (optional)
 -- ARGV: learning ts cooldown cap maxlen kind identity dedup alert_json
@@ -149,7 +151,7 @@ return {3, append(KEYS[3], ARGV[5], ARGV[6], alert), alert}
 )
 
 VOLUME = (
-    _COMMON
+    COMMON
     + r"""
 -- KEYS[1] volume hash, KEYS[2] cooldown hash, KEYS[3] alert stream (optional)
 -- ARGV: op('add'|'close') istart bytes watermark interval alpha z floor min_n learning_end
