@@ -155,3 +155,29 @@ def test_a_damaged_or_foreign_cache_is_not_used(tmp_path, monkeypatch):
         assert psl_cache.load().privatesuffix("a.b.example.co.uk") == "example.co.uk"  # parsed instead
     path.write_bytes(good)
     assert psl_cache._read(path) is not None
+
+
+def test_the_private_redis_stops_without_a_snapshot_and_keeps_its_data(short_tmp):
+    """A replay's stop fsyncs the AOF and writes no RDB snapshot (shutdown-on-sigterm nosave);
+    the state directory still holds what the run learned (a start loads the AOF)."""
+    from shared.redis_server import start_redis_server
+
+    capture = ROOT.parent / "shared" / "corpus" / "pcaps" / "bug-5713-01" / "TLSv1-Extracted-MaliciousC2.pcap"
+    run_dir, state = short_tmp / "run", short_tmp / "state"
+    cmd = [sys.executable, "-m", "services.cli.main", "run", "--read", str(capture), "--learning", "0"]
+    cmd += ["--run-dir", str(run_dir), "--state-dir", str(state)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (run_dir / "logs" / "redis.log").read_text()
+    assert "User requested shutdown" in log and "Calling fsync() on the AOF file" in log
+    assert "Saving the final RDB snapshot" not in log
+    server, url = start_redis_server(short_tmp / "check.sock", state, "pktscope.rdb", aof=True)
+    try:
+        import redis
+
+        r = redis.Redis.from_url(url, decode_responses=True)
+        assert any(k.startswith("pktscope:ent:") for k in r.scan_iter("pktscope:*"))  # the learned baseline
+        r.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -81,7 +81,7 @@ def redis_argv(cfg: PipelineConfig) -> list[str]:
         "--dir", cfg.state_dir, "--dbfilename", "pktscope.rdb", "--save", "60 1",
         "--appendonly", "yes", "--appendfsync", "everysec", "--appenddirname", "pktscope-aof",
         "--appendfilename", "pktscope.aof", "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
-        "--daemonize", "no", "--protected-mode", "yes",
+        "--shutdown-on-sigterm", "nosave", "--daemonize", "no", "--protected-mode", "yes",
     ]  # fmt: skip
 
 
