@@ -44,3 +44,24 @@ def test_stored_records_are_json_dumps_text(rdb):
     history = rdb.zrange(keys.live_history(), 0, -1)
     assert history == [json.dumps(record(ended, None, store.label), separators=(",", ":"))]
     assert as_map(json.loads(history[0]))["reason"] == "fin"
+
+
+def test_past_its_bound_the_least_recently_active_flow_leaves_the_view(rdb):
+    """At ``max_live`` open flows a new one pushes out the one seen longest ago (not the first
+    started: a flow seen again is the most recent), counted, and deleted from Redis if written."""
+    keys = ObserveKeys("b")
+    store = LiveStore(rdb, keys, lambda name: name, max_live=3)
+    flows = [_row(fid=i, sport=40000 + i, ts=10.0 + i, first=10.0 + i, last=10.0 + i) for i in range(4)]
+    for row in flows[:3]:
+        store.observe(row, None)
+    store.flush()
+    assert len(rdb.hgetall(keys.live_conns())) == 3
+    store.observe(_row(fid=0, sport=40000, ev="update", ts=20.0, first=10.0, last=20.0), None)  # flow 0 again
+    store.observe(flows[3], None)  # a fourth: flow 1 is now the least recently active
+    assert store.c["live.dropped"] == 1
+    store.flush()
+    stored = {json.loads(text)[5] for text in rdb.hgetall(keys.live_conns()).values()}  # source ports
+    assert stored == {40000, 40002, 40003}
+    store.observe(_row(fid=3, sport=40003, ev="end", reason="fin", ts=21.0, first=13.0, last=21.0), None)
+    store.flush()
+    assert {json.loads(text)[5] for text in rdb.hgetall(keys.live_conns()).values()} == {40000, 40002}

@@ -21,7 +21,7 @@ import redis
 import zmq
 
 from services.detector.eve import EveWriter
-from services.detector.live_store import _DPORT, _DST, _EV, _PROTO, _ROW_LEN, _SPORT, _SRC, LiveStore
+from services.detector.live_store import _DPORT, _DST, _EV, _OUT, _PROTO, _ROW_LEN, _SPORT, _SRC, LiveStore
 from services.detector.observers import EOS_MARK, observer_endpoint
 from shared import frames
 from shared.config import PipelineConfig
@@ -149,13 +149,15 @@ class ObserverService:
                 if type(row) is not tuple or len(row) != _ROW_LEN:
                     continue
                 n += 1
-                key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT])
-                flow = flows.get(key)
+                flow = None
+                if row[_OUT] is True:  # the detector sends facts of outbound flows only
+                    key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT])
+                    flow = flows.get(key)
+                    if flow is not None and row[_EV] == EV_END:
+                        del flows[key]
                 observe_live(row, flow)
                 if observe_eve is not None:
                     observe_eve(row, flow)
-                if flow is not None and row[_EV] == EV_END:
-                    del flows[key]
             c["events_in"] += n
         if eve is not None and isinstance(alerts, list):
             for alert in alerts:
