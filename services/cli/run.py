@@ -569,10 +569,11 @@ def _supervise(
         while not interrupt.hit:
             if bar is not None:
                 bar.update()
+            # two fields, not the whole stats hash: this is asked every 20 ms of the replay
             if ends and all(
-                det.get("run_id") == cfg.run_id and det.get("eos") == "1"
-                for det in (
-                    patient.call(lambda r, name=name: r.hgetall(keys.stats(name))) or {}
+                (ended or [None, None]) == [cfg.run_id, "1"]
+                for ended in (
+                    patient.call(lambda r, name=name: r.hmget(keys.stats(name), "run_id", "eos"))
                     for name in last_stage
                 )
             ):

@@ -143,9 +143,10 @@ class DetectorEngine:
         self.max_flows = max_flows
         self.stop = stop
         self.redis_errors = 0
-        # When a list (services/detector/observers.py is on): every event of a frame is appended as
-        # (row, FlowState or None for inbound flows), for the live view and the EVE log.
-        self.observed: list[tuple[Any, FlowState | None]] | None = None
+        # When a list (services/detector/observers.py is on): every outbound flow's event of a frame
+        # is appended as (row, FlowState), for the facts only the detector knows of those flows
+        # (the observer gets the frame itself: inbound flows' events need nothing more).
+        self.observed: list[tuple[Any, FlowState]] | None = None
         self.flows: OrderedDict[tuple, FlowState] = OrderedDict()
         # a detector pool: the sensor the events being processed come from (sensor_entity.py)
         self.sensor = ""
@@ -185,6 +186,7 @@ class DetectorEngine:
         pending = self.pending
         counters = self.c
         observed = self.observed
+        taken = 0
         for raw in raw_events:
             ts = inbound_time(raw)  # an inbound flow's event: only its time matters here
             ev = None
@@ -194,7 +196,7 @@ class DetectorEngine:
                     counters["bad_events"] += 1
                     continue
                 ts = ev.ts
-            counters["events_in"] += 1
+            taken += 1
             if ts < self.watermark:
                 # behind what this detector has already handled: the flow-tracker sends events
                 # in packet-time order, so only a restart upstream (or a capture whose own
@@ -205,9 +207,7 @@ class DetectorEngine:
             if pending and pending[0][0] < ts:
                 self._expire_pending(batch, final=False, before=ts)
             if ev is None or not ev.outbound:
-                if observed is not None:
-                    observed.append((raw, None))
-                continue
+                continue  # (the observer gets the whole frame; ``observed`` is for outbound flows' facts)
             if self.learning_end is None:
                 self._start_learning(ev.ts)
             key = (ev.proto, ev.src, ev.sport, ev.dst, ev.dport)
@@ -252,6 +252,7 @@ class DetectorEngine:
                 observed.append((raw, flow))
             if ev.ev == EV_END:
                 self.flows.pop(key, None)
+        counters["events_in"] += taken
         self._expire_pending(batch, final=False)
         open_intervals = self.open_intervals
         for (entity, istart), (nbytes, latest) in sorted(volume.items(), key=lambda kv: kv[0][1]):
