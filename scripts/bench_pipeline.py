@@ -140,7 +140,7 @@ def saved_stats(state_dir: Path) -> tuple[dict[str, float], dict[str, int]]:
 
 
 def start_redis_on(state_dir: Path) -> tuple[subprocess.Popen, str]:
-    return start_redis_server(state_dir / "bench.sock", state_dir, "pktscope.rdb")
+    return start_redis_server(state_dir / "bench.sock", state_dir, "pktscope.rdb", aof=True)  # what a start loads
 
 
 def run_nfstream(capture: Path, meters: int) -> tuple[float, int, float, float] | None:

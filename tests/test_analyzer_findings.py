@@ -277,7 +277,7 @@ def test_unusual_http_port_and_known_bad_list(tmp_path):
 
 def _redis_contents(state_dir: Path, sock_dir: Path) -> str:
     """Every key and value of the pipeline's saved Redis data, as one text."""
-    proc, url = start_redis_server(sock_dir / "r.sock", state_dir)
+    proc, url = start_redis_server(sock_dir / "r.sock", state_dir, "pktscope.rdb", aof=True)  # what a start loads
     try:
         r = redis.Redis.from_url(url)
         parts = []
@@ -329,6 +329,7 @@ def test_pipeline_alerts_with_user_and_never_the_secret(short_tmp):
     assert got == sorted((proto, user) for proto, user, *_ in CASES)
     assert all(a["severity"] == "warning" and a["detail"]["user"] in a["title"] for a in alerts)
     texts = [listed, flow_log.read_text(), _redis_contents(state_dir, short_tmp)]
+    assert "cleartext_credential" in texts[2]  # the saved data was read (its alert stream is in it)
     texts += [
         p.read_text(errors="replace")
         for p in run_dir.rglob("*")
