@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from services.detector import connections, lua, script_batch
+from services.detector import engine as engine_module
 from services.detector.engine import DISPATCH, DetectorEngine
 from services.detector.enrichment import Enrichers
 from shared.config import PipelineConfig
@@ -69,7 +70,10 @@ def _run(r: redis.Redis, prefix: str, rows: list, batch_scripts: bool, poison: l
     return alerts, _state(r, prefix), engine.redis_errors, dict(engine.c)
 
 
-def test_the_engine_raises_and_writes_the_same_with_and_without_the_dispatcher(rdb, bench_rows):
+@pytest.mark.parametrize("per_run", [engine_module.DISPATCH_MAX_CALLS, 7])
+def test_the_engine_raises_and_writes_the_same_with_and_without_the_dispatcher(rdb, bench_rows, per_run, monkeypatch):
+    """Also with a frame's calls split over many dispatcher runs (7 calls each: every frame)."""
+    monkeypatch.setattr(engine_module, "DISPATCH_MAX_CALLS", per_run)
     one_each = _run(rdb, "each", bench_rows, batch_scripts=False)
     dispatched = _run(rdb, "disp", bench_rows, batch_scripts=True)
     assert len(one_each[0]) > 500  # a learning window of 0: many new destinations
