@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from services.cli.supervisor import parent_death_signal
 from shared.processes import wait_or_kill
 from tests.pipeline_helpers import ROOT, wait_for
@@ -79,11 +81,18 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_program_tied_to_its_parent_dies_when_the_parent_is_killed():
+@pytest.mark.parametrize("with_setpriv", [True, False])
+def test_a_program_tied_to_its_parent_dies_when_the_parent_is_killed(with_setpriv, monkeypatch):
     """The redis program's prefix (setpriv --pdeathsig, else shared/parent_watch.py): a parent
     killed with -9 (supervisord, say) takes the program with it."""
+    if not with_setpriv:
+        monkeypatch.setenv("PATH", "/nonexistent")  # a system without util-linux's setpriv
     tie = shlex.split(parent_death_signal(sys.executable))
-    assert Path(tie[0]).name == "setpriv", tie  # Debian's util-linux: no Python start for redis
+    # Debian's util-linux: no Python start for redis; elsewhere a bare-script Python start
+    assert (Path(tie[0]).name == "setpriv") == with_setpriv, tie
+    if not with_setpriv:
+        assert tie[1:3] == ["-S", "-I"] and tie[3].endswith("shared/parent_watch.py"), tie
+        monkeypatch.undo()  # the parent below finds `sleep` on the usual PATH
     parent_code = (
         "import subprocess, sys, time\n"
         f"child = subprocess.Popen({[*tie, '--', 'sleep', '60']!r})\n"
