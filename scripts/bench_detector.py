@@ -22,14 +22,11 @@ from pathlib import Path
 import psutil
 import redis
 
-from scripts.bench_stages import DEFAULT_CAPTURE, read_packets
+from scripts.bench_stages import DEFAULT_CAPTURE, read_packets, table_frames
 from services.decoder.fastpath import decode_batch
 from services.decoder.service import load_app_inspector
 from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
-from services.flowtracker.localaddr import LocalMatcher
-from services.flowtracker.service import local_nets
-from services.flowtracker.table import FlowTable
 from shared import frames
 from shared.config import PipelineConfig
 from shared.redis_server import start_redis_server
@@ -40,20 +37,11 @@ def event_frames(capture: Path, batch: int) -> list[bytes]:
     """The capture's flow events as FLOWS frames, one per frame of ``batch`` packets."""
     packets = read_packets(capture)
     app = load_app_inspector()
-    cfg = PipelineConfig()
-    table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
-    out = []
-    for i in range(0, len(packets), batch):
-        records = decode_batch(packets[i : i + batch], app).records
-        table.add(records)
-        if records:
-            table.advance(records[-1][1])
-        rows = table.take_rows()
-        if rows:
-            out.append(frames.encode(frames.FrameType.FLOWS, "flowtracker", len(out), rows))
-    table.finish("eos", float("inf"))
-    out.append(frames.encode(frames.FrameType.FLOWS, "flowtracker", len(out), table.take_rows()))
-    return out
+    records = [decode_batch(packets[i : i + batch], app).records for i in range(0, len(packets), batch)]
+    return [
+        frames.encode(frames.FrameType.FLOWS, "flowtracker", n, rows)
+        for n, rows in enumerate(rows for rows in table_frames(records) if rows)
+    ]
 
 
 def one_run(r: redis.Redis, server: psutil.Process, bufs: list[bytes], batch_scripts: bool) -> tuple[float, float, int]:

@@ -44,17 +44,22 @@ def read_packets(path: Path) -> list[tuple]:
 
 
 def run_table(record_frames: list[tuple]) -> list[list]:
+    return [row for rows in table_frames(record_frames) for row in rows]
+
+
+def table_frames(record_frames: list[tuple]) -> list[list[list]]:
+    """The flow table's event rows after each records frame (the last list: its end of stream)."""
     cfg = PipelineConfig()
     table = FlowTable(cfg.flow, LocalMatcher(local_nets(cfg).networks))
-    events: list[list] = []
+    out: list[list[list]] = []
     for body in record_frames:
         table.add(body)
         if body:
             table.advance(body[-1][1])
-        events += table.take_rows()
+        out.append(table.take_rows())
     table.finish("eos", float("inf"))
-    events += table.take_rows()
-    return events
+    out.append(table.take_rows())
+    return out
 
 
 def stages(packets: list[tuple], batch: int) -> list[tuple[str, Callable[[dict], object]]]:

@@ -113,7 +113,7 @@ def test_a_program_tied_to_its_parent_dies_when_the_parent_is_killed(with_setpri
             os.kill(child, signal.SIGKILL)
 
 
-def test_run_starts_the_zygote_before_importing_zmq_and_xmlrpc():
+def test_run_starts_the_zygote_before_importing_zmq_and_xmlrpc(short_tmp):
     """What `pktscope run` imports before it starts the launcher's zygote (the first service
     forks once the zygote has imported everything: every millisecond before it is the replay's)."""
     code = (
@@ -128,7 +128,7 @@ def test_run_starts_the_zygote_before_importing_zmq_and_xmlrpc():
         "main(['run', '--read', sys.argv[1], '--run-dir', sys.argv[2], '--state-dir', sys.argv[3]])\n"
     )
     capture = ROOT.parent / "shared" / "corpus" / "pcaps" / "bug-5713-01" / "TLSv1-Extracted-MaliciousC2.pcap"
-    with_dirs = [str(capture), f"/tmp/pks-zyg-{os.getpid()}", f"/tmp/pks-zyg-state-{os.getpid()}"]
+    with_dirs = [str(capture), str(short_tmp / "run"), str(short_tmp / "state")]
     out = subprocess.run([sys.executable, "-c", code, *with_dirs], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
 

@@ -75,6 +75,14 @@ def parent_death_signal(python: str = sys.executable) -> str:
     return f"{shlex.quote(python)} -S -I {shlex.quote(parent_watch.__file__)}"
 
 
+def _rpc_errors() -> tuple[type[BaseException], ...]:
+    """What a failed call to supervisord raises. xmlrpc.client is imported here, at first use
+    (10-20 ms): `pktscope run` starts the zygote and supervisord before it needs it."""
+    import xmlrpc.client
+
+    return (OSError, xmlrpc.client.Fault)
+
+
 def running_pid(run_dir: Path) -> int | None:
     """The pid of a supervisord still running for this run directory, if any."""
     try:
@@ -161,15 +169,15 @@ class Supervisor:
         turns once a second; a blocking ``stopProcessGroup(wait=True)`` therefore took a second
         per group. Asking for the state every 20 ms is activity that turns the loop at once.
         """
-        import xmlrpc.client
-        with contextlib.suppress(OSError, xmlrpc.client.Fault):
+        errors = _rpc_errors()
+        with contextlib.suppress(*errors):
             self.rpc.stopProcessGroup(name, False)
         deadline = time.monotonic() + timeout
         polls = 0
         while time.monotonic() < deadline:
             try:
                 infos = [i for i in self.rpc.getAllProcessInfo() if i["group"] == name]
-            except (OSError, xmlrpc.client.Fault):
+            except errors:
                 return
             if all(i["statename"] in _DOWN for i in infos):
                 return
@@ -189,11 +197,10 @@ class Supervisor:
         """
         if self.proc is None or self.proc.poll() is not None:
             return
-        import xmlrpc.client
-
+        errors = _rpc_errors()
         try:
             infos = self.rpc.getAllProcessInfo()
-        except (OSError, xmlrpc.client.Fault):
+        except errors:
             infos = None
         for group in stop_first:
             # A group that is absent (procwatch, notifier, ... when not asked for) or whose
@@ -206,6 +213,6 @@ class Supervisor:
             when_stopped()  # what may end beside supervisord's own shutdown (the zygote)
         try:
             self.rpc.shutdown()
-        except (OSError, xmlrpc.client.Fault):
+        except errors:
             self.proc.send_signal(signal.SIGTERM)
         wait_or_kill(self.proc, timeout)

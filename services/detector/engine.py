@@ -348,10 +348,13 @@ class DetectorEngine:
             return 0
 
     # --- learning window ---------------------------------------------------------------------
-    def _load_state(self) -> None:
-        for name, text in self._scripts.items():
-            self._sha[name] = self.r.script_load(text)
+    def _load_scripts(self) -> None:
+        """SCRIPT LOAD every script (at start, and again after a NOSCRIPT: Redis restarted)."""
+        self._sha.update({name: self.r.script_load(text) for name, text in self._scripts.items()})
         self._script_of = {sha: name for name, sha in self._sha.items() if name != DISPATCH}
+
+    def _load_state(self) -> None:
+        self._load_scripts()
         start, end = self.r.hmget(self.keys.learning(), "start", "end")
         if start is not None and end is not None:
             self.learning_start, self.learning_end = float(start), float(end)
@@ -777,8 +780,7 @@ class DetectorEngine:
             # Redis restarted, flushed its script cache, or a replica took over (scripts loaded
             # with SCRIPT LOAD are not replicated): those did not run; load and send only them
             # (on a Cluster the other masters' scripts did run and must not run twice)
-            self._sha.update({n: self.r.script_load(t) for n, t in self._scripts.items()})
-            self._script_of = {sha: name for name, sha in self._sha.items() if name != DISPATCH}
+            self._load_scripts()
             again = self._execute([commands[i] for i in missing])
             for i, answer in zip(missing, again, strict=True):
                 results[i] = answer

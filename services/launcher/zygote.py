@@ -37,6 +37,7 @@ log = logging.getLogger("pktscope.zygote")
 # what every service imports at its first Redis call or metadata lookup (redis-py's ``secrets``,
 # importlib.metadata's ``email.parser``): 2-5 ms of each child's start-up, once here instead
 COMMON_PRELOAD = ("secrets", "hmac", "email.parser")
+LINGER = 15.0  # seconds to wait for running services at our stop: past supervisord's stopwaitsecs (10)
 
 
 def _warm_caches() -> None:
@@ -49,7 +50,6 @@ def _warm_caches() -> None:
         get_lib_version()
     except Exception as exc:  # noqa: BLE001 - another redis-py: each child does its own
         log.warning("warming redis-py's version cache failed (%s)", exc)
-LINGER = 15.0  # seconds to wait for running services at our stop: past supervisord's stopwaitsecs (10)
 
 
 class Zygote:
