@@ -208,6 +208,93 @@ def test_kill_9_of_a_client_takes_its_service_and_supervisord_restarts_it(short_
 
 
 @pytest.mark.slow
+def test_run_forks_the_zygote_from_itself_with_nothing_of_the_cli_but_the_modules(short_tmp, long_capture):
+    """`pktscope run` imports the services' modules and forks the zygote from itself: the zygote
+    holds neither the run's lock nor the CLI's output, sits in its own session, and dies with
+    the CLI; the lock is free once the CLI is gone."""
+    replay = Replay(short_tmp, long_capture, "--launcher", "fork")
+    replay.wait_packets(100_000)
+    zygote = psutil.Process(int(pid_path(replay.run_dir).read_text()))
+    assert zygote.ppid() == replay.proc.pid and zygote.name() == "pks-zygote"
+    assert os.getsid(zygote.pid) == zygote.pid  # a terminal's Ctrl-C is the CLI's to handle
+    fds = {int(fd): os.readlink(f"/proc/{zygote.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote.pid}/fd")}
+    assert fds[0] == os.devnull and fds[1] == fds[2] == str(replay.run_dir / "logs" / "zygote.log"), fds
+    lock = str(replay.run_dir / "run.lock")
+    services = [_service_pid(replay, n) for n in ("capture", "decoder-0", "flowtracker", "detector")]
+    for pid in (zygote.pid, *services):
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert lock not in held and str(replay.log) not in held, (pid, held)
+    replay.proc.kill()  # kill -9 of the CLI: nothing it started may stay, the lock least of all
+    replay.proc.wait()
+    wait_for(lambda: gone(zygote.pid) and all(gone(p) for p in services), 15, what="the zygote and services to die")
+    lock_fd = os.open(lock, os.O_RDWR)
+    try:
+        import fcntl
+
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if anything still holds it
+    finally:
+        os.close(lock_fd)
+
+
+def test_with_a_thread_running_the_zygote_is_started_as_its_own_interpreter(short_tmp):
+    """Forking a process with a thread in it is unsafe (a lock it holds stays held in the child):
+    ``fork`` then starts the zygote on its own, and it serves as well."""
+    code = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from services.launcher.start import ForkedProcess, ZygoteProcess\n"
+        "stop = threading.Event()\n"
+        "threading.Thread(target=stop.wait, daemon=True).start()\n"
+        "z = ZygoteProcess(Path(sys.argv[1]))\n"
+        "z.fork([])\n"
+        "print(type(z.proc).__name__, z.proc.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "z.stop()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(short_tmp)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        kind, pid = parent.stdout.readline().split()
+        assert kind == "Popen" and "services.launcher.zygote" in " ".join(psutil.Process(int(pid)).cmdline())
+        rc, out, err = finish(client(short_tmp, "show"))
+        assert rc == 0 and f"ppid={pid}" in out, (out, err)
+    finally:
+        parent.communicate("\n", timeout=30)
+    assert parent.returncode == 0 and gone(int(pid))
+
+
+def test_a_forked_zygote_serves_and_stops(short_tmp):
+    """The zygote forked by ``fork`` (no thread running) serves clients as a started one does,
+    and ``stop`` ends it and removes its socket and pid file."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from services.launcher.start import ZygoteProcess\n"
+        "z = ZygoteProcess(Path(sys.argv[1]))\n"
+        "z.fork([])\n"
+        "print(type(z.proc).__name__, z.proc.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "z.stop()\n"
+        "print(z.proc.returncode, flush=True)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(short_tmp)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        kind, pid = parent.stdout.readline().split()
+        assert kind == "ForkedProcess" and psutil.Process(int(pid)).ppid() == parent.pid
+        rc, out, err = finish(client(short_tmp, "exit", "7"))
+        assert rc == 7, err
+        rc, out, err = finish(client(short_tmp, "show"))
+        assert rc == 0 and f"ppid={pid}" in out, (out, err)
+    finally:
+        out, _ = parent.communicate("\n", timeout=30)
+    assert parent.returncode == 0 and out.strip() == "0", out
+    assert gone(int(pid)) and not socket_path(short_tmp).exists() and not pid_path(short_tmp).exists()
+
+
+@pytest.mark.slow
 def test_after_the_zygote_dies_restarts_exec_the_service(short_tmp, long_capture):
     replay = Replay(short_tmp, long_capture, "--launcher", "fork", decoders=2)
     replay.wait_packets(150_000)

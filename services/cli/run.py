@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,8 @@ from shared.rundir import UnsafeRunDir, ensure_private_dir
 if TYPE_CHECKING:
     import redis
 
-# redis-py (0.08 s), and what uses it, are imported where needed: a replay starts its zygote and
-# supervisord first, and the CLI imports them while those start (issue 14)
+# redis-py (0.11-0.15 s), and what uses it, are imported where needed: a replay starts supervisord
+# first, and imports them with the services' modules while it starts (issue 14)
 
 PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop order: upstream first
 EXIT_INCOMPLETE = 3  # a replay finished but lost something on the way (see the summary's "lost")
@@ -489,26 +489,28 @@ def _run_locked(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     run_dir = _prepare_dirs(cfg)
     zygote = ZygoteProcess(run_dir)
     if cfg.launcher == "fork":
-        # first: its imports overlap the CLI's own, supervisord's and Redis's start
-        zygote.start(service_modules(cfg))
+        zygote.listen()  # before supervisord: its clients wait in the socket's backlog
     try:
         _prepare_state(cfg)
         cfg.save()
-        return _supervise(args, cfg, run_dir, zygote.ask_to_stop)
+        return _supervise(args, cfg, run_dir, zygote)
     finally:
         zygote.stop()  # after supervisord (and so every service) stopped
 
 
-def _supervise(
-    args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, services_stopped: Callable[[], None]
-) -> int:
+def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zygote: ZygoteProcess) -> int:
     """supervisord with this host's programs until a replay ends or we are stopped; the summary.
-    ``services_stopped`` is called once every program is down, before supervisord's own shutdown."""
+    The zygote (fork launcher) is forked once supervisord is on its way, and asked to stop once
+    every program is down, before supervisord's own shutdown."""
     sup = Supervisor(run_dir)
     interrupt = _Interrupt()
     try:
         sup.spawn(render_config(cfg))
-        # imported while supervisord starts (redis-py: 0.08 s), not before
+        if cfg.launcher == "fork":
+            # the services' imports (redis-py among them, which we need too) while supervisord
+            # and Redis start; then the zygote is forked from us, with all of it loaded
+            zygote.fork(service_modules(cfg), before_fork=sup.stop_nudging)
+            gc.freeze()  # those modules: out of the collector's sight for the rest of the run
         from services.cli import attribution_mode, pipeline_stats
         from services.cli.redis_wait import PatientRedis
         from shared.redis_conn import redact
@@ -649,6 +651,6 @@ def _supervise(
     finally:
         sup.shutdown(
             stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"),
-            when_stopped=services_stopped,
+            when_stopped=zygote.ask_to_stop,
         )
     return exit_code

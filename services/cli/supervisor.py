@@ -7,8 +7,10 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +106,8 @@ class Supervisor:
         self.run_dir = run_dir
         self.conf = run_dir / "supervisord.conf"
         self.proc: subprocess.Popen | None = None
+        self._nudger: threading.Thread | None = None
+        self._nudge_stop = threading.Event()
 
     @property
     def rpc(self):
@@ -138,6 +142,33 @@ class Supervisor:
             stdout=subprocess.DEVNULL,
             stderr=open(self.run_dir / "supervisord.stderr", "wb"),  # noqa: SIM115 - child owns it
         )
+        self._nudge_stop.clear()
+        self._nudger = threading.Thread(target=self._nudge, name="supervisord-nudge", daemon=True)
+        self._nudger.start()
+
+    def _nudge(self) -> None:
+        """Connect to supervisord's socket the moment it listens: its loop's first turn waits up
+        to a second for activity before it starts any program, and the caller may be busy (the
+        services' imports, 0.2 s) before its first XML-RPC call, which was that activity."""
+        assert self.proc is not None
+        path = str(self.run_dir / "supervisor.sock")
+        deadline = time.monotonic() + 15
+        while not self._nudge_stop.is_set() and self.proc.poll() is None and time.monotonic() < deadline:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.connect(path)
+                except OSError:  # not listening yet
+                    pass
+                else:
+                    return  # an accepted connection that closes: one turn of the loop
+            self._nudge_stop.wait(0.005)
+
+    def stop_nudging(self) -> None:
+        """End the nudging thread (before this process forks: no thread may be running then)."""
+        self._nudge_stop.set()
+        if self._nudger is not None:
+            self._nudger.join()
+            self._nudger = None
 
     def wait_running(self) -> None:
         assert self.proc is not None

@@ -2,11 +2,13 @@
 
     python -m services.launcher.zygote --fd N MODULE [MODULE...]
 
-Started by `pktscope run` (services/launcher/start.py) with the listening unix socket already
-bound (fd N, mode 0600 in the private run directory), so clients can connect the moment
-supervisord starts them; their requests wait in the backlog while the imports finish. Nothing
-here opens a ZeroMQ context, a Redis connection or a thread before forking: a forked child must
-not inherit live sockets or locks held by threads that do not exist in it.
+`pktscope run` (services/launcher/start.py) binds the listening unix socket first (mode 0600 in
+the private run directory), so clients can connect the moment supervisord starts them; their
+requests wait in the backlog while the imports finish. It imports the modules itself
+(``preload``) and forks the zygote from itself (``become_zygote``), or, where it cannot fork
+safely, starts it as the command above (fd N). Nothing here opens a ZeroMQ context, a Redis
+connection or a thread before forking: a forked child must not inherit live sockets or locks
+held by threads that do not exist in it.
 
 Per client connection it forks one service (``child.py`` turns the child into it), sends the
 client the pid, kills the service if the client's connection closes (the client was killed), and
@@ -29,6 +31,8 @@ import socket
 import sys
 import threading
 import time
+import traceback
+from typing import NoReturn
 
 from services.launcher import child, protocol
 
@@ -37,6 +41,7 @@ log = logging.getLogger("pktscope.zygote")
 # what every service imports at its first Redis call or metadata lookup (redis-py's ``secrets``,
 # importlib.metadata's ``email.parser``): 2-5 ms of each child's start-up, once here instead
 COMMON_PRELOAD = ("secrets", "hmac", "email.parser")
+LOG_FORMAT = "%(asctime)s zygote%(process)d %(levelname)s %(message)s"
 LINGER = 15.0  # seconds to wait for running services at our stop: past supervisord's stopwaitsecs (10)
 
 
@@ -64,26 +69,12 @@ class Zygote:
         self.refuse = ""  # why forking is unsafe (a thread appeared): clients exec instead
 
     def preload(self, modules: list[str]) -> None:
-        """Import each service's entry point and service module; a failure only costs the child time."""
-        names = list(COMMON_PRELOAD)
-        for module in modules:
-            names += [f"{module}.service", f"{module}.__main__"]
-        while names:
-            name = names.pop(0)
-            try:
-                if importlib.util.find_spec(name) is None:
-                    continue
-                mod = importlib.import_module(name)
-            except Exception as exc:  # noqa: BLE001 - the child imports it again and reports
-                log.warning("preloading %s failed (%s); its service imports it itself", name, exc)
-                continue
-            if name.endswith(".__main__"):
-                # what main imports lazily (services/decoder/__main__.py PRELOAD, ...)
-                names += list(getattr(mod, "PRELOAD", ()))
-                # its imports stay loaded; runpy runs it afresh as __main__ in the child (and
-                # warns if it is in sys.modules already)
-                del sys.modules[name]
-        _warm_caches()
+        """Import what the services need (``preload``), then get ready to fork."""
+        preload(modules)
+        self.ready_to_fork()
+
+    def ready_to_fork(self) -> None:
+        """Refuse to fork where a thread exists; keep start-up objects out of the collector's sight."""
         if threading.active_count() > 1:
             self.refuse = f"{threading.active_count()} threads after the imports; forking is unsafe"
             log.warning("%s: clients start their services directly", self.refuse)
@@ -209,12 +200,91 @@ class Zygote:
             os.close(fd)
 
 
+def preload(modules: list[str]) -> None:
+    """Import each service's entry point and service module; a failure only costs the child time.
+
+    Run by the zygote, or by `pktscope run` itself before it forks the zygote (``become_zygote``).
+    """
+    names = list(COMMON_PRELOAD)
+    for module in modules:
+        names += [f"{module}.service", f"{module}.__main__"]
+    while names:
+        name = names.pop(0)
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+            mod = importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - the child imports it again and reports
+            log.warning("preloading %s failed (%s); its service imports it itself", name, exc)
+            continue
+        if name.endswith(".__main__"):
+            # what main imports lazily (services/decoder/__main__.py PRELOAD, ...)
+            names += list(getattr(mod, "PRELOAD", ()))
+            # its imports stay loaded; runpy runs it afresh as __main__ in the child (and
+            # warns if it is in sys.modules already)
+            del sys.modules[name]
+    _warm_caches()
+
+
+def become_zygote(listener: socket.socket, log_fd: int, parent: int) -> NoReturn:
+    """In a child forked by `pktscope run` after its ``preload``: become the zygote; never returns.
+
+    The CLI's own frames stay below this one and must never resume (their ``finally`` would
+    release the run's lock, stop supervisord...): whatever happens, this ends in ``os._exit``.
+    """
+    code = 1
+    try:
+        os.setsid()  # its own session, as supervisord's: a Ctrl-C reaches the CLI, which stops all in order
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        # every other descriptor of the CLI (the run's lock, supervisord's pipes) is not ours: the
+        # lock would stay held while we and the services forked from us live
+        keep = listener.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, _max_fd())
+        for stream in (sys.stdout, sys.stderr):  # as PYTHONUNBUFFERED: a service's output is not held back
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(line_buffering=True, write_through=True)
+        logging.basicConfig(level="INFO", format=LOG_FORMAT, force=True)
+        from shared.parent_watch import die_with_parent
+
+        die_with_parent(signal.SIGTERM, expected_parent=parent)
+        _name_zygote()
+        zygote = Zygote(listener)
+        zygote.ready_to_fork()
+        log.info("ready: %d modules loaded (forked from pktscope run)", len(sys.modules))
+        zygote.serve()
+        code = 0
+    except BaseException:  # noqa: BLE001 - printed to the zygote's log; the CLI's frames must not resume
+        traceback.print_exc()
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
+def _name_zygote() -> None:
+    """``ps``/``top`` show the CLI's command line for the forked zygote; the kernel name says what it is."""
+    from shared import parent_watch
+
+    with contextlib.suppress(OSError, AttributeError):
+        parent_watch._libc.prctl(child.PR_SET_NAME, b"pks-zygote", 0, 0, 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.launcher.zygote", description=__doc__)
     ap.add_argument("--fd", type=int, required=True, help="the bound, listening unix socket")
     ap.add_argument("modules", nargs="*", help="service packages to import before forking")
     args = ap.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s zygote%(process)d %(levelname)s %(message)s")
+    logging.basicConfig(level="INFO", format=LOG_FORMAT)
     # our start-up: tied to `pktscope run`, which also stops us; its services are not tied to us
     from shared.parent_watch import die_with_parent
 
