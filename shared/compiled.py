@@ -44,6 +44,8 @@ TWINS: dict[str, str] = {
     "services.flowtracker.names": "services.flowtracker._names_c",
     "services.flowtracker.localaddr": "services.flowtracker._localaddr_c",
     "services.flowtracker.tcp_state": "services.flowtracker._tcp_state_c",
+    # the detector's look at each flow event row (most are inbound flows': only their time counts)
+    "services.detector.events": "services.detector._events_c",
     # the dissection `pktscope read` runs per packet
     "services.decoder.dissect": "services.decoder._dissect_c",
     "services.decoder.link": "services.decoder._link_c",

@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from services.detector import alerts, connections, lua, script_batch, sensor_entity
 from services.detector.connections import ConnectionHistory
 from services.detector.enrichment import Enrichers
-from services.detector.events import FlowEvent, inbound_time, parse
+from services.detector.events import FlowEvent, scan
 from services.detector.keys import SET_ASN, SET_COUNTRY, SET_CRED, SET_DEST, DetectorKeys
 from shared.config import PipelineConfig
 from shared.flowevents import EV_END
@@ -187,17 +187,19 @@ class DetectorEngine:
         pending = self.pending
         counters = self.c
         observed = self.observed
-        taken = 0
-        for raw in raw_events:
-            ts = inbound_time(raw)  # an inbound flow's event: only its time matters here
-            ev = None
-            if ts is None:
-                ev = parse(raw)
-                if ev is None:
-                    counters["bad_events"] += 1
-                    continue
-                ts = ev.ts
-            taken += 1
+        # inbound flows' events come as the packet times that move the clock (events.scan)
+        items, taken, late, bad = scan(raw_events, self.watermark)
+        counters["late_events"] += late
+        counters["bad_events"] += bad
+        for item in items:
+            if type(item) is float:  # the highest time of a run of inbound flows' events
+                if item > self.watermark:
+                    self.watermark = item
+                if pending and pending[0][0] < item:
+                    self._expire_pending(batch, final=False, before=item)
+                continue
+            ev, raw = item
+            ts = ev.ts
             if ts < self.watermark:
                 # behind what this detector has already handled: the flow-tracker sends events
                 # in packet-time order, so only a restart upstream (or a capture whose own
@@ -207,7 +209,7 @@ class DetectorEngine:
                 self.watermark = ts
             if pending and pending[0][0] < ts:
                 self._expire_pending(batch, final=False, before=ts)
-            if ev is None or not ev.outbound:
+            if not ev.outbound:
                 continue  # (the observer gets the whole frame; ``observed`` is for outbound flows' facts)
             if self.learning_end is None:
                 self._start_learning(ev.ts)
