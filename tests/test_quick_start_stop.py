@@ -7,7 +7,8 @@
 - the replay progress bar's rich is imported only when a bar is shown;
 - the private redis-server is tied to supervisord's life without a Python start (setpriv), and
   still dies with it;
-- supervisord starts its programs without waiting for `pktscope run`'s first call;
+- supervisord starts its programs without waiting for `pktscope run`'s first call, and ends
+  without the interpreter's teardown (after its log and sockets are closed);
 - the Public Suffix List is not parsed at each start: setup cached it, and the cache answers
   as the parsed list does.
 """
@@ -211,3 +212,23 @@ def test_the_private_redis_stops_without_a_snapshot_and_keeps_its_data(short_tmp
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_supervisord_ends_without_teardown_but_with_its_log_written_and_sockets_gone(short_tmp):
+    """`pktscope run` starts supervisord through services/cli/supervisord_quick.py, which skips
+    the interpreter's teardown once supervisord's main has returned: nothing of its own stop may
+    be lost for it (the log's last lines, the socket and pid file it removes)."""
+    capture = ROOT.parent / "shared" / "corpus" / "pcaps" / "bug-5713-01" / "TLSv1-Extracted-MaliciousC2.pcap"
+    run_dir = short_tmp / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "run", "--read", str(capture), "--run-dir", str(run_dir),
+         "--state-dir", str(short_tmp / "state"), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    conf = (run_dir / "supervisord.conf").read_text()
+    assert "[supervisord]" in conf
+    log = (run_dir / "supervisord.log").read_text().splitlines()
+    assert log[-1].endswith("stopped: redis (exit status 0)"), log[-5:]
+    assert not (run_dir / "supervisor.sock").exists() and not (run_dir / "supervisord.pid").exists()
+    assert (run_dir / "supervisord.stderr").read_text() == ""

@@ -136,7 +136,7 @@ class Supervisor:
         # It gets SIGTERM (and stops everything it runs) if we die, kill -9 included.
         parent = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            [sys.executable, "-m", "services.cli.supervisord_quick", "-c", str(self.conf)],
             start_new_session=True,
             preexec_fn=lambda: die_with_parent(signal.SIGTERM, expected_parent=parent),
             stdout=subprocess.DEVNULL,
