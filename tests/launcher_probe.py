@@ -21,6 +21,9 @@ def main(argv: list[str]) -> int:
         os.kill(os.getpid(), int(arg))
         time.sleep(5)
         return 99
+    if action == "envb":  # a variable's bytes, whatever they are (not all are UTF-8)
+        print(os.environb.get(arg.encode(), b"(unset)").hex(), flush=True)
+        return 0
     if action == "show":
         print(f"pid={os.getpid()} ppid={os.getppid()} argv={','.join(sys.argv[1:])} env={os.environ.get(arg, '')}")
         with open("/proc/self/comm") as f:

@@ -19,7 +19,15 @@ import psutil
 import pytest
 
 from services.cli.supervisor import Supervisor, parent_death_signal, render_config
-from services.launcher.start import CLIENT, ZygoteProcess, pid_path, socket_path
+from services.launcher import start as start_module
+from services.launcher.start import (
+    CLIENT,
+    NATIVE_CLIENT,
+    ZygoteProcess,
+    native_client_usable,
+    pid_path,
+    socket_path,
+)
 from shared.config import PipelineConfig
 from tests.conftest import LONG_PACKETS
 from tests.fault_helpers import Replay, gone, kill_with_unread_frames
@@ -43,15 +51,31 @@ def zygote(short_tmp):
     z.stop()
 
 
-def client(run_dir: Path, *args: str, env: dict | None = None, sock: Path | None = None) -> subprocess.Popen:
+def client(
+    run_dir: Path, *args: str, env: dict | None = None, sock: Path | None = None, kind: str = "python"
+) -> subprocess.Popen:
+    """The launcher client for the probe service: client.py, or the C one (``kind`` "c")."""
+    where = str(sock or socket_path(run_dir))
+    if kind == "c":
+        head = [str(NATIVE_CLIENT), sys.executable, where]
+    else:
+        head = [sys.executable, "-S", "-I", str(CLIENT), where]
     return subprocess.Popen(
-        [sys.executable, "-S", "-I", str(CLIENT), str(sock or socket_path(run_dir)), "tests.launcher_probe", *args],
+        [*head, "tests.launcher_probe", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+@pytest.fixture(params=["python", "c"])
+def launch(request):
+    """Each client's contract is the same: the probe tests run with both."""
+    if request.param == "c":
+        assert native_client_usable(), "scripts/setup builds services/launcher/build/pks-launch (CI runs it)"
+    return lambda *args, **kw: client(*args, kind=request.param, **kw)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -64,8 +88,8 @@ def test_the_socket_is_the_owners_only(zygote, short_tmp):
     assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.getuid()
 
 
-def test_the_service_is_a_fork_of_the_zygote_with_the_clients_argv_env_and_output(zygote, short_tmp):
-    proc = client(short_tmp, "show", "PROBE_VALUE", env=dict(os.environ, PROBE_VALUE="seen"))
+def test_the_service_is_a_fork_of_the_zygote_with_the_clients_argv_env_and_output(zygote, short_tmp, launch):
+    proc = launch(short_tmp, "show", "PROBE_VALUE", env=dict(os.environ, PROBE_VALUE="seen"))
     code, out, err = finish(proc)
     assert code == 0, err
     fields = dict(part.split("=", 1) for part in out.split())
@@ -77,12 +101,25 @@ def test_the_service_is_a_fork_of_the_zygote_with_the_clients_argv_env_and_outpu
     assert "directly" not in err
 
 
-def test_exit_codes_and_deaths_by_signal_are_the_clients(zygote, short_tmp):
-    assert finish(client(short_tmp, "exit", "7"))[:2] == (7, "exiting 7\n")
-    assert finish(client(short_tmp, "exit", "0"))[0] == 0
-    assert finish(client(short_tmp, "signal", str(int(signal.SIGTERM))))[0] == -signal.SIGTERM
-    assert finish(client(short_tmp, "signal", str(int(signal.SIGKILL))))[0] == -signal.SIGKILL
-    code, _, err = finish(client(short_tmp, "raise"))
+def test_the_environment_reaches_the_service_byte_for_byte(zygote, short_tmp, launch):
+    """Names and values as the client got them: UTF-8, other bytes (Python's surrogateescape on
+    both sides), '=' in a value, an empty value; an unset name stays unset."""
+    values = {b"PROBE_UTF8": "café ☃".encode(), b"PROBE_RAW": b"a\xff\xc3(b\xed\xa0\x80", b"PROBE_EQ": b"x=y=z", b"PROBE_EMPTY": b""}
+    env = dict(os.environb)
+    env.update(values)
+    for name, value in values.items():
+        code, out, err = finish(launch(short_tmp, "envb", name.decode(), env=env))
+        assert code == 0, err
+        assert bytes.fromhex(out.strip()) == value, name
+    assert bytes.fromhex(finish(launch(short_tmp, "envb", "PROBE_UNSET", env=env))[1].strip()) == b"(unset)"
+
+
+def test_exit_codes_and_deaths_by_signal_are_the_clients(zygote, short_tmp, launch):
+    assert finish(launch(short_tmp, "exit", "7"))[:2] == (7, "exiting 7\n")
+    assert finish(launch(short_tmp, "exit", "0"))[0] == 0
+    assert finish(launch(short_tmp, "signal", str(int(signal.SIGTERM))))[0] == -signal.SIGTERM
+    assert finish(launch(short_tmp, "signal", str(int(signal.SIGKILL))))[0] == -signal.SIGKILL
+    code, _, err = finish(launch(short_tmp, "raise"))
     assert code == 1 and "RuntimeError: probe failure" in err
 
 
@@ -92,33 +129,33 @@ def _ready_pid(proc: subprocess.Popen) -> int:
     return int(line.split("=")[1])
 
 
-def test_signals_reach_the_service_and_its_exit_is_the_clients(zygote, short_tmp):
-    proc = client(short_tmp, "wait-term")
+def test_signals_reach_the_service_and_its_exit_is_the_clients(zygote, short_tmp, launch):
+    proc = launch(short_tmp, "wait-term")
     _ready_pid(proc)
     proc.send_signal(signal.SIGTERM)
     code, out, _ = finish(proc)
     assert code == 5 and out == "term\n"
 
 
-def test_kill_9_of_the_client_kills_its_service(zygote, short_tmp):
-    proc = client(short_tmp, "wait-term")
+def test_kill_9_of_the_client_kills_its_service(zygote, short_tmp, launch):
+    proc = launch(short_tmp, "wait-term")
     pid = _ready_pid(proc)
     proc.kill()
     proc.wait()
     wait_for(lambda: gone(pid), 5, what="the service of a killed client to die")
 
 
-def test_without_a_zygote_the_client_becomes_the_service(short_tmp):
-    proc = client(short_tmp, "show", sock=short_tmp / "no-zygote.sock")
+def test_without_a_zygote_the_client_becomes_the_service(short_tmp, launch):
+    proc = launch(short_tmp, "show", sock=short_tmp / "no-zygote.sock")
     code, out, err = finish(proc)
     assert code == 0 and f"pid={proc.pid} " in out  # exec'd in place: supervisord's pid is the service's
     assert "starting tests.launcher_probe directly" in err
-    assert finish(client(short_tmp, "exit", "7", sock=short_tmp / "no-zygote.sock"))[0] == 7
+    assert finish(launch(short_tmp, "exit", "7", sock=short_tmp / "no-zygote.sock"))[0] == 7
 
 
-def test_services_outlive_a_killed_zygote_and_still_report(zygote, short_tmp):
-    stopped = client(short_tmp, "wait-term")
-    killed = client(short_tmp, "wait-term")
+def test_services_outlive_a_killed_zygote_and_still_report(zygote, short_tmp, launch):
+    stopped = launch(short_tmp, "wait-term")
+    killed = launch(short_tmp, "wait-term")
     stopped_pid, killed_pid = _ready_pid(stopped), _ready_pid(killed)
     zygote.proc.kill()
     zygote.proc.wait()
@@ -129,18 +166,29 @@ def test_services_outlive_a_killed_zygote_and_still_report(zygote, short_tmp):
     os.kill(killed_pid, signal.SIGKILL)
     assert finish(killed)[0] == -signal.SIGKILL  # no code given: killed, as supervisord must see it
     # a later start finds no zygote and execs
-    code, out, err = finish(client(short_tmp, "exit", "3"))
+    code, out, err = finish(launch(short_tmp, "exit", "3"))
     assert code == 3 and "directly" in err
 
 
-def test_supervisord_commands_by_launcher(short_tmp):
+def test_supervisord_commands_by_launcher(short_tmp, monkeypatch):
     cfg = PipelineConfig(run_dir=str(short_tmp), decoders=2, observer=True, notify=["file:///dev/null"])
     cfg.launcher = "fork"
     conf = render_config(cfg, sys.executable)
     commands = [line for line in conf.splitlines() if line.startswith("command=")]
+    client_cmd = f"command={NATIVE_CLIENT} {sys.executable} {socket_path(short_tmp)} services."
+    for name in ("capture", "decoder", "flowtracker", "detector", "observer", "notifier"):
+        assert any(c.startswith(client_cmd + name + " ") for c in commands), name
+    # without the C client (not built, or older than its source): client.py
+    stale = short_tmp / "pks-launch"
+    stale.write_bytes(NATIVE_CLIENT.read_bytes())
+    stale.chmod(0o755)
+    os.utime(stale, (0, 0))
+    monkeypatch.setattr(start_module, "NATIVE_CLIENT", stale)
+    commands = [line for line in render_config(cfg, sys.executable).splitlines() if line.startswith("command=")]
     client_cmd = f"command={sys.executable} -S -I {CLIENT} {socket_path(short_tmp)} services."
     for name in ("capture", "decoder", "flowtracker", "detector", "observer", "notifier"):
         assert any(c.startswith(client_cmd + name + " ") for c in commands), name
+    monkeypatch.undo()
     # redis is not forked; it dies with supervisord (setpriv --pdeathsig, or parent_watch without it)
     assert any("redis-server" in c and parent_death_signal(sys.executable) in c for c in commands)
     cfg.launcher = "exec"
