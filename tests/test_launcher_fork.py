@@ -284,42 +284,15 @@ def test_run_forks_the_zygote_from_itself_with_nothing_of_the_cli_but_the_module
         os.close(lock_fd)
 
 
-def test_with_a_thread_running_the_zygote_is_started_as_its_own_interpreter(short_tmp):
-    """Forking a process with a thread in it is unsafe (a lock it holds stays held in the child):
-    ``fork`` then starts the zygote on its own, and it serves as well."""
+def _zygote_owner(short_tmp: Path, with_thread: bool) -> tuple[subprocess.Popen, str, int]:
+    """A process that ``fork``s a zygote (with a thread of its own running, or not), prints the
+    zygote's kind and pid, and on a line from stdin stops it and prints its exit code."""
     code = (
-        "import sys, threading, time\n"
-        "from pathlib import Path\n"
-        "from services.launcher.start import ForkedProcess, ZygoteProcess\n"
-        "stop = threading.Event()\n"
-        "threading.Thread(target=stop.wait, daemon=True).start()\n"
-        "z = ZygoteProcess(Path(sys.argv[1]))\n"
-        "z.fork([])\n"
-        "print(type(z.proc).__name__, z.proc.pid, flush=True)\n"
-        "sys.stdin.readline()\n"
-        "z.stop()\n"
-    )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", code, str(short_tmp)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        kind, pid = parent.stdout.readline().split()
-        assert kind == "Popen" and "services.launcher.zygote" in " ".join(psutil.Process(int(pid)).cmdline())
-        rc, out, err = finish(client(short_tmp, "show"))
-        assert rc == 0 and f"ppid={pid}" in out, (out, err)
-    finally:
-        parent.communicate("\n", timeout=30)
-    assert parent.returncode == 0 and gone(int(pid))
-
-
-def test_a_forked_zygote_serves_and_stops(short_tmp):
-    """The zygote forked by ``fork`` (no thread running) serves clients as a started one does,
-    and ``stop`` ends it and removes its socket and pid file."""
-    code = (
-        "import sys\n"
+        "import sys, threading\n"
         "from pathlib import Path\n"
         "from services.launcher.start import ZygoteProcess\n"
-        "z = ZygoteProcess(Path(sys.argv[1]))\n"
+        + ("threading.Thread(target=threading.Event().wait, daemon=True).start()\n" if with_thread else "")
+        + "z = ZygoteProcess(Path(sys.argv[1]))\n"
         "z.fork([])\n"
         "print(type(z.proc).__name__, z.proc.pid, flush=True)\n"
         "sys.stdin.readline()\n"
@@ -329,9 +302,29 @@ def test_a_forked_zygote_serves_and_stops(short_tmp):
     parent = subprocess.Popen(
         [sys.executable, "-c", code, str(short_tmp)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    kind, pid = parent.stdout.readline().split()
+    return parent, kind, int(pid)
+
+
+def test_with_a_thread_running_the_zygote_is_started_as_its_own_interpreter(short_tmp):
+    """Forking a process with a thread in it is unsafe (a lock it holds stays held in the child):
+    ``fork`` then starts the zygote on its own, and it serves as well."""
+    parent, kind, pid = _zygote_owner(short_tmp, with_thread=True)
     try:
-        kind, pid = parent.stdout.readline().split()
-        assert kind == "ForkedProcess" and psutil.Process(int(pid)).ppid() == parent.pid
+        assert kind == "Popen" and "services.launcher.zygote" in " ".join(psutil.Process(pid).cmdline())
+        rc, out, err = finish(client(short_tmp, "show"))
+        assert rc == 0 and f"ppid={pid}" in out, (out, err)
+    finally:
+        parent.communicate("\n", timeout=30)
+    assert parent.returncode == 0 and gone(pid)
+
+
+def test_a_forked_zygote_serves_and_stops(short_tmp):
+    """The zygote forked by ``fork`` (no thread running) serves clients as a started one does,
+    and ``stop`` ends it and removes its socket and pid file."""
+    parent, kind, pid = _zygote_owner(short_tmp, with_thread=False)
+    try:
+        assert kind == "ForkedProcess" and psutil.Process(pid).ppid() == parent.pid
         rc, out, err = finish(client(short_tmp, "exit", "7"))
         assert rc == 7, err
         rc, out, err = finish(client(short_tmp, "show"))
@@ -339,7 +332,7 @@ def test_a_forked_zygote_serves_and_stops(short_tmp):
     finally:
         out, _ = parent.communicate("\n", timeout=30)
     assert parent.returncode == 0 and out.strip() == "0", out
-    assert gone(int(pid)) and not socket_path(short_tmp).exists() and not pid_path(short_tmp).exists()
+    assert gone(pid) and not socket_path(short_tmp).exists() and not pid_path(short_tmp).exists()
 
 
 @pytest.mark.slow
