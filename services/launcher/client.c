@@ -330,7 +330,7 @@ static int send_request(int zygote, int theirs) {
     c->cmsg_len = CMSG_LEN(sizeof(fds));
     memcpy(CMSG_DATA(c), fds, sizeof(fds));
     ssize_t sent;
-    do sent = sendmsg(zygote, &msg, 0);
+    do sent = sendmsg(zygote, &msg, MSG_NOSIGNAL); /* a zygote gone meanwhile: EPIPE, not SIGPIPE (as in Python) */
     while (sent < 0 && errno == EINTR);
     free(b.data);
     return sent < 0 ? -1 : 0;
