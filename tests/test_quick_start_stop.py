@@ -139,7 +139,7 @@ def _spawn_gap(run_dir: Path, nudge: bool) -> float:
     for line in log.read_text().splitlines():
         for what in ("supervisord started with pid", "spawned: 'idle'"):
             if what in line and what not in stamps:
-                day, clock = line.split()[:2]
+                clock = line.split()[1]  # "2026-12-04 23:36:42,435 INFO ..."
                 hms, ms = clock.split(",")
                 h, m, sec = (int(x) for x in hms.split(":"))
                 stamps[what] = h * 3600 + m * 60 + sec + int(ms) / 1000

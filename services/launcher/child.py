@@ -88,6 +88,11 @@ def _name_process(module: str, argv: list[str]) -> None:
     name = "pks-" + module.rsplit(".", 1)[-1]
     if "--index" in argv[:-1]:
         name += "-" + argv[argv.index("--index") + 1]
+    set_kernel_name(name)
+
+
+def set_kernel_name(name: str) -> None:
+    """This process's 15-byte kernel name (``comm``), where the kernel lets us set it."""
     with contextlib.suppress(OSError, AttributeError):
         parent_watch._libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 

@@ -251,7 +251,8 @@ def become_zygote(listener: socket.socket, log_fd: int, parent: int) -> NoReturn
         from shared.parent_watch import die_with_parent
 
         die_with_parent(signal.SIGTERM, expected_parent=parent)
-        _name_zygote()
+        # ps/top show the CLI's command line for the forked zygote; the kernel name says what it is
+        child.set_kernel_name("pks-zygote")
         zygote = Zygote(listener)
         zygote.ready_to_fork()
         log.info("ready: %d modules loaded (forked from pktscope run)", len(sys.modules))
@@ -269,14 +270,6 @@ def _max_fd() -> int:
         return os.sysconf("SC_OPEN_MAX")
     except (OSError, ValueError):
         return 65536
-
-
-def _name_zygote() -> None:
-    """``ps``/``top`` show the CLI's command line for the forked zygote; the kernel name says what it is."""
-    from shared import parent_watch
-
-    with contextlib.suppress(OSError, AttributeError):
-        parent_watch._libc.prctl(child.PR_SET_NAME, b"pks-zygote", 0, 0, 0)
 
 
 def main(argv: list[str] | None = None) -> int:
