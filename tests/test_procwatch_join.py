@@ -116,3 +116,34 @@ def test_container_ids_from_cgroup_paths():
     pod = "0d6b1a3e-5a2c-4f0e-9d8b-1c2d3e4f5a6b"
     assert container_id(f"/kubepods/besteffort/pod{pod}") == pod
     assert container_id("/user.slice/user-1000.slice/session-2.scope") == ""
+
+
+def test_a_udp_port_reused_at_once_by_the_next_program_stays_with_each_flow():
+    """Short-lived programs sending to one peer: the kernel may give a freed UDP port to the
+    next socket within milliseconds. Each fact is written microseconds after its own socket's
+    first datagram; each flow belongs to the program whose socket was born closest to it."""
+    t = SocketOwners()
+    for i, pid in enumerate((100, 200, 300)):
+        t.add(fact(pid, T + i * 0.005 + 0.00003, proto=17, lip="", lport=41000, rip="127.0.0.1", rport=9999))
+    for i, pid in enumerate((100, 200, 300)):
+        assert owner(t, 17, "127.0.0.1", 41000, "127.0.0.1", 9999, at=T + i * 0.005) == pid
+
+
+def test_a_send_seen_again_keeps_the_time_its_socket_was_born():
+    """A long-lived socket's refreshed fact still ends before a later socket on its port is born."""
+    t = SocketOwners()
+    proc = {"pid": 5, "started": T}
+    for i in range(5):  # sends every 2 s for 8 s
+        t.add(fact(5, T + 2 * i, proto=17, lip="", lport=999, rip="1.1.1.1", rport=53, kind="send", proc=proc))
+    t.add(fact(6, T + 30, proto=17, lip="", lport=999, rip="1.1.1.1", rport=53, kind="send"))
+    assert owner(t, 17, "10.0.0.1", 999, "1.1.1.1", 53, at=T) == 5
+    assert owner(t, 17, "10.0.0.1", 999, "1.1.1.1", 53, at=T + 29.9999) == 6  # born 0.1 ms after
+    assert owner(t, 17, "10.0.0.1", 999, "1.1.1.1", 53, at=T + 10) == 5  # the other not born yet
+
+
+def test_a_restarted_listener_owns_the_connections_after_its_start_only():
+    t = SocketOwners()
+    t.add(fact(1, T - 1000, lip="", lport=8080, kind="listen"))
+    t.add(fact(2, T - 10, lip="", lport=8080, kind="listen"))
+    assert owner(t, 6, "10.0.0.1", 8080, "10.0.0.9", 50000, at=T) == 2
+    assert owner(t, 6, "10.0.0.1", 8080, "10.0.0.9", 50000, at=T - 500) == 1

@@ -4,9 +4,17 @@ Facts arrive from procwatch (one per socket event: connect, listen, send); flows
 flow-tracker, usually later, and often after the process has exited. Each fact is stored under
 its protocol and local port (ICMP and raw sockets under their protocol alone, since ICMP flows
 have no ports). A lookup takes the facts of that key that fit the flow -- the same local
-address or a wildcard one, the same peer when the fact has one -- and picks the newest one
-stamped before the flow's first packet (plus ``slack`` for the clocks), so a port reused by
-another program later does not take over an earlier flow, and vice versa.
+address or a wildcard one, the same peer when the fact has one -- and born no later than the
+flow's first packet plus ``slack`` (a fact is written when connect(2) returns, or just after a
+datagram left), and picks the one born closest to that packet, so a port reused by another
+program later does not take over an earlier flow, and vice versa. A fact is born when its
+socket is first seen ("first"); a send seen again only moves its "ts" on.
+
+Closest, not the newest within the slack: UDP gives a freed port to the next socket at once, so
+short-lived programs sending to one peer (a resolver, a collector) can reuse each other's port
+within milliseconds. The newest fact within 2 s then named the later program for the earlier
+one's flow; the earlier socket's fact is born microseconds after its packet, the later one's
+only when that program sends.
 
 Bounded: at most ``max_facts`` facts in all (oldest dropped first) and ``per_key`` per key.
 """
@@ -56,6 +64,7 @@ class SocketOwners:
                 if _same_socket(old, fact):
                     old["ts"] = max(old["ts"], fact["ts"])
                     return
+        fact["first"] = fact["ts"]
         facts.append(fact)
         self._count += 1
         if len(facts) > self.per_key:
@@ -80,9 +89,10 @@ class SocketOwners:
             return None
         limit = None if at is None else at + self.slack
         best = None
-        best_score = (-1.0, -1)
+        best_score = (-float("inf"), -1)
         for fact in facts:
-            if limit is not None and fact["ts"] > limit:
+            first = fact["first"]
+            if limit is not None and first > limit:
                 continue
             flip, frip = fact.get("lip", ""), fact.get("rip", "")
             if flip and flip != lip:
@@ -92,8 +102,8 @@ class SocketOwners:
                     continue
             elif frip and frip != rip:
                 continue
-            # the newest (a reused port belongs to its latest owner); at equal times an exact peer
-            score = (fact["ts"], 1 if frip else 0)
+            # born closest to the first packet (with no time: the newest); at a tie an exact peer
+            score = (fact["ts"] if at is None else -abs(first - at), 1 if frip else 0)
             if score > best_score:
                 best, best_score = fact, score
         return best
