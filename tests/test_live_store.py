@@ -65,3 +65,33 @@ def test_past_its_bound_the_least_recently_active_flow_leaves_the_view(rdb):
     store.observe(_row(fid=3, sport=40003, ev="end", reason="fin", ts=21.0, first=13.0, last=21.0), None)
     store.flush()
     assert {json.loads(text)[5] for text in rdb.hgetall(keys.live_conns()).values()} == {40000, 40002}
+
+
+def test_a_backlog_of_ended_flows_is_written_before_the_interval(rdb):
+    """FLUSH_BACKLOG ended flows go to the history at once (off a replay's end), and leave the
+    open ones; an open flow that changed meanwhile waits for the interval's full write."""
+    from services.detector.live_store import FLUSH_BACKLOG
+
+    keys = ObserveKeys("k")
+    store = LiveStore(rdb, keys, lambda name: name, interval=3600.0)
+    store.maybe_flush(now=0.0)  # the first write; the next full one is an hour away
+    starts = [_row(fid=i, sport=20000 + i, ts=1.0, first=1.0, last=1.0) for i in range(FLUSH_BACKLOG)]
+    for row in starts:
+        store.observe(row, None)
+    store.flush()  # written as open
+    assert rdb.hlen(keys.live_conns()) == FLUSH_BACKLOG
+    still_open = _row(fid=99999, sport=19999, ts=2.0, first=2.0, last=2.0)
+    store.observe(still_open, None)
+    for i in range(FLUSH_BACKLOG - 1):
+        store.observe(_row(fid=i, sport=20000 + i, ev="end", reason="idle", ts=3.0, first=1.0, last=1.0), None)
+        store.maybe_flush(now=1.0)
+    assert rdb.zcard(keys.live_history()) == 0  # one short of the backlog: nothing written yet
+    store.observe(_row(fid=FLUSH_BACKLOG - 1, sport=20000 + FLUSH_BACKLOG - 1, ev="end", reason="idle", ts=3.0,
+                       first=1.0, last=1.0), None)  # fmt: skip
+    store.maybe_flush(now=1.0)
+    assert rdb.zcard(keys.live_history()) == FLUSH_BACKLOG
+    assert rdb.hlen(keys.live_conns()) == 0  # the ended ones left the open view; the new one waits
+    assert store.c["live.flows_ended"] == FLUSH_BACKLOG
+    store.maybe_flush(now=3601.0)
+    (text,) = rdb.hvals(keys.live_conns())
+    assert json.loads(text)[5] == 19999

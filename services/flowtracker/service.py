@@ -44,7 +44,10 @@ from shared.stats import ServiceStats, wait_until_ended
 log = logging.getLogger("pktscope.flowtracker")
 
 POLL_MS = 100  # how often an idle or blocked tracker looks at the stop flag and heartbeat
-FINAL_CHUNK = 4096  # events per FLOWS frame when every remaining flow ends at once
+# Events per FLOWS frame at most. Most of a short capture's events come at once at its end (its
+# flows end together, or a reorder window's worth is released when a decoder ends); in frames of
+# this size the detector and the observer work on the first while the next is packed.
+EVENT_CHUNK = 2048
 SENSOR_DRAIN = 10.0  # seconds a sensor's finished replay waits for the pool to take what it queued
 SHUTDOWN_SEND_GRACE = 3.0  # seconds a stopping tracker waits for the detector to take events
 DETECTOR_TICK_EVERY = 1.0  # packet-time seconds between two TICKs to the detector
@@ -300,7 +303,8 @@ class FlowTrackerService:
 
     # --- output ------------------------------------------------------------------------------------
     def _send_events(self, events: list[list], stop: Any, deadline: float | None = None) -> list:
-        """Send events to their detector shards; per shard the time of the last one sent (or None)."""
+        """Send events to their detector shards, at most EVENT_CHUNK a frame; per shard the time
+        of the last one sent (or None)."""
         sent: list = [None] * self.detectors
         if not events:
             return sent
@@ -314,9 +318,11 @@ class FlowTrackerService:
             for row in events:
                 parts[detector_of(row, n)].append(row)
         for k, part in enumerate(parts):
-            if part and self._send(FrameType.FLOWS, part, stop, deadline, k):
-                self.stats.c["events_out"] += len(part)
-                sent[k] = part[-1][2]
+            for i in range(0, len(part), EVENT_CHUNK):
+                chunk = part[i : i + EVENT_CHUNK] if len(part) > EVENT_CHUNK else part
+                if self._send(FrameType.FLOWS, chunk, stop, deadline, k):
+                    self.stats.c["events_out"] += len(chunk)
+                    sent[k] = chunk[-1][2]
         return sent
 
     def _finish(self, reason: str, stop: Any) -> None:
@@ -331,8 +337,7 @@ class FlowTrackerService:
         self.table.finish(reason, end_ts)
         events = self.table.take_rows()
         deadline = None if reason == "eos" else time.monotonic() + SHUTDOWN_SEND_GRACE
-        for i in range(0, len(events), FINAL_CHUNK):
-            self._send_events(events[i : i + FINAL_CHUNK], stop, deadline)
+        self._send_events(events, stop, deadline)
         self._update_counters()
         if reason == "eos":
             table = self.table
