@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from shared import end_wake
 from shared.deferred_write import DeferredWrites
 from shared.outages import Outages
 from shared.redis_conn import is_cluster
@@ -145,6 +146,8 @@ class ServiceStats:
             self.redis_errors += 1
             self.outages.failed()
             return False
+        if "eos" in extra:
+            end_wake.notify()  # `pktscope run` reads this at once instead of at its next look
         return True
 
 

@@ -80,12 +80,14 @@ NOTIFY_DRAIN_TIMEOUT = 120.0  # seconds a finished replay waits for its notifica
 OBSERVER_TIMEOUT = 60.0  # seconds a finished replay waits for the observer's last writes
 
 
-def wait_for_observation(r, keys, cfg: PipelineConfig, interrupted) -> None:
-    """After a replay: the observer's last writes (live view, EVE log), then the notifications."""
+def wait_for_observation(r, keys, cfg: PipelineConfig, interrupted, pause=None) -> None:
+    """After a replay: the observer's last writes (live view, EVE log), then the notifications.
+    ``pause(seconds)`` waits between two looks (`pktscope run`'s returns when a service ends)."""
     import time
 
     import redis
 
+    pause = pause or time.sleep
     deadline = time.time() + OBSERVER_TIMEOUT
     while not interrupted() and time.time() < deadline:
         try:
@@ -94,7 +96,7 @@ def wait_for_observation(r, keys, cfg: PipelineConfig, interrupted) -> None:
             eos = run_id = None
         if eos == "1" and run_id == cfg.run_id:
             break
-        time.sleep(0.005)  # the observer's last write follows the detector's end within milliseconds
+        pause(0.005)  # the observer's last write follows the detector's end within milliseconds
     wait_for_notifier(r, keys, cfg, interrupted)
 
 

@@ -21,6 +21,7 @@ from services.cli.supervisor import Supervisor, render_config, running_pid
 from services.launcher.start import LAUNCHERS, ZygoteProcess, service_modules
 from shared.config import PipelineConfig, default_decoders, default_run_dir
 from shared.curve import has_server_keys, is_local_endpoint
+from shared.end_wake import EndWake
 from shared.redis_keys import Keys
 from shared.rundir import UnsafeRunDir, ensure_private_dir
 
@@ -504,8 +505,10 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zyg
     every program is down, before supervisord's own shutdown."""
     sup = Supervisor(run_dir)
     interrupt = _Interrupt()
+    # the services' ends of stream wake the wait for a replay's end at once (shared/end_wake.py)
+    wake = EndWake.bind(run_dir / "end-wake.sock") if cfg.read_path else None
     try:
-        sup.spawn(render_config(cfg))
+        sup.spawn(render_config(cfg), env=wake.env() if wake is not None else None)
         if cfg.launcher == "fork":
             # the services' imports (redis-py among them, which we need too) while supervisord
             # and Redis start; then the zygote is forked from us, with all of it loaded
@@ -607,12 +610,17 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zyg
                 print(f"pktscope: gave up after {args.timeout} s", file=sys.stderr)
                 exit_code = 1
                 break
-            time.sleep(0.02 if not cfg.live else 0.1)  # a replay's end is noticed within 20 ms
+            if wake is not None:
+                wake.wait(0.02)  # a replay's end: at once (a service's eos wakes us), else 20 ms
+            else:
+                time.sleep(0.02 if not cfg.live else 0.1)
         if bar is not None:
             bar.close()
         interrupted = interrupt.hit and ends
         if ends and cfg.observer and not exit_code and not interrupted:
-            observe_flags.wait_for_observation(r, keys, cfg, lambda: interrupt.hit)
+            observe_flags.wait_for_observation(
+                r, keys, cfg, lambda: interrupt.hit, pause=wake.wait if wake is not None else time.sleep
+            )
         if not ends or exit_code or interrupted:
             for group in PIPELINE_SERVICES:  # upstream first, so what is in flight drains downstream
                 sup.stop_group(group)
@@ -653,4 +661,6 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zyg
             stop_first=(*PIPELINE_SERVICES, "procwatch", *observe_programs.GROUPS, "redis"),
             when_stopped=zygote.ask_to_stop,
         )
+        if wake is not None:
+            wake.close()
     return exit_code

@@ -128,8 +128,9 @@ class Supervisor:
         self.spawn(config_text)
         self.wait_running()
 
-    def spawn(self, config_text: str) -> None:
-        """Start supervisord; ``wait_running`` waits for it (the caller may do its own work between)."""
+    def spawn(self, config_text: str, env: dict[str, str] | None = None) -> None:
+        """Start supervisord; ``wait_running`` waits for it (the caller may do its own work between).
+        ``env``: added to ours, for supervisord and every program it runs."""
         (self.run_dir / "logs").mkdir(mode=0o700, exist_ok=True)
         self.conf.write_text(config_text)
         # Its own session: a Ctrl-C in the terminal reaches us, and we stop the pipeline in order.
@@ -141,6 +142,7 @@ class Supervisor:
             preexec_fn=lambda: die_with_parent(signal.SIGTERM, expected_parent=parent),
             stdout=subprocess.DEVNULL,
             stderr=open(self.run_dir / "supervisord.stderr", "wb"),  # noqa: SIM115 - child owns it
+            env={**os.environ, **env} if env else None,
         )
         self._nudge_stop.clear()
         self._nudger = threading.Thread(target=self._nudge, name="supervisord-nudge", daemon=True)
