@@ -212,7 +212,9 @@ def wait_until_ended(
         ]
         if not waiting or time.monotonic() >= deadline or stop:
             return waiting
-        time.sleep(0.02)
+        # Only the end of a stream waits here, for tens of milliseconds: looking every 5 ms (not
+        # 20) ends this process sooner, and `pktscope run` waits for every process at its stop.
+        time.sleep(0.005)
 
 
 def _text(value: bytes | str | None) -> str | None:
