@@ -186,3 +186,66 @@ def test_a_burst_of_events_leaves_in_frames_of_at_most_event_chunk(short_tmp, re
     assert max(sizes) <= EVENT_CHUNK and len(sizes) >= 3, sizes
     assert len(rows) == 2 * n  # a start and an end per flow
     assert sorted(r["sport"] for r in rows if r["ev"] == "end") == sorted(r[6] for r in records)
+
+
+def _replay_frames(tmp: Path, redis_url: str, bodies: list[tuple], pause: bool) -> list[list]:
+    """The FLOWS frames' rows a tracker sends for these decoder-0 frames (then EOS); ``pause``:
+    the tracker is stopped (SIGSTOP) while they are sent, so all of them wait when it resumes;
+    else they are sent 30 ms apart, so that it takes each one alone."""
+    tmp.mkdir()
+    ctx = zmq.Context.instance()
+    proc, cfg = start_tracker(tmp, redis_url, decoders=1)
+    pull = bind_pull(ctx, cfg.detector_endpoint, 1000)
+    d0 = connect_push(ctx, cfg.tracker_endpoint, 1000)
+    out: list[list] = []
+    try:
+        time.sleep(0.3)  # connected both ways before the tracker stops
+        if pause:
+            proc.send_signal(signal.SIGSTOP)
+        for seq, body in enumerate(bodies):
+            d0.send(frames.encode(FrameType.RECORDS, "decoder-0", seq, body))
+            if not pause:
+                time.sleep(0.03)  # one at a time: the tracker keeps up
+        d0.send(frames.encode(FrameType.EOS, "decoder-0", len(bodies), {"origin": "decoder-0"}))
+        time.sleep(0.3)
+        if pause:
+            proc.send_signal(signal.SIGCONT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if not pull.poll(200):
+                continue
+            frame = frames.decode(pull.recv())
+            if frame.type == FrameType.FLOWS:
+                out.append([list(row) for row in frame.body])
+            elif frame.type == FrameType.EOS:
+                break
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        pull.close(linger=0)
+        d0.close(linger=0)
+    return out
+
+
+def test_a_tracker_behind_sends_the_same_events_in_fewer_frames(short_tmp, redis_url):
+    """Frames waiting when the tracker gets to them are taken COALESCE_FRAMES at a time before
+    its timers run and it sends: the same events in the same order, in fewer FLOWS frames."""
+    from services.flowtracker.service import COALESCE_FRAMES
+
+    t0 = 1_700_000_000.0
+    bodies, num = [], 0
+    for i in range(40):  # each frame 20 s of packet time later: each releases the one before's events
+        recs = tcp_session(t0 + 20 * i, CLIENT, "198.51.100.1", 30000 + i, 443)
+        recs = [(num + k + 1, *r[1:]) for k, r in enumerate(recs)]
+        num += len(recs)
+        bodies.append(tuple(recs))
+    steady = _replay_frames(short_tmp / "a", redis_url, bodies, pause=False)
+    behind = _replay_frames(short_tmp / "b", redis_url, bodies, pause=True)
+    assert [r for f in behind for r in f] == [r for f in steady for r in f]
+    assert len(steady) >= 20  # about one per decoder frame when keeping up (40)
+    assert len(behind) <= len(bodies) // COALESCE_FRAMES + 3 and 2 * len(behind) < len(steady), (
+        len(behind),
+        len(steady),
+    )
