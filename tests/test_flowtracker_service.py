@@ -146,49 +146,7 @@ def test_sigterm_ends_flows_as_shutdown_and_exits_0(short_tmp, redis_url):
     assert end["reason"] == "shutdown" and end["pkts_out"] == 3 and end["pkts_in"] == 2
 
 
-def test_a_burst_of_events_leaves_in_frames_of_at_most_event_chunk(short_tmp, redis_url):
-    """A short capture's flows all end at once (and a decoder's end releases a reorder window's
-    worth of events): they leave in frames of at most EVENT_CHUNK events, so the detector starts
-    on the first while the rest are packed; none is lost or doubled."""
-    from services.flowtracker.service import EVENT_CHUNK
-
-    ctx = zmq.Context.instance()
-    proc, cfg = start_tracker(short_tmp, redis_url, decoders=1)
-    pull = bind_pull(ctx, cfg.detector_endpoint, 1000)
-    d0 = connect_push(ctx, cfg.tracker_endpoint, 1000)
-    n = 2 * EVENT_CHUNK + 300  # one-datagram UDP flows, all within a second
-    t0 = 1_700_000_000.0
-    records = numbered(
-        rec(t0 + i / n, CLIENT, "198.51.100.1", 20000 + i % 40000, 53 + i // 40000, proto=17) for i in range(n)
-    )
-    sizes: list[int] = []
-    rows: list[dict] = []
-    try:
-        for i in range(0, n, 500):
-            d0.send(frames.encode(FrameType.RECORDS, "decoder-0", i // 500, tuple(records[i : i + 500])))
-        d0.send(frames.encode(FrameType.EOS, "decoder-0", n // 500 + 1, {"origin": "decoder-0", "packets": n}))
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if not pull.poll(200):
-                continue
-            frame = frames.decode(pull.recv())
-            if frame.type == FrameType.FLOWS:
-                sizes.append(len(frame.body))
-                rows += [from_row(row) for row in frame.body]
-            elif frame.type == FrameType.EOS:
-                break
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        pull.close(linger=0)
-        d0.close(linger=0)
-    assert max(sizes) <= EVENT_CHUNK and len(sizes) >= 3, sizes
-    assert len(rows) == 2 * n  # a start and an end per flow
-    assert sorted(r["sport"] for r in rows if r["ev"] == "end") == sorted(r[6] for r in records)
-
-
-def _replay_frames(tmp: Path, redis_url: str, bodies: list[tuple], pause: bool) -> list[list]:
+def _replay_frames(tmp: Path, redis_url: str, bodies: list[tuple], pause: bool = False) -> list[list]:
     """The FLOWS frames' rows a tracker sends for these decoder-0 frames (then EOS); ``pause``:
     the tracker is stopped (SIGSTOP) while they are sent, so all of them wait when it resumes;
     else they are sent 30 ms apart, so that it takes each one alone."""
@@ -227,6 +185,25 @@ def _replay_frames(tmp: Path, redis_url: str, bodies: list[tuple], pause: bool) 
         pull.close(linger=0)
         d0.close(linger=0)
     return out
+
+
+def test_a_burst_of_events_leaves_in_frames_of_at_most_event_chunk(short_tmp, redis_url):
+    """A short capture's flows all end at once (and a decoder's end releases a reorder window's
+    worth of events): they leave in frames of at most EVENT_CHUNK events, so the detector starts
+    on the first while the rest are packed; none is lost or doubled."""
+    from services.flowtracker.service import EVENT_CHUNK
+
+    n = 2 * EVENT_CHUNK + 300  # one-datagram UDP flows, all within a second
+    t0 = 1_700_000_000.0
+    records = numbered(
+        rec(t0 + i / n, CLIENT, "198.51.100.1", 20000 + i % 40000, 53 + i // 40000, proto=17) for i in range(n)
+    )
+    sent = _replay_frames(short_tmp / "t", redis_url, [tuple(records[i : i + 500]) for i in range(0, n, 500)])
+    sizes = [len(rows) for rows in sent]
+    events = [from_row(row) for rows in sent for row in rows]
+    assert max(sizes) <= EVENT_CHUNK and len(sizes) >= 3, sizes
+    assert len(events) == 2 * n  # a start and an end per flow
+    assert sorted(e["sport"] for e in events if e["ev"] == "end") == sorted(r[6] for r in records)
 
 
 def test_a_tracker_behind_sends_the_same_events_in_fewer_frames(short_tmp, redis_url):
