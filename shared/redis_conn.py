@@ -141,6 +141,25 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def connect_made(url: str, stop: Any, cluster: bool = False, who: str = "", **kw: Any) -> redis.Redis | None:
+    """``connect(url, cluster, **kw)``, made again (0.05 s doubling to ``CONNECT_RETRY_MAX``) while
+    it raises; None once ``stop`` is set. A plain client is made without a word to Redis, but a
+    Cluster client asks a node for the slot map as it is made: a name not resolvable yet (compose
+    starts every container at once) or a cluster not up yet raised, and a service that only wants
+    a client for its stats, and writes them whenever Redis answers, died of it at start."""
+    delay = 0.05
+    began = time.monotonic()
+    while not stop:
+        try:
+            return connect(url, cluster=cluster, **kw)
+        except redis.RedisError as exc:
+            level = logging.WARNING if time.monotonic() - began >= QUIET_WAIT else logging.DEBUG
+            log.log(level, "%sRedis %s not reachable (%s); retrying in %.2f s", f"{who}: " if who else "", redact(url), exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX)
+    return None
+
+
 def connect_until_ready(url: str, stop: Any, cluster: bool = False, who: str = "") -> redis.Redis | None:
     """A client that has answered PING; tries again (0.01 s doubling to ``CONNECT_RETRY_MAX``)
     while Redis is not up yet, e.g. a new Cluster settling. None once ``stop`` is set.

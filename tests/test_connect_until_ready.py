@@ -55,3 +55,42 @@ def test_a_stopped_service_gives_up_waiting(short_tmp):
     began = time.monotonic()
     assert connect_until_ready(f"unix://{short_tmp}/absent.sock", stop) is None
     assert time.monotonic() - began < CONNECT_RETRY_MAX + 1.0
+
+
+def test_a_cluster_client_not_makeable_yet_is_made_again_until_stopped(caplog):
+    """A Cluster client asks a node for the slot map as it is made: a name not resolvable (as in
+    compose, containers started before their network's DNS knows the nodes) raised, and the
+    decoder or flow-tracker that wanted it only for its stats died at start. connect_made makes it
+    again until it can, or until the service is stopped."""
+    import logging
+
+    from shared.redis_conn import connect_made
+
+    stop = Flag()
+    threading.Timer(1.5, stop.set).start()
+    with caplog.at_level(logging.DEBUG, logger="shared.redis_conn"):
+        assert connect_made("redis://no-such-node.invalid:6379/0", stop, cluster=True, who="test") is None
+    tries = [r for r in caplog.records if "not reachable" in r.getMessage()]
+    assert len(tries) >= 3, [r.getMessage() for r in tries]
+
+
+def test_a_plain_client_is_made_at_once_and_answers_when_redis_does(short_tmp):
+    from shared.redis_conn import connect_made
+
+    url = f"unix://{short_tmp}/redis.sock"
+    r = connect_made(url, Flag())  # nothing listens yet: a plain client is made without asking
+    assert r is not None
+    proc, _ = start_redis(short_tmp)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert r.ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        r.close()
+        proc.terminate()
+        proc.wait(timeout=10)

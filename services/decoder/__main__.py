@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from services.decoder.service import DecoderService, connect_redis, load_app_inspector
 
-        r = connect_redis(cfg.effective_redis_url, cluster=cfg.redis_cluster)
+        r = connect_redis(cfg.effective_redis_url, cluster=cfg.redis_cluster, stop=stop)
+        if r is None:
+            log.info("stopping on signal before Redis answered")
+            return 0
         service = DecoderService(cfg, args.index, load_app_inspector(), r)
         if claim is not None:
             service.stats.info["claim"] = claim.owner

@@ -183,19 +183,23 @@ class IndexClaim:
         self._thread.start()
 
     def _beat(self) -> None:
-        r = connect(
-            self.url,
-            cluster=self.cluster,
-            socket_connect_timeout=1,
-            socket_timeout=min(2.0, self.renew_every),
-        )
-        renew = r.register_script(RENEW)
+        r = None
         key = self.key
         failing = False
         try:
             while not self._halt.wait(self.renew_every):
                 try:
-                    status = int(renew(keys=[key], args=[self.owner, self.ttl_ms]))
+                    if r is None:
+                        # made here, in the retried part: a Cluster client asks a node for the slot
+                        # map as it is made, and a failure then (a name not resolvable for a moment)
+                        # ended this thread, so the lease expired under a running decoder
+                        r = connect(
+                            self.url,
+                            cluster=self.cluster,
+                            socket_connect_timeout=1,
+                            socket_timeout=min(2.0, self.renew_every),
+                        )
+                    status = int(r.register_script(RENEW)(keys=[key], args=[self.owner, self.ttl_ms]))
                 except redis.RedisError as exc:
                     if not failing:
                         log.warning("cannot renew the lease on decoder index %d: %s", self.index, exc)
@@ -217,7 +221,8 @@ class IndexClaim:
                         self.on_lost()
                     return
         finally:
-            r.close()
+            if r is not None:
+                r.close()
 
     def stop_heartbeat(self) -> None:
         self._halt.set()

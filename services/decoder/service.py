@@ -21,7 +21,7 @@ from shared import frames, packed
 from shared.config import PipelineConfig
 from shared.continuity import Continuity, lost_ends, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
-from shared.redis_conn import connect
+from shared.redis_conn import connect_made
 from shared.redis_keys import Keys
 from shared.routing import route_records
 from shared.service import loop_starting
@@ -62,10 +62,13 @@ def load_app_inspector() -> Any | None:
         return None
 
 
-def connect_redis(url: str, wait: float = 2.0, cluster: bool = False) -> redis.Redis | None:
+def connect_redis(url: str, wait: float = 2.0, cluster: bool = False, stop: Any = False) -> redis.Redis | None:
     """Redis for stats. Unreachable now is no reason to give up: every write retries (and counts
-    the outage); monitoring must not stop decoding."""
-    client = connect(url, cluster=cluster, socket_connect_timeout=1, socket_timeout=2)
+    the outage); monitoring must not stop decoding. None only when ``stop`` came first (a Cluster
+    client cannot be made before a node answers: shared/redis_conn.connect_made)."""
+    client = connect_made(url, stop, cluster, "decoder", socket_connect_timeout=1, socket_timeout=2)
+    if client is None:
+        return None
     deadline = time.monotonic() + wait
     while True:
         try:

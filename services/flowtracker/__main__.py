@@ -13,7 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     from services.flowtracker.service import FlowTrackerService, connect_redis
 
     cfg = args.cfg
-    service = FlowTrackerService(cfg, connect_redis(cfg.effective_redis_url, cfg.redis_cluster), args.index)
+    r = connect_redis(cfg.effective_redis_url, cfg.redis_cluster, stop)
+    if r is None:
+        return 0  # stopped before Redis answered
+    service = FlowTrackerService(cfg, r, args.index)
     return profiled(service.name, lambda: service.run(stop))
 
 

@@ -34,7 +34,7 @@ from shared.continuity import Continuity, lost_ends, progress_path
 from shared.frames import FrameError, FrameType, SequenceGaps
 from shared.localnet import LocalNets, interface_addresses
 from shared.packed import records_of
-from shared.redis_conn import connect
+from shared.redis_conn import connect_made
 from shared.redis_keys import Keys
 from shared.routing import NAMES_ONLY, detector_of
 from shared.service import loop_starting
@@ -76,9 +76,11 @@ COUNTERS = (
 TABLE_COUNTERS = ("flows_started", "flows_ended", "evicted", "bad_records", "release_forced")
 
 
-def connect_redis(url: str, cluster: bool = False) -> redis.Redis:
-    """A Redis client for stats; an outage only counts errors in ServiceStats, never stops us."""
-    return connect(url, cluster=cluster, socket_connect_timeout=0.5, socket_timeout=2)
+def connect_redis(url: str, cluster: bool = False, stop: Any = False) -> redis.Redis | None:
+    """A Redis client for stats; an outage only counts errors in ServiceStats, never stops us.
+    None only when ``stop`` came first (a Cluster client cannot be made before a node answers:
+    shared/redis_conn.connect_made)."""
+    return connect_made(url, stop, cluster, "flowtracker", socket_connect_timeout=0.5, socket_timeout=2)
 
 
 def local_nets(cfg: PipelineConfig) -> LocalNets:
