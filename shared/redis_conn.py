@@ -147,17 +147,7 @@ def connect_made(url: str, stop: Any, cluster: bool = False, who: str = "", **kw
     Cluster client asks a node for the slot map as it is made: a name not resolvable yet (compose
     starts every container at once) or a cluster not up yet raised, and a service that only wants
     a client for its stats, and writes them whenever Redis answers, died of it at start."""
-    delay = 0.05
-    began = time.monotonic()
-    while not stop:
-        try:
-            return connect(url, cluster=cluster, **kw)
-        except redis.RedisError as exc:
-            level = logging.WARNING if time.monotonic() - began >= QUIET_WAIT else logging.DEBUG
-            log.log(level, "%sRedis %s not reachable (%s); retrying in %.2f s", f"{who}: " if who else "", redact(url), exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, CONNECT_RETRY_MAX)
-    return None
+    return _retrying(lambda: connect(url, cluster=cluster, **kw), url, stop, who, first_delay=0.05)
 
 
 def connect_until_ready(url: str, stop: Any, cluster: bool = False, who: str = "") -> redis.Redis | None:
@@ -170,13 +160,23 @@ def connect_until_ready(url: str, stop: Any, cluster: bool = False, who: str = "
     and a first wait of 0.1 s, taken by the first services forked, held every replay's start
     back by that much. Only a Redis still missing after ``QUIET_WAIT`` s is warned about.
     """
-    delay = 0.01
+
+    def pinged() -> redis.Redis:
+        r = connect(url, cluster=cluster)
+        r.ping()
+        return r
+
+    return _retrying(pinged, url, stop, who, first_delay=0.01)
+
+
+def _retrying(make: Any, url: str, stop: Any, who: str, first_delay: float) -> redis.Redis | None:
+    """``make()`` until it does not raise a RedisError (``first_delay`` doubling to
+    ``CONNECT_RETRY_MAX`` between tries, warned about after ``QUIET_WAIT`` s); None once ``stop``."""
+    delay = first_delay
     began = time.monotonic()
     while not stop:
         try:
-            r = connect(url, cluster=cluster)
-            r.ping()
-            return r
+            return make()
         except redis.RedisError as exc:
             level = logging.WARNING if time.monotonic() - began >= QUIET_WAIT else logging.DEBUG
             log.log(level, "%sRedis %s not reachable (%s); retrying in %.2f s", f"{who}: " if who else "", redact(url), exc, delay)
