@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from shared.config import PipelineConfig
+from shared.malloc_tuning import tune_malloc
 from shared.parent_watch import die_with_parent
 from shared.stats import ServiceStats
 
@@ -137,6 +138,7 @@ def service_args(name: str, with_index: bool = False, argv: list[str] | None = N
     args = parser.parse_args(argv)
     # under supervisord: if it is killed (even -9), stop instead of running on unsupervised
     die_with_parent(signal.SIGTERM, expected_parent=os.getppid())
+    tune_malloc()  # frame-sized buffers stay in the heap instead of being mapped per frame
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s {name}%(process)d %(levelname)s %(message)s",
