@@ -103,11 +103,6 @@ def conn_key(row: tuple) -> str:
     return f"{row[_PROTO]}|{row[_SRC]}|{row[_SPORT]}|{row[_DST]}|{row[_DPORT]}|{row[_FIRST]!r}"
 
 
-def _text_key(key: tuple) -> str:
-    proto, src, sport, dst, dport, first = key
-    return f"{proto}|{src}|{sport}|{dst}|{dport}|{first!r}"
-
-
 def _num(value: Any) -> int:
     return value if type(value) is int else 0
 
@@ -207,9 +202,11 @@ class LiveStore:
         # (5-tuple, first) -> (row, flow) of open flows, least recently active first
         self.live: dict[tuple, tuple[tuple, Any]] = {}
         self.dirty: set[tuple] = set()
-        self.written: set[tuple] = set()  # keys present in P:live:conns
+        # keys present in P:live:conns -> their text there (a float's repr is costly: kept, not
+        # made again when the flow leaves)
+        self.written: dict[tuple, str] = {}
         self.ended: list[tuple[tuple, Any]] = []  # outbound flows ended since the last write
-        self.removed: list[tuple] = []
+        self.removed: list[str] = []  # texts of keys to delete from P:live:conns
         self.watermark = 0.0
         self._next = 0.0
 
@@ -246,9 +243,9 @@ class LiveStore:
         if row[_EV] == EV_END:
             if live.pop(key, None) is not None:
                 self.dirty.discard(key)
-                if key in self.written:
-                    self.written.discard(key)
-                    self.removed.append(key)
+                text = self.written.pop(key, None)
+                if text is not None:
+                    self.removed.append(text)
             # the history answers "what did this program talk to": outbound flows only
             if row[_OUT] is True:
                 ended = self.ended
@@ -261,9 +258,9 @@ class LiveStore:
             del live[old]
             self.dirty.discard(old)
             self.c["live.dropped"] += 1
-            if old in self.written:
-                self.written.discard(old)
-                self.removed.append(old)
+            text = self.written.pop(old, None)
+            if text is not None:
+                self.removed.append(text)
         live[key] = (row, flow)
         self.dirty.add(key)
 
@@ -283,16 +280,18 @@ class LiveStore:
         keys = self.keys
         label = self.label
         pipe = self.r.pipeline(transaction=False)
+        texts: dict[tuple, str] = {}
         if self.dirty and open_flows:
             live = self.live
             mapping = {}
             for key in self.dirty:
                 row, flow = live[key]
                 rec = record(row, flow, label)
+                texts[key] = rec[0]
                 mapping[rec[0]] = _to_json(rec)
             pipe.hset(keys.live_conns(), mapping=mapping)
         if self.removed:
-            pipe.hdel(keys.live_conns(), *(_text_key(k) for k in self.removed))
+            pipe.hdel(keys.live_conns(), *self.removed)
         if self.ended:
             history = {
                 _to_json(record(row, flow, label)): float(row[_LAST] or row[_TS])
@@ -317,7 +316,8 @@ class LiveStore:
             return
         self.c["live.flows_ended"] += len(self.ended)
         if open_flows:
-            self.written |= self.dirty
+            self.written.update(texts)
             self.dirty.clear()
         self.removed.clear()
         self.ended.clear()
+
