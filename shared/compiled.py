@@ -46,6 +46,8 @@ TWINS: dict[str, str] = {
     "services.flowtracker.tcp_state": "services.flowtracker._tcp_state_c",
     # the detector's look at each flow event row (most are inbound flows': only their time counts)
     "services.detector.events": "services.detector._events_c",
+    # the detector's read of a FLOWS frame in place (inbound rows' times without unpacking them)
+    "services.detector.flows_skim": "services.detector._flows_skim_c",
     # the dissection `pktscope read` runs per packet
     "services.decoder.dissect": "services.decoder._dissect_c",
     "services.decoder.link": "services.decoder._link_c",

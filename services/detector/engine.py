@@ -178,8 +178,17 @@ class DetectorEngine:
         self._run_with_retry(self._load_state)
 
     # --- public ------------------------------------------------------------------------------
-    def process(self, raw_events: Iterable[Any], extra: Callable[[_Batch], None] | None = None) -> list[dict]:
-        """Handle one frame's events; return the alerts raised (with ids), in order."""
+    def process(
+        self,
+        raw_events: Iterable[Any],
+        extra: Callable[[_Batch], None] | None = None,
+        scanned: tuple[list, int, int, int] | None = None,
+    ) -> list[dict]:
+        """Handle one frame's events; return the alerts raised (with ids), in order.
+
+        ``scanned``: what events.scan gives for them with this engine's watermark, when the
+        caller read the frame in place (services/detector/flows_skim.py); ``raw_events`` is
+        then not looked at."""
         batch = _Batch()
         volume: dict[tuple[str, float], list] = {}  # (entity, interval start) -> [bytes, latest ts]
         touched: dict[str, float] = {}
@@ -188,7 +197,7 @@ class DetectorEngine:
         counters = self.c
         observed = self.observed
         # inbound flows' events come as the packet times that move the clock (events.scan)
-        items, taken, late, bad = scan(raw_events, self.watermark)
+        items, taken, late, bad = scan(raw_events, self.watermark) if scanned is None else scanned
         counters["late_events"] += late
         counters["bad_events"] += bad
         for item in items:
