@@ -35,6 +35,12 @@ _HEAD = msgpack.packb((FrameType.FLOWS, FRAME_VERSION, 0, 0, 0))[:-3]
 _ROW_LEN = len(FIELDS)
 _ROW_HEAD = msgpack.packb((None,) * _ROW_LEN)[:-_ROW_LEN]  # an array header of one row
 _EV, _TS, _OUT = INDEX["ev"], INDEX["ts"], INDEX["outbound"]
+# a flow's identity: the fields from proto to first, which never change over its events
+_PROTO, _FIRST, _SRC, _DST = INDEX["proto"], INDEX["first"], INDEX["src"], INDEX["dst"]
+_IDENTITY = ("proto", "ipv", "src", "sport", "dst", "dport", "outbound", "first")
+assert FIELDS[_PROTO : _FIRST + 1] == _IDENTITY and _TS < _PROTO  # the walk meets them in this order
+_pack_identity = msgpack.Packer(use_bin_type=True, autoreset=True).pack  # as frames.encode packs
+_IDENTITY_HEAD = len(msgpack.packb(_IDENTITY)) - len(b"".join(msgpack.packb(f) for f in _IDENTITY))
 # the kinds of event as the flow-tracker packs them (fixstr)
 _KIND_START, _KIND_UPDATE, _KIND_END = (msgpack.packb(k) for k in (EV_START, EV_UPDATE, EV_END))
 _f64 = struct.Struct(">d").unpack_from
@@ -149,45 +155,61 @@ def _at(p: Any, pos: int, end: int, what: bytes) -> bool:
     return True
 
 
-def _inbound_time(p: Any, buf: bytes, pos: int, end: int) -> tuple[float, int] | None:
-    """(time, end) of the row at ``pos`` when it is an inbound flow's event in the flow-tracker's
-    own form; None when the row must be unpacked (outbound, another form, or damaged)."""
+# what _inbound read of the last row it took (module state, not a tuple a row: C variables in the
+# twin, so that a row read in place makes no object it does not hand out)
+_row_ev: str = EV_UPDATE
+_row_ts: float = 0.0
+_row_key: Any = None
+
+
+def _inbound(p: Any, buf: bytes, pos: int, end: int, want_key: bool) -> int:
+    """The end of the row at ``pos`` when it is an inbound flow's event in the flow-tracker's own
+    form, its kind, time and (when ``want_key``) identity bytes left in ``_row_ev``, ``_row_ts``,
+    ``_row_key``; -1 when the row must be unpacked (outbound, another form, or damaged)."""
+    global _row_ev, _row_ts, _row_key
     if not _at(p, pos, end, _ROW_HEAD):
-        return None
+        return -1
     pos += len(_ROW_HEAD)
-    ts = math.nan
+    key_at = 0
     for k in range(_ROW_LEN):
         if k == _EV:
             if _at(p, pos, end, _KIND_UPDATE):
+                _row_ev = EV_UPDATE
                 pos += len(_KIND_UPDATE)
             elif _at(p, pos, end, _KIND_START):
+                _row_ev = EV_START
                 pos += len(_KIND_START)
             elif _at(p, pos, end, _KIND_END):
+                _row_ev = EV_END
                 pos += len(_KIND_END)
             else:
-                return None
+                return -1
             continue
         if k == _TS:
             if pos + 9 > end or p[pos] != 0xCB:
-                return None
+                return -1
             ts = _f64(buf, pos + 1)[0]
             if ts != ts:
-                return None  # NaN: the general rules count it as bad
+                return -1  # NaN: the general rules count it as bad
+            _row_ts = ts
             pos += 9
             continue
         if k == _OUT and pos < end and p[pos] == 0xC3:
-            return None  # outbound: parsed whole
+            return -1  # outbound: parsed whole
+        if k == _PROTO:
+            key_at = pos
+        elif (k == _SRC or k == _DST) and not (pos < end and (0xA0 <= p[pos] <= 0xBF or p[pos] == 0xD9)):
+            return -1  # an address that is not text: the row is unusable, as unpacked
         pos = _skip(p, pos, end, 1)
         if pos < 0:
-            return None
-    return ts, pos
+            return -1
+        if k == _FIRST and want_key:
+            _row_key = p[key_at:pos]
+    return pos
 
 
-def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, int]] | None:
-    """``(sender, seq, events.scan(rows, watermark))`` of a FLOWS frame, read in place; None
-    when frames.decode and events.scan must take it (see the module docstring)."""
-    p = buf
-    end = len(buf)
+def _open(p: Any, buf: bytes, end: int) -> tuple[str, int, int, int] | None:
+    """``(sender, seq, rows, offset of the first row)`` of a FLOWS frame's header, or None."""
     if not _at(p, 0, end, _HEAD):
         return None
     pos = len(_HEAD)
@@ -205,31 +227,46 @@ def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, 
         return None
     b = p[pos]
     if 0x90 <= b <= 0x9F:
-        rows = b & 0x0F
-        pos += 1
-    elif b == 0xDC or b == 0xDD:
+        return sender, seq, b & 0x0F, pos + 1
+    if b == 0xDC or b == 0xDD:
         size = 2 if b == 0xDC else 4
         rows = _len(p, pos + 1, size, end)
-        if rows < 0:
-            return None
-        pos += 1 + size
-    else:
-        return None  # not an array: a bad frame, counted by the general path
+        return None if rows < 0 else (sender, seq, rows, pos + 1 + size)
+    return None  # not an array: a bad frame, counted by the general path
+
+
+def _unpack(buf: bytes, pos: int, stop: int) -> tuple[bool, Any]:
+    """(True, the object) of the bytes the walk passed, as frames.decode unpacks them."""
+    try:
+        return True, msgpack.unpackb(buf[pos:stop], raw=False, use_list=False, strict_map_key=False)
+    except Exception:  # what the walk passed unpacks; should it not, msgpack has the last word
+        return False, None
+
+
+def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, int]] | None:
+    """``(sender, seq, events.scan(rows, watermark))`` of a FLOWS frame, read in place; None
+    when frames.decode and events.scan must take it (see the module docstring)."""
+    p = buf
+    end = len(buf)
+    head = _open(p, buf, end)
+    if head is None:
+        return None
+    sender, seq, rows, pos = head
     # events.scan's rules, row by row (an inbound row may arrive as its time only)
     items: list = []
     taken = late = bad = 0
     run_high = -math.inf
     for _ in range(rows):
-        fast = _inbound_time(p, buf, pos, end)
-        if fast is not None:
-            ts, pos = fast
+        stop = _inbound(p, buf, pos, end, False)
+        if stop >= 0:
+            ts = _row_ts
+            pos = stop
         else:
             stop = _skip(p, pos, end, 0)
             if stop < 0:
                 return None
-            try:
-                raw = msgpack.unpackb(buf[pos:stop], raw=False, use_list=False, strict_map_key=False)
-            except Exception:
+            ok, raw = _unpack(buf, pos, stop)
+            if not ok:
                 return None
             pos = stop
             found = inbound_time(raw)
@@ -261,6 +298,43 @@ def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, 
     return sender, seq, (items, taken, late, bad)
 
 
+def live_rows(buf: bytes) -> tuple[str, int, list] | None:
+    """``(sender, seq, items)`` of a FLOWS frame for the live view, read in place; None when
+    frames.decode must take it. ``items`` holds four entries a row, in order (a flat list: no
+    tuple a row): ``key, ev, ts, packed`` for an inbound flow's event in the flow-tracker's own
+    form (``key`` as identity() gives it, ``packed`` the row's own bytes, unpacked only if the
+    live view writes it), else ``None, row, None, None`` with the row as frames.decode gives it."""
+    p = buf
+    end = len(buf)
+    head = _open(p, buf, end)
+    if head is None:
+        return None
+    sender, seq, rows, pos = head
+    items: list = []
+    for _ in range(rows):
+        stop = _inbound(p, buf, pos, end, True)
+        if stop >= 0:
+            items += (_row_key, _row_ev, _row_ts, p[pos:stop])
+        else:
+            stop = _skip(p, pos, end, 0)
+            if stop < 0:
+                return None
+            ok, raw = _unpack(buf, pos, stop)
+            if not ok:
+                return None
+            items += (None, raw, None, None)
+        pos = stop
+    if pos != end:
+        return None
+    return sender, seq, items
+
+
+def identity(row: tuple) -> bytes:
+    """A flow's identity fields (5-tuple, family, direction, first packet time) packed as the
+    flow-tracker packs them: the key live_rows gives an inbound row, for a row already unpacked."""
+    return _pack_identity(row[_PROTO : _FIRST + 1])[_IDENTITY_HEAD:]
+
+
 from shared.compiled import adopt  # noqa: E402 - bound last: the twin replaces the function above
 
-adopt(globals(), ("scan",))
+adopt(globals(), ("scan", "live_rows", "identity"))

@@ -24,8 +24,10 @@ from collections import Counter
 from typing import Any
 
 import redis
+from msgpack import unpackb
 
 from services.detector.alerts import clean_text
+from services.detector.flows_skim import identity
 from shared.flowevents import EV_END, FIELDS, INDEX
 from shared.observe_keys import ObserveKeys
 
@@ -199,12 +201,12 @@ class LiveStore:
         self.interval = interval
         self._label_cache: dict[str, str] = {}
         self._label_of = label_of
-        # (5-tuple, first) -> (row, flow) of open flows, least recently active first
-        self.live: dict[tuple, tuple[tuple, Any]] = {}
-        self.dirty: set[tuple] = set()
+        # identity (flows_skim.identity) -> (row, flow) of open flows, least recently active first
+        self.live: dict[bytes, tuple[Any, Any]] = {}
+        self.dirty: set[bytes] = set()
         # keys present in P:live:conns -> their text there (a float's repr is costly: kept, not
         # made again when the flow leaves)
-        self.written: dict[tuple, str] = {}
+        self.written: dict[bytes, str] = {}
         self.ended: list[tuple[tuple, Any]] = []  # outbound flows ended since the last write
         self.removed: list[str] = []  # texts of keys to delete from P:live:conns
         self.watermark = 0.0
@@ -229,25 +231,30 @@ class LiveStore:
         return cached
 
     def observe(self, raw: Any, flow: Any) -> None:
-        """Take one flow event (the observer calls this for every event: 160k on the 5x bench
-        capture, so it does no more than it must; a plain dict in recency order, not an
-        OrderedDict: a flow seen again is popped and put back at the end)."""
+        """Take one flow event (a row, or an event map)."""
         row = raw if type(raw) is tuple and len(raw) == _ROW_LEN else as_row(raw)
         if row is None:
             return
-        key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT], row[_FIRST])  # 5-tuple and first
-        ts = row[_TS]
+        self.take(identity(row), row[_EV], row[_TS], row, flow)
+
+    def take(self, key: bytes, ev: Any, ts: Any, row: Any, flow: Any) -> None:
+        """One event of the flow ``key`` (flows_skim.identity). ``row`` is its row, or, for an
+        inbound flow, the row still packed (flows_skim.live_rows), unpacked only if it is written.
+
+        The observer calls this for every event (160k on the 5x bench capture), so it does no
+        more than it must: a plain dict in recency order, not an OrderedDict (a flow seen again
+        is popped and put back at the end)."""
         if type(ts) is float and ts > self.watermark:
             self.watermark = ts
         live = self.live
-        if row[_EV] == EV_END:
+        if ev == EV_END:
             if live.pop(key, None) is not None:
                 self.dirty.discard(key)
                 text = self.written.pop(key, None)
                 if text is not None:
                     self.removed.append(text)
             # the history answers "what did this program talk to": outbound flows only
-            if row[_OUT] is True:
+            if type(row) is tuple and row[_OUT] is True:
                 ended = self.ended
                 ended.append((row, flow))
                 if len(ended) > self.max_history:
@@ -280,12 +287,16 @@ class LiveStore:
         keys = self.keys
         label = self.label
         pipe = self.r.pipeline(transaction=False)
-        texts: dict[tuple, str] = {}
+        texts: dict[bytes, str] = {}
         if self.dirty and open_flows:
             live = self.live
             mapping = {}
             for key in self.dirty:
                 row, flow = live[key]
+                if type(row) is bytes:  # an inbound flow's row as it came (flows_skim.live_rows)
+                    row = as_row(unpackb(row, raw=False, use_list=False, strict_map_key=False))
+                    if row is None:
+                        continue
                 rec = record(row, flow, label)
                 texts[key] = rec[0]
                 mapping[rec[0]] = _to_json(rec)

@@ -20,6 +20,7 @@ import msgpack
 import redis
 import zmq
 
+from services.detector import flows_skim
 from services.detector.eve import EveWriter
 from services.detector.live_store import _DPORT, _DST, _EV, _OUT, _PROTO, _ROW_LEN, _SPORT, _SRC, LiveStore
 from services.detector.observers import EOS_MARK, observer_endpoint
@@ -136,6 +137,12 @@ class ObserverService:
                 if len(flows) > MAX_FLOWS:
                     flows.popitem(last=False)
         if parts[0]:
+            # without an EVE log, inbound flows' rows stay packed until the live view writes them
+            # (most end before it does): the frame is read in place (services/detector/flows_skim.py)
+            skim = flows_skim.live_rows(parts[0]) if eve is None else None
+            if skim is not None:
+                c["events_in"] += self._take(skim[2], live)
+                return False
             try:
                 frame = frames.decode(parts[0])
             except frames.FrameError:
@@ -149,12 +156,8 @@ class ObserverService:
                 if type(row) is not tuple or len(row) != _ROW_LEN:
                     continue
                 n += 1
-                flow = None
-                if row[_OUT] is True:  # the detector sends facts of outbound flows only
-                    key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT])
-                    flow = flows.get(key)
-                    if flow is not None and row[_EV] == EV_END:
-                        del flows[key]
+                # the detector sends facts of outbound flows only
+                flow = self._facts_of(row) if row[_OUT] is True else None
                 observe_live(row, flow)
                 if observe_eve is not None:
                     observe_eve(row, flow)
@@ -164,3 +167,29 @@ class ObserverService:
                 if isinstance(alert, dict):
                     eve.alert(alert)
         return False
+
+    def _take(self, items: list, live: LiveStore) -> int:
+        """A frame read by flows_skim.live_rows into the live view; how many rows were events."""
+        take = live.take
+        observe = live.observe
+        n = 0
+        for i in range(0, len(items), 4):
+            key = items[i]
+            if key is not None:  # an inbound flow's event, still packed
+                n += 1
+                take(key, items[i + 1], items[i + 2], items[i + 3], None)
+                continue
+            row = items[i + 1]
+            if type(row) is not tuple or len(row) != _ROW_LEN:
+                continue
+            n += 1
+            observe(row, self._facts_of(row) if row[_OUT] is True else None)
+        return n
+
+    def _facts_of(self, row: tuple) -> FlowFacts | None:
+        """What the detector sent of an outbound flow; forgotten at its end."""
+        key = (row[_PROTO], row[_SRC], row[_SPORT], row[_DST], row[_DPORT])
+        flow = self.flows.get(key)
+        if flow is not None and row[_EV] == EV_END:
+            del self.flows[key]
+        return flow
