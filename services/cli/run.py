@@ -35,6 +35,9 @@ PIPELINE_SERVICES = ("capture", "decoder", "flowtracker", "detector")  # stop or
 EXIT_INCOMPLETE = 3  # a replay finished but lost something on the way (see the summary's "lost")
 MAX_RESTARTS = 5  # a service restarted more often than this in one run is crash-looping
 PROCESS_CHECK_EVERY = 0.25  # seconds between looks at supervisord's process table during a run
+# A replay's end wakes the wait at once (shared/end_wake.py); between wakes, this often a look at
+# Redis all the same (a lost wake costs at most this much; the progress bar redraws this often)
+WAKE_FALLBACK = 0.1
 
 
 def default_state_dir() -> Path:
@@ -611,7 +614,7 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zyg
                 exit_code = 1
                 break
             if wake is not None:
-                wake.wait(0.02)  # a replay's end: at once (a service's eos wakes us), else 20 ms
+                wake.wait(WAKE_FALLBACK)  # a replay's end: at once (a service's eos wakes us)
             else:
                 time.sleep(0.02 if not cfg.live else 0.1)
         if bar is not None:
