@@ -174,9 +174,10 @@ local cooldown, cap = tonumber(ARGV[11]), tonumber(ARGV[12])
 local function mib(x) return string.format('%.1f MiB', x / 1048576) end
 
 local function close(start, x)
-  local n = tonumber(redis.call('HGET', K, 'n') or '0')
-  local mean = tonumber(redis.call('HGET', K, 'mean') or '0')
-  local var = tonumber(redis.call('HGET', K, 'var') or '0')
+  local stats = redis.call('HMGET', K, 'n', 'mean', 'var')  -- one call: each costs ~1 us of Lua glue
+  local n = tonumber(stats[1] or '0')
+  local mean = tonumber(stats[2] or '0')
+  local var = tonumber(stats[3] or '0')
   local iend = start + interval
   local result = {0, '', ''}
   if n >= min_n and iend > learning_end and x >= floor and x > mean then
@@ -218,22 +219,24 @@ local function close(start, x)
   return result
 end
 
-local cur = tonumber(redis.call('HGET', K, 'cur_start'))
+-- the open interval's fields in one call (5,700 adds on the 5x bench capture)
+local open = redis.call('HMGET', K, 'cur_start', 'cur_bytes', 'cur_ts', 'cur_run', 'last_start')
+local cur = tonumber(open[1])
 local latest = tonumber(ARGV[16])
 if op == 'add' then
   if cur == nil then
-    local last = tonumber(redis.call('HGET', K, 'last_start'))
+    local last = tonumber(open[5])
     if last ~= nil and istart <= last then return {4, '', ''} end
     redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
     return {0, '', ''}
   end
   if istart > cur then
-    local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
+    local result = close(cur, tonumber(open[2] or '0'))
     redis.call('HSET', K, 'cur_start', istart, 'cur_bytes', nbytes, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
     return result
   end
-  local cur_ts = tonumber(redis.call('HGET', K, 'cur_ts') or '-1e300')
-  local same_run = redis.call('HGET', K, 'cur_run') == ARGV[17]
+  local cur_ts = tonumber(open[3] or '-1e300')
+  local same_run = open[4] == ARGV[17]
   if istart < cur or (latest <= cur_ts and not same_run) then return {4, '', ''} end
   redis.call('HINCRBY', K, 'cur_bytes', nbytes)
   redis.call('HSET', K, 'cur_ts', ARGV[16], 'cur_run', ARGV[17])
@@ -241,7 +244,7 @@ if op == 'add' then
 end
 -- op == 'close': close the open interval once the watermark has passed its end
 if cur ~= nil and cur + interval <= watermark then
-  local result = close(cur, tonumber(redis.call('HGET', K, 'cur_bytes') or '0'))
+  local result = close(cur, tonumber(open[2] or '0'))
   redis.call('HDEL', K, 'cur_start', 'cur_bytes', 'cur_ts', 'cur_run')
   return result
 end
