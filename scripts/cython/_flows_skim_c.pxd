@@ -35,11 +35,11 @@ cdef object _open(const unsigned char *p, bytes buf, Py_ssize_t end)
 cdef tuple _unpack(bytes buf, Py_ssize_t pos, Py_ssize_t stop)
 
 @cython.locals(p="const unsigned char *", end=Py_ssize_t, pos=Py_ssize_t, rows=Py_ssize_t, stop=Py_ssize_t,
-               taken=Py_ssize_t, late=Py_ssize_t, bad=Py_ssize_t, run_high=double, ts=double)
+               items=list)
+cdef object _walk(bytes buf, bint live)
+
 cpdef object scan(bytes buf, double watermark)
 
-@cython.locals(p="const unsigned char *", end=Py_ssize_t, pos=Py_ssize_t, rows=Py_ssize_t, stop=Py_ssize_t,
-               items=list)
 cpdef object live_rows(bytes buf)
 
 cpdef bytes identity(tuple row)

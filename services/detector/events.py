@@ -145,11 +145,18 @@ def scan(rows: Any, watermark: float) -> tuple[list, int, int, int]:
     wait expired depends on the wait's deadline, not on the clock). 90% of the bench capture's
     rows are inbound; this loop is compiled (shared/compiled.py).
     """
+    return scan_rows(rows, watermark, False)
+
+
+def scan_rows(rows: Any, watermark: float, times: bool) -> tuple[list, int, int, int]:
+    """``scan``, where with ``times`` a float among ``rows`` is an inbound flow's event already
+    checked, given by its time (services/detector/flows_skim.py reads those in place). Rows from
+    the wire go through ``scan``: a float there is no event."""
     items: list = []
     taken = late = bad = 0
     run_high = -math.inf  # the current run of inbound rows: its highest time so far (none yet)
     for raw in rows:
-        ts = inbound_time(raw)
+        ts = raw if times and type(raw) is float else inbound_time(raw)
         if ts is None:
             ev = parse(raw)
             if ev is None:
@@ -177,4 +184,4 @@ def scan(rows: Any, watermark: float) -> tuple[list, int, int, int]:
 
 from shared.compiled import adopt  # noqa: E402 - bound last: the twin replaces the functions above
 
-adopt(globals(), ("inbound_time", "parse", "scan"))
+adopt(globals(), ("inbound_time", "parse", "scan", "scan_rows"))

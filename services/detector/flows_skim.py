@@ -18,13 +18,12 @@ answers on every corpus capture's events and on damaged frames.
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
 import msgpack
 
-from services.detector.events import inbound_time, parse
+from services.detector.events import scan_rows
 from shared.flowevents import EV_END, EV_START, EV_UPDATE, FIELDS, INDEX
 from shared.frames import FRAME_VERSION, FrameType
 
@@ -243,59 +242,50 @@ def _unpack(buf: bytes, pos: int, stop: int) -> tuple[bool, Any]:
         return False, None
 
 
-def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, int]] | None:
-    """``(sender, seq, events.scan(rows, watermark))`` of a FLOWS frame, read in place; None
-    when frames.decode and events.scan must take it (see the module docstring)."""
+def _walk(buf: bytes, live: bool) -> tuple[str, int, list] | None:
+    """The frame's rows read in place: ``(sender, seq, items)``, None for the general path.
+
+    Each inbound flow's event in the flow-tracker's own form is, in ``items``, its time alone
+    (for ``scan``), or with ``live`` the four entries ``key, ev, ts, packed``; every other row is
+    itself, unpacked as frames.decode unpacks it (with ``live``: ``None, row, None, None``)."""
     p = buf
     end = len(buf)
     head = _open(p, buf, end)
     if head is None:
         return None
     sender, seq, rows, pos = head
-    # events.scan's rules, row by row (an inbound row may arrive as its time only)
     items: list = []
-    taken = late = bad = 0
-    run_high = -math.inf
     for _ in range(rows):
-        stop = _inbound(p, buf, pos, end, False)
+        stop = _inbound(p, buf, pos, end, live)
         if stop >= 0:
-            ts = _row_ts
-            pos = stop
+            if live:
+                items += (_row_key, _row_ev, _row_ts, p[pos:stop])
+            else:
+                items.append(_row_ts)
         else:
             stop = _skip(p, pos, end, 0)
             if stop < 0:
                 return None
             ok, raw = _unpack(buf, pos, stop)
-            if not ok:
-                return None
-            pos = stop
-            found = inbound_time(raw)
-            if found is None:
-                ev = parse(raw)
-                if ev is None:
-                    bad += 1
-                    continue
-                if run_high != -math.inf:
-                    items.append(run_high)
-                    run_high = -math.inf
-                taken += 1
-                items.append((ev, raw))
-                if ev.ts > watermark:
-                    watermark = ev.ts
-                continue
-            ts = found
-        taken += 1
-        if ts < watermark:
-            late += 1
-        else:
-            watermark = ts
-        if ts > run_high:
-            run_high = ts
+            if not ok or (not live and type(raw) is float):
+                return None  # a float among the rows: scan_rows would take it for a time
+            if live:
+                items += (None, raw, None, None)
+            else:
+                items.append(raw)
+        pos = stop
     if pos != end:
         return None  # bytes after the frame: msgpack refuses it
-    if run_high != -math.inf:
-        items.append(run_high)
-    return sender, seq, (items, taken, late, bad)
+    return sender, seq, items
+
+
+def scan(buf: bytes, watermark: float) -> tuple[str, int, tuple[list, int, int, int]] | None:
+    """``(sender, seq, events.scan(rows, watermark))`` of a FLOWS frame, read in place; None
+    when frames.decode and events.scan must take it (see the module docstring)."""
+    walked = _walk(buf, False)
+    if walked is None:
+        return None
+    return walked[0], walked[1], scan_rows(walked[2], watermark, True)
 
 
 def live_rows(buf: bytes) -> tuple[str, int, list] | None:
@@ -304,29 +294,7 @@ def live_rows(buf: bytes) -> tuple[str, int, list] | None:
     tuple a row): ``key, ev, ts, packed`` for an inbound flow's event in the flow-tracker's own
     form (``key`` as identity() gives it, ``packed`` the row's own bytes, unpacked only if the
     live view writes it), else ``None, row, None, None`` with the row as frames.decode gives it."""
-    p = buf
-    end = len(buf)
-    head = _open(p, buf, end)
-    if head is None:
-        return None
-    sender, seq, rows, pos = head
-    items: list = []
-    for _ in range(rows):
-        stop = _inbound(p, buf, pos, end, True)
-        if stop >= 0:
-            items += (_row_key, _row_ev, _row_ts, p[pos:stop])
-        else:
-            stop = _skip(p, pos, end, 0)
-            if stop < 0:
-                return None
-            ok, raw = _unpack(buf, pos, stop)
-            if not ok:
-                return None
-            items += (None, raw, None, None)
-        pos = stop
-    if pos != end:
-        return None
-    return sender, seq, items
+    return _walk(buf, True)
 
 
 def identity(row: tuple) -> bytes:
