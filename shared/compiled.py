@@ -68,6 +68,8 @@ TWINS: dict[str, str] = {
     "services.decoder.packed_batch": "services.decoder._packed_batch_c",
     # the flow-tracker's packed records, read in place by the flow table's loop (written by hand)
     "services.flowtracker.packed_records": "services.flowtracker._packed_records_c",
+    # FLOWS frames' rows packed in one call (written by hand)
+    "shared.flow_rows": "shared._flow_rows_c",
 }
 
 # twins written by hand in Cython rather than compiled from the pure module (C pointers the
@@ -81,6 +83,7 @@ HANDWRITTEN: dict[str, Path] = {
     "services.capture.pcap_deal": ROOT / "scripts" / "cython" / "_pcap_deal_c.pyx",
     "services.decoder.packed_batch": ROOT / "scripts" / "cython" / "_packed_batch_c.pyx",
     "services.flowtracker.packed_records": ROOT / "scripts" / "cython" / "_packed_records_c.pyx",
+    "shared.flow_rows": ROOT / "scripts" / "cython" / "_flow_rows_c.pyx",
 }
 
 # pure module -> "compiled", "pure (PKTSCOPE_PURE)", "pure (not built)", "pure (stale build)"
