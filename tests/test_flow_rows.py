@@ -33,6 +33,8 @@ def test_every_capture_s_events_pack_to_msgpack_s_bytes(name: str) -> None:
             frame = frames.decode(buf)
             body = list(frame.body)
             assert PACKERS[name](body) == msgpack.packb(body)
+            as_lists = [list(row) for row in body]  # what the flow table hands out
+            assert PACKERS[name](as_lists) == msgpack.packb(body)
             rows += len(body)
     assert rows > 30_000
 
@@ -51,7 +53,7 @@ EDGES = [
 def test_edge_values_pack_as_msgpack_packs_them(name: str) -> None:
     pack = PACKERS[name]
     for value in EDGES:
-        rows = [(value,), (1, value, "end"), tuple([value] * 17)]
+        rows = [(value,), (1, value, "end"), tuple([value] * 17), [value, 2], [value] * 16]
         assert pack(rows) == msgpack.packb(rows), value
     assert pack([]) == msgpack.packb([])
     assert pack([row for row in [(i, float(i), str(i)) for i in range(70_000)]]) == msgpack.packb(

@@ -211,6 +211,11 @@ def pack_rows(rows, bytes head=b""):
                 _head(&b, n, 0x90, 16, 0xDC, 0xDD)
                 for i in range(n):
                     _value(&b, (<tuple>row)[i])
+            elif type(row) is list:  # the flow table's rows (shared/flowevents.py)
+                n = len(<list>row)
+                _head(&b, n, 0x90, 16, 0xDC, 0xDD)
+                for i in range(n):
+                    _value(&b, (<list>row)[i])
             else:
                 _generic(&b, row)
         return PyBytes_FromStringAndSize(b.p, b.n)
