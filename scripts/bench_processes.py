@@ -2,7 +2,8 @@
 
 Starts the command, samples every process under it every 20 ms with psutil (CPU user+sys, by
 process name: forked services are named ``pks-<service>[-<index>]``, see services/launcher/) and
-prints, per name, the last CPU seen, the sum and the wall time. A process's CPU in its last
+prints, per name, the last CPU seen, the sum and the wall time, and under the sum the system
+CPU and minor page faults of all the processes together. A process's CPU in its last
 20 ms before it exits can be missed, so the sum is a little under ``scripts/bench``'s
 ``getrusage`` total; use this for the split, that for the total. Like ``scripts/bench``, each
 command gets a fresh state directory (the private Redis's data), unless ``--state-dir`` names
@@ -69,7 +70,7 @@ def _measure(capture: Path, decoders: int, extra: list[str], root: Path) -> tupl
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     top = psutil.Process(proc.pid)
-    last: dict[int, tuple[str, float]] = {}
+    last: dict[int, tuple[str, float, float, int]] = {}
     while proc.poll() is None:
         try:
             procs = [top, *top.children(recursive=True)]
@@ -78,15 +79,27 @@ def _measure(capture: Path, decoders: int, extra: list[str], root: Path) -> tupl
         for p in procs:
             try:
                 t = p.cpu_times()
-                last[p.pid] = (label(p), t.user + t.system)
-            except psutil.Error:
+                last[p.pid] = (label(p), t.user + t.system, t.system, minor_faults(p.pid))
+            except (psutil.Error, OSError):
                 pass
         time.sleep(SAMPLE_SECONDS)
     wall = time.monotonic() - start
     by_label: collections.Counter[str] = collections.Counter()
-    for name, cpu in last.values():
+    for name, cpu, system, faults in last.values():
         by_label[name] += cpu
+        by_label[SYSTEM] += system
+        by_label[FAULTS] += faults
     return dict(by_label), wall, proc.returncode
+
+
+# not processes: the whole command's system CPU and minor page faults, in the same table
+SYSTEM, FAULTS = "(of the sum: system CPU s)", "(minor page faults)"
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (/proc/PID/stat, field 10)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rsplit(b")", 1)[1].split()[7])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 def report(capture: Path, root: Path, runs: list[dict[str, float]], walls: list[float]) -> None:
     """Per process: median CPU s and, over several runs, the median share of each run's sum."""
     median = statistics.median
+    extra = (SYSTEM, FAULTS)
+    runs = [dict(c) for c in runs]
+    totals = [{k: c.pop(k, 0) for k in extra} for c in runs]
     names = sorted({name for cpu in runs for name in cpu}, key=lambda n: -median([c.get(n, 0.0) for c in runs]))
     where = "" if root == ROOT else f" ({root})"
     print(f"{capture.name}{where}: whole command {median(walls):.2f} s wall, median of {len(runs)}; CPU s by process:")
@@ -133,6 +149,8 @@ def report(capture: Path, root: Path, runs: list[dict[str, float]], walls: list[
         share = median([c.get(name, 0.0) / (sum(c.values()) or 1.0) for c in runs])
         print(f"  {seconds:6.2f}  {share:6.1%}  {name}")
     print(f"  {median([sum(c.values()) for c in runs]):6.2f}          sum")
+    print(f"  {median([t[SYSTEM] for t in totals]):6.2f}          {SYSTEM}")
+    print(f"  {median([t[FAULTS] for t in totals]):6.0f}          {FAULTS}")
 
 
 if __name__ == "__main__":
