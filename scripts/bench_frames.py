@@ -1,5 +1,8 @@
 """Frame bodies benchmark (not a test): packets and records through a frame, as msgpack lists and
-as the packed layouts (shared/packed.py), pure and compiled.
+as the packed layouts (shared/packed.py), pure and compiled; and the capture's flow events
+through FLOWS frames: packed by msgpack or by shared/flow_rows.py (what frames.encode uses), read
+by the detector (decoded then events.scan, or in place: flows_skim.scan) and by the observer
+(decoded, or in place: flows_skim.live_rows).
 
 Each batch's output is dropped once made, as the services do (keeping every tuple alive makes
 the collector's passes grow with the run and triples the unpacking figures). CPU seconds
@@ -16,9 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scripts.bench_stages import DEFAULT_CAPTURE, read_packets
+import msgpack
+
+from scripts.bench_stages import DEFAULT_CAPTURE, read_packets, table_frames
 from services.decoder.app.inspector import AppInspector
 from services.decoder.fastpath import decode_batch
+from services.detector import flows_skim
+from services.detector.events import scan
 from shared import compiled, frames
 from shared.service import tune_gc
 
@@ -65,7 +72,32 @@ def main(argv: list[str] | None = None) -> int:
         for label, (pack, unpack) in impls.items():
             best = [min(x) for x in zip(*(_time(batches, ftype, pack, unpack) for _ in range(args.runs)), strict=True)]
             print(f"  {kind:8s} {label:17s} pack {best[0] * 1e6 / n:6.3f}   unpack {best[1] * 1e6 / n:6.3f}")
+    flows(rec_batches, args.runs)
     return 0
+
+
+def flows(rec_batches: list, runs: int) -> None:
+    """The capture's flow events through FLOWS frames, each way the services pack and read them."""
+    bodies = [rows for rows in table_frames(rec_batches) if rows]
+    n = sum(len(rows) for rows in bodies)
+    packer = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    bufs = [frames.encode(frames.FrameType.FLOWS, "flowtracker", i, rows) for i, rows in enumerate(bodies)]
+    ways = {
+        "pack: msgpack": lambda: [packer((frames.FrameType.FLOWS, frames.FRAME_VERSION, "ft", i, rows)) for i, rows in enumerate(bodies)],
+        "pack: frames.encode (flow_rows)": lambda: [frames.encode(frames.FrameType.FLOWS, "ft", i, rows) for i, rows in enumerate(bodies)],
+        "detector: decode + events.scan": lambda: [scan(frames.decode(b).body, 0.0) for b in bufs],
+        "detector: flows_skim.scan": lambda: [flows_skim.scan(b, 0.0) for b in bufs],
+        "observer: decode": lambda: [frames.decode(b) for b in bufs],
+        "observer: flows_skim.live_rows": lambda: [flows_skim.live_rows(b) for b in bufs],
+    }  # fmt: skip
+    print(f"flow events: {n:,} in {len(bufs)} FLOWS frames, best of {runs}, us per event")
+    for label, way in ways.items():
+        best = float("inf")
+        for _ in range(runs):
+            t = time.process_time()
+            way()
+            best = min(best, time.process_time() - t)
+        print(f"  {label:34s} {best * 1e6 / n:6.3f}  ({best:.3f} CPU s)")
 
 
 if __name__ == "__main__":
