@@ -5,8 +5,8 @@ msgpack output, ZeroMQ messages). glibc serves those above its mmap threshold wi
 mmap and returns them with munmap, and gives the top of the heap back once more than its trim
 threshold is free: each frame's buffer then faults its pages in again. On the 5x bench capture
 this was 141k page faults and 0.62 s of system CPU for the whole command; with the two
-thresholds below, 71-75k faults and 0.41-0.44 s (/tmp sampler of every process's
-``/proc/PID/stat``, docs/benchmarks.md "2026-12-05 (2)"). Peak RSS grows a little where the heap
+thresholds below, 71-75k faults and 0.41-0.44 s (``scripts/bench_processes`` prints both;
+docs/benchmarks.md "2026-12-05 (2)"). Peak RSS grows a little where the heap
 now keeps what it used to give back: capture 48 -> 52 MB on that capture, the others within 2 MB.
 
 The heap keeps at most ``TRIM_THRESHOLD`` free bytes at its top: a long-running service's RSS
