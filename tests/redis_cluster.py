@@ -139,6 +139,20 @@ class RedisClusterFixture:
         self.procs[port].send_signal(signal.SIGKILL)
         self.procs[port].wait(timeout=30)
 
+    def kill_replicated(self, port: int) -> None:
+        """SIGKILL a master once every write it answered has reached its replica.
+
+        Replication is asynchronous: a write the master answered but had not yet sent on is lost
+        when its replica takes over (docs/reliability.md). A run once lost 11 alerts that way, so
+        a test of what pktscope does at a failover must not leave that to the timing of the
+        kill. Clients' writes are paused first (``CLIENT PAUSE WRITE``: they wait, unanswered,
+        and die unanswered with the node, to be sent again), then ``WAIT`` lets the replica
+        catch up."""
+        assert self._cli(port, "client", "pause", "60000", "write").strip() == "OK"
+        acked = self._cli(port, "wait", "1", "10000").strip()
+        assert acked == "1", f"no replica of {port} caught up: {acked!r}"
+        self.kill(port)
+
     def wait_failed_over(self, dead: int, timeout: float = 120) -> None:
         """Until a replica has taken the dead master's slots and the cluster says ok again."""
         wait_for(
