@@ -143,8 +143,8 @@ class RedisClusterFixture:
         """SIGKILL a master once every write it answered has reached its replica.
 
         Replication is asynchronous: a write the master answered but had not yet sent on is lost
-        when its replica takes over (docs/reliability.md). A run once lost 11 alerts that way, so
-        a test of what pktscope does at a failover must not leave that to the timing of the
+        when its replica takes over (docs/reliability.md), which no client can see or send again,
+        so a test of what pktscope does at a failover must not leave that to the timing of the
         kill. Clients' writes are paused first (``CLIENT PAUSE WRITE``: they wait, unanswered,
         and die unanswered with the node, to be sent again), then ``WAIT`` lets the replica
         catch up."""
