@@ -146,12 +146,33 @@ class RedisClusterFixture:
         when its replica takes over (docs/reliability.md), which no client can see or send again,
         so a test of what pktscope does at a failover must not leave that to the timing of the
         kill. Clients' writes are paused first (``CLIENT PAUSE WRITE``: they wait, unanswered,
-        and die unanswered with the node, to be sent again), then ``WAIT`` lets the replica
-        catch up."""
+        and die unanswered with the node, to be sent again), then the replica's processed offset
+        must reach the master's. (``WAIT`` cannot tell: it waits only for the asking connection's
+        own writes, and redis-cli's connection has none, so it answers at once.)"""
         assert self._cli(port, "client", "pause", "60000", "write").strip() == "OK"
-        acked = self._cli(port, "wait", "1", "10000").strip()
-        assert acked == "1", f"no replica of {port} caught up: {acked!r}"
+        replica = self.replica_of(port)
+        master_offset = self._info_field(port, "master_repl_offset")
+        wait_for(
+            lambda: self._info_field(replica, "slave_repl_offset") >= master_offset,
+            10,
+            interval=0.02,
+            what=f"replica {replica} of {port} catching up to offset {master_offset}",
+        )
         self.kill(port)
+
+    def replica_of(self, port: int) -> int:
+        """Port of the (first) replica connected to master ``port``."""
+        for line in self._cli(port, "info", "replication").splitlines():
+            if line.startswith("slave0:"):
+                fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].split(","))
+                return int(fields["port"])
+        raise LookupError(f"master {port} has no replica")
+
+    def _info_field(self, port: int, name: str) -> int:
+        for line in self._cli(port, "info", "replication").splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split(":", 1)[1])
+        raise LookupError(f"{name} not in INFO replication of {port}")
 
     def wait_failed_over(self, dead: int, timeout: float = 120) -> None:
         """Until a replica has taken the dead master's slots and the cluster says ok again."""
