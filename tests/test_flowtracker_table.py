@@ -359,3 +359,57 @@ def test_a_flood_of_new_flows_holds_at_most_max_pending_events_and_loses_none():
     out += t.take()
     starts = [e["sport"] for e in out if e["ev"] == "start"]
     assert sorted(starts) == list(range(40000, 50000))
+
+
+def _lru_order(t: FlowTable) -> list[int]:
+    """The UDP flows' ports, least recently seen first (the order idle ends and evictions take)."""
+    return [key[2] if key[2] != 53 else key[4] for key in t.lru_udp]
+
+
+def _udp(ts, port, back=False):
+    return rec(ts, SRV, C, 53, port, proto=17) if back else rec(ts, C, SRV, port, 53, proto=17)
+
+
+def test_the_lru_keeps_the_order_of_last_packets_when_a_flow_repeats():
+    """A record of the flow of the record before does not move it in its LRU (it is last
+    already); one after another flow's record does, either way round, and a flow started
+    again after a bad record is moved too. Checked on the table's loop and on packed records
+    read in place (services/flowtracker/packed_records.py), compiled or not."""
+    from services.flowtracker import packed_records
+    from shared import packed
+
+    steps = [
+        ([_udp(1, 1001), _udp(2, 1001), _udp(3, 1002), _udp(4, 1001)], [1002, 1001]),
+        ([_udp(5, 1002), _udp(6, 1002, back=True)], [1001, 1002]),
+        ([_udp(7, 1001, back=True), _udp(8, 1003), _udp(9, 1001)], [1002, 1003, 1001]),
+        ([_udp(10, 1002), _udp(11, 1003), _udp(12, 1003, back=True)], [1001, 1002, 1003]),
+    ]
+    for by_reference in (False, True):
+        t = table()
+        for records, want in steps:
+            if by_reference:
+                body = packed.pack_records(records)
+                assert body is not None
+                packed_records.add_records(t, packed_records.refs_of(body))
+            else:
+                t.add(records)
+            assert _lru_order(t) == want, (by_reference, records[0][1])
+
+
+def test_a_flow_whose_record_failed_midway_is_still_moved_by_its_next_record():
+    """A record the table gives up on after finding its flow (here a sequence number that is not
+    a number) leaves the flow where it was: the flow's next record must move it, though it
+    follows a record of the same flow."""
+
+    def session(t0, port):
+        return [rec(t0, C, SRV, port, 443, flags=S), rec(t0 + 0.01, SRV, C, 443, port, flags=SA),
+                rec(t0 + 0.02, C, SRV, port, 443, flags=A)]  # fmt: skip
+
+    t = table()
+    t.add(session(1.0, 40001) + session(2.0, 40002))
+    assert [key[4] if key[2] == 443 else key[2] for key in t.lru_tcp] == [40001, 40002]
+    data = rec(3.0, C, SRV, 40001, 443, flags=PA, wl=154)
+    broken = data[:11] + ("not a number",) + data[12:]
+    t.add([rec(2.9, C, SRV, 40002, 443, flags=A), broken, rec(3.1, C, SRV, 40001, 443, flags=A)])
+    assert t.bad_records == 1
+    assert [key[4] if key[2] == 443 else key[2] for key in t.lru_tcp] == [40002, 40001]

@@ -12,7 +12,8 @@ cimport cython
 # the flow map a dict (get without a method call), the times compared as C doubles (t, last, idle,
 # upd): the same answers as Python's objects for any timestamp below 2**53 (a packet's is a float).
 @cython.locals(n=Py_ssize_t, st=list, flows=dict, key=tuple, fwd=bint, out=bint, t=double, last=double,
-               idle=double, upd=double, prev=list, prev_fwd=bint)
+               idle=double, upd=double, prev=list, prev_fwd=bint,
+               prev_at_end=bint, at_end=bint)
 cdef Py_ssize_t _add_records(self, records) except -1
 
 @cython.locals(sq=list, d=Py_ssize_t, holes=list, i=Py_ssize_t)
