@@ -22,7 +22,6 @@ from operator import itemgetter
 
 NEVER = -math.inf
 _num = itemgetter(0)
-_ts = itemgetter(1)
 MAX_BUFFERED = 300_000  # records; ~ 4096 packets x a few decoders in normal running
 
 
@@ -50,15 +49,15 @@ class CaptureOrderMerge:
         """
         if not records:
             return
+        prev = NEVER
         try:
-            nums = list(map(_num, records))
+            for rec in records:  # one pass, no list of numbers (917k records on the 5x capture)
+                n = rec[0]
+                if type(n) is not int or n <= prev:
+                    raise ValueError("records out of capture order")
+                prev = n
         except (TypeError, IndexError, KeyError) as exc:
             raise ValueError("records without packet numbers") from exc
-        prev = NEVER
-        for n in nums:
-            if type(n) is not int or n <= prev:
-                raise ValueError("records out of capture order")
-            prev = n
         if records[0][0] <= self.reached.get(sender, NEVER):
             self._new_epoch()
         queue = self.waiting.get(sender)
@@ -140,7 +139,10 @@ class CaptureOrderMerge:
         self.buffered -= len(out)
         mark = self.watermark
         if out:
-            ts = max(map(_ts, out))
+            ts = out[0][1]
+            for rec in out:  # max(map(_ts, out)), without a call per record in the compiled twin
+                if rec[1] > ts:
+                    ts = rec[1]
             if ts > self.highest:
                 self.highest = ts
             if ts > mark:
