@@ -93,7 +93,7 @@ def build() -> None:
             [str(path)],
             # -O3 (the interpreter's own level): the flow table's per-record loop and its
             # methods took 5-7% less CPU than at -O2 on sv-merged's records in one process
-            # (0.134 -> 0.125 s, medians of 5 alternations); the decoders' twins the same. No
+            # (0.134 -> 0.125 s, medians of 5 alternations); the decoder's decode_packed did not move. No
             # -march=native: fused multiply-adds would change floats against the pure reference.
             extra_compile_args=["-O3", "-g0", "-Wno-unused-function"],
             extra_link_args=["-s"],
