@@ -150,29 +150,21 @@ class RedisClusterFixture:
         must reach the master's. (``WAIT`` cannot tell: it waits only for the asking connection's
         own writes, and redis-cli's connection has none, so it answers at once.)"""
         assert self._cli(port, "client", "pause", "60000", "write").strip() == "OK"
-        replica = self.replica_of(port)
-        master_offset = self._info_field(port, "master_repl_offset")
+        master = self._replication(port)
+        replica = int(dict(item.split("=", 1) for item in master["slave0"].split(","))["port"])
+        offset = int(master["master_repl_offset"])
         wait_for(
-            lambda: self._info_field(replica, "slave_repl_offset") >= master_offset,
+            lambda: int(self._replication(replica)["slave_repl_offset"]) >= offset,
             10,
             interval=0.02,
-            what=f"replica {replica} of {port} catching up to offset {master_offset}",
+            what=f"replica {replica} of {port} catching up to offset {offset}",
         )
         self.kill(port)
 
-    def replica_of(self, port: int) -> int:
-        """Port of the (first) replica connected to master ``port``."""
-        for line in self._cli(port, "info", "replication").splitlines():
-            if line.startswith("slave0:"):
-                fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].split(","))
-                return int(fields["port"])
-        raise LookupError(f"master {port} has no replica")
-
-    def _info_field(self, port: int, name: str) -> int:
-        for line in self._cli(port, "info", "replication").splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split(":", 1)[1])
-        raise LookupError(f"{name} not in INFO replication of {port}")
+    def _replication(self, port: int) -> dict[str, str]:
+        """``INFO replication`` of ``port`` as field -> value (``slave0`` is the first replica's)."""
+        lines = self._cli(port, "info", "replication").splitlines()
+        return dict(line.strip().split(":", 1) for line in lines if ":" in line)
 
     def wait_failed_over(self, dead: int, timeout: float = 120) -> None:
         """Until a replica has taken the dead master's slots and the cluster says ok again."""
