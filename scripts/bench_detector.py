@@ -29,6 +29,7 @@ from services.detector.engine import DetectorEngine
 from services.detector.enrichment import Enrichers
 from shared import frames
 from shared.config import PipelineConfig
+from shared.redis_conn import connect
 from shared.redis_server import start_redis_server
 from shared.service import tune_gc
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pkb-det-") as tmp:
         proc, url = start_redis_server(Path(tmp) / "r.sock", Path(tmp))
         try:
-            r = redis.Redis.from_url(url, decode_responses=True)
+            r = connect(url)  # as the detector connects: its command packer (shared/resp_packer.py)
             server = psutil.Process(proc.pid)
             results: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
             for _ in range(args.runs):

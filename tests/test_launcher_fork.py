@@ -335,6 +335,35 @@ def test_a_forked_zygote_serves_and_stops(short_tmp):
     assert gone(pid) and not socket_path(short_tmp).exists() and not pid_path(short_tmp).exists()
 
 
+_PRELOAD_PROBE = """
+import gc, json, sys
+from services.launcher import zygote
+if sys.argv[1] == "off":
+    gc.disable()
+runs = []
+gc.callbacks.append(lambda phase, info: runs.append(info["generation"]) if phase == "start" else None)
+before = gc.get_freeze_count()
+zygote.preload(["services.capture", "services.decoder", "services.detector"])
+print(json.dumps({"collections": runs, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count() - before,
+                  "loaded": all(m in sys.modules for m in ("services.decoder.service", "services.detector.engine"))}))
+"""
+
+
+@pytest.mark.parametrize("collector", ["on", "off"])
+def test_preload_imports_without_collections_and_freezes_what_it_imported(collector):
+    """The services' imports run with the collector off (their objects live as long as the
+    process: collecting among them is wasted start-up), what they made ends frozen, and the
+    collector is left as the caller had it."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_PROBE, collector], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    assert got["loaded"] and got["collections"] == []
+    assert got["frozen"] > 50_000  # the imports' objects, out of the collector's sight
+    assert got["enabled"] is (collector == "on")
+
+
 @pytest.mark.slow
 def test_after_the_zygote_dies_restarts_exec_the_service(short_tmp, long_capture):
     replay = Replay(short_tmp, long_capture, "--launcher", "fork", decoders=2)
