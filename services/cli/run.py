@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import signal
@@ -515,8 +514,8 @@ def _supervise(args: argparse.Namespace, cfg: PipelineConfig, run_dir: Path, zyg
         if cfg.launcher == "fork":
             # the services' imports (redis-py among them, which we need too) while supervisord
             # and Redis start; then the zygote is forked from us, with all of it loaded
+            # (preload leaves those modules frozen: out of the collector's sight for the run)
             zygote.fork(service_modules(cfg), before_fork=sup.stop_nudging)
-            gc.freeze()  # those modules: out of the collector's sight for the rest of the run
         from services.cli import attribution_mode, pipeline_stats
         from services.cli.redis_wait import PatientRedis
         from shared.redis_conn import redact

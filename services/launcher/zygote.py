@@ -74,14 +74,10 @@ class Zygote:
         self.ready_to_fork()
 
     def ready_to_fork(self) -> None:
-        """Refuse to fork where a thread exists; keep start-up objects out of the collector's sight."""
+        """Refuse to fork where a thread exists (``preload`` has frozen the start-up objects)."""
         if threading.active_count() > 1:
             self.refuse = f"{threading.active_count()} threads after the imports; forking is unsafe"
             log.warning("%s: clients start their services directly", self.refuse)
-        # Start-up objects stay out of the collector's sight (fewer pages copied by the children).
-        # No full collection first: it found nothing after the imports (the collector runs during
-        # them) and took 17 ms on every start, before the first fork.
-        gc.freeze()
 
     def serve(self) -> None:
         """Until SIGTERM (then until its services ended): fork on requests, kill orphaned services, report ended ones."""
@@ -204,10 +200,11 @@ def preload(modules: list[str]) -> None:
     """Import each service's entry point and service module; a failure only costs the child time.
 
     Run by the zygote, or by `pktscope run` itself before it forks the zygote (``become_zygote``).
-    The collector is off while the modules import, and what they made is frozen (``gc.freeze``)
-    before it is on again: nearly all of it (modules, classes, tables) lives as long as the
-    process, and it would be frozen before the first fork anyway, so the ~110 young collections
-    the imports set off were wasted: 0.182 -> 0.170 CPU s for a replay's five services, on the
+    The collector is off while the modules import, and what they made is frozen (``gc.freeze``:
+    out of its sight for good, fewer pages copied by the children) before it is on again: nearly
+    all of it (modules, classes, tables) lives as long as the process, so the ~110 young
+    collections the imports set off were wasted (no full collection either: it found nothing
+    after the imports and took 17 ms): 0.182 -> 0.170 CPU s for a replay's five services, on the
     first packet's critical path (medians of 10 alternations; docs/benchmarks.md, 2026-12-05 (4)).
     What stays uncollected is the few cycles the imports drop, such as the services' ``__main__``
     modules let go below: kilobytes.
